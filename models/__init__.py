@@ -1,0 +1,1 @@
+"""Plain PyTorch models and inference: no files, no configs, no runs."""

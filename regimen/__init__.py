@@ -1,0 +1,1 @@
+"""Everything the phase scripts share that is not a model."""

@@ -1,0 +1,64 @@
+"""The command-line surface every phase script shares.
+
+Every script gets `--config PATH`, repeatable `--set dotted.key=value` and
+`--help` from `make_parser`, and runs its `main()` through `run`, which turns a
+`UserError` into one line on stderr and exit code 2 (bad input), and any other
+exception into exit code 1 (an internal failure, traceback kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+
+class UserError(Exception):
+    """Bad input (arguments, config, data, files): reported in one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own usage errors exit 2 too
+        raise UserError(f"{self.prog}: {message}")
+
+
+def make_parser(doc: str | None) -> argparse.ArgumentParser:
+    """An argument parser with the shared `--config` and `--set` options.
+
+    Args:
+        doc: the script's module docstring; its first line becomes the
+            description and the rest (the example command lines) the epilog.
+    """
+    lines = (doc or "").strip().splitlines()
+    parser = _Parser(
+        description=lines[0] if lines else None,
+        epilog="\n".join(lines[1:]).strip() or None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", default="config.yaml", metavar="PATH",
+                        help="the YAML config (default: config.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="override one config key, value parsed as YAML; repeatable "
+                             "(e.g. --set data.T_window=6 --set model.convlstm.hidden_sizes=[8,8])")
+    return parser
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Log to the console; run folders add their own `log.txt` handler."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+
+def run(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> None:
+    """Run a script's `main` and exit 0, 2 (bad input) or 1 (internal failure)."""
+    try:
+        main(argv)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(0)
