@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny config in a temporary folder, and running scripts as a user would."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "data": {
+        "generator": {"num_sequences": 10, "sequence_length": 10, "height": 12, "width": 12},
+        "T_window": 4,
+        "stride": 3,
+    },
+}
+
+
+def merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merge(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    """Write a tiny config (data under tmp_path/data) with extra keys merged in; return its path."""
+
+    def write(extra: dict | None = None, name: str = "config.yaml") -> Path:
+        raw = merge(merge(TINY, {"data": {"root": str(tmp_path / "data")}}), extra or {})
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(raw))
+        return path
+
+    return write
+
+
+def run_script(script: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run a project script in a fresh interpreter, from another directory than the repo."""
+    return subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True,
+                          text=True, cwd=cwd or ROOT.parent, timeout=300)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes (to prove nothing was written)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

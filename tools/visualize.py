@@ -1,0 +1,38 @@
+"""Pictures of a processed split: input frames and labels side by side, PNG grid and GIF.
+
+    python tools/visualize.py --config config.yaml
+    python tools/visualize.py --config config.yaml --split val --count 4 --out runs/visualize
+
+Reads data/processed/<name>/ (run tools/preprocess.py first) and writes
+<out>/<name>_<split>.png and .gif, with a colour legend for the classes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from regimen import cli, runs
+from regimen.config import load_config
+from regimen.data import dataset_name
+from regimen.plots import visualize_split
+
+log = logging.getLogger("visualize")
+
+
+def main(argv=None) -> None:
+    parser = cli.make_parser(__doc__)
+    parser.add_argument("--split", default="train", choices=runs.SPLITS, help="which split (default: train)")
+    parser.add_argument("--count", type=int, default=3, help="sequences to show (default: 3)")
+    parser.add_argument("--out", default="runs/visualize", help="output folder (default: runs/visualize)")
+    args = parser.parse_args(argv)
+    cli.setup_logging()
+    if args.count < 1:
+        raise cli.UserError(f"--count {args.count}: must be >= 1")
+    config = load_config(args.config, args.overrides)
+    folder = runs.processed_dir(config.data.root, dataset_name(config))
+    png, gif = visualize_split(folder, args.split, args.count, args.out)
+    log.info("wrote %s and %s", png, gif)
+
+
+if __name__ == "__main__":
+    cli.run(main)
