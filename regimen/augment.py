@@ -65,6 +65,8 @@ class Augmenter:
         h, w = batch["x"].shape[2:4]
         # A quarter turn swaps H and W: only on square grids.
         allowed = [d // 90 for d in self.config.rotate_deg if h == w or d % 180 == 0]
+        if not set(allowed) - {0}:
+            return batch
         pick = torch.randint(len(allowed), (len(batch["x"]),), generator=self.generator)
         quarter_turns = torch.tensor(allowed)[pick]
         out = {}

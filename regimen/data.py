@@ -22,6 +22,9 @@ from regimen.datasets import Dataset, load_dataset
 
 log = logging.getLogger(__name__)
 
+# Derivative along H, smoothing along W; its transpose the other way round.
+SOBEL_H = np.array([[-1.0, -2.0, -1.0], [0.0, 0.0, 0.0], [1.0, 2.0, 1.0]], dtype=np.float32)
+
 
 def dataset_name(config: Config) -> str:
     """The processed folder's name: the built-in dataset's, or the npz file's stem."""
@@ -60,8 +63,9 @@ def add_static_features(x: np.ndarray, names: list[str]) -> tuple[np.ndarray, li
     c = x.shape[-1]
     for name in names:
         if name == "edges":
-            gy = ndimage.sobel(x, axis=2, mode="nearest")
-            gx = ndimage.sobel(x, axis=3, mode="nearest")
+            # Sobel within each frame and channel only (ndimage.sobel would smooth over N, T, C).
+            gy = ndimage.correlate(x, SOBEL_H[None, None, :, :, None], mode="nearest")
+            gx = ndimage.correlate(x, SOBEL_H.T[None, None, :, :, None], mode="nearest")
             extra.append(np.hypot(gx, gy))
             channel_names += [f"edges_{i}" for i in range(c)]
         elif name == "motion":
@@ -128,7 +132,7 @@ def preprocess(config: Config) -> tuple[Path, dict]:
         arrays["P"] = dataset.P
 
     payloads, shapes, sizes = {}, {}, {}
-    for split in tqdm(runs.SPLITS, desc="windows", unit="split", leave=False):
+    for split in tqdm(runs.SPLITS, desc="windows", unit="split", leave=False, disable=None):
         windows = cut_windows(arrays, parts[split], data.T_window, data.stride)
         payloads[split] = runs.npz_bytes(windows)
         shapes[split] = {key: list(a.shape) for key, a in windows.items() if key in ("X", "Y", "P")}

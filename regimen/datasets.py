@@ -82,7 +82,7 @@ def make_storms(data: DataConfig, rng: np.random.Generator) -> Dataset:
     yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     clean = np.empty((n, t + 1, h, w), dtype=np.float32)
     chunk = 16
-    for lo in tqdm(range(0, n, chunk), desc="storms", unit="chunk", leave=False):
+    for lo in tqdm(range(0, n, chunk), desc="storms", unit="chunk", leave=False, disable=None):
         sl = slice(lo, lo + chunk)
         # shape: (chunk, T+1, M)
         envelope = np.exp(-0.5 * ((frames[None, :, None] - peak_time[sl, None]) / lifetime[sl, None]) ** 2)
@@ -177,7 +177,7 @@ def make_digits(data: DataConfig, rng: np.random.Generator) -> Dataset:
     offsets = np.arange(side)
     layers = np.zeros((d, n, t + 1, h, w), dtype=np.float32)
     nn, tt = np.meshgrid(np.arange(n), np.arange(t + 1), indexing="ij")
-    for k in tqdm(range(d), desc="digits", unit="digit", leave=False):
+    for k in tqdm(range(d), desc="digits", unit="digit", leave=False, disable=None):
         rows = position[:, :, k, 0, None, None] + offsets[:, None]  # (N, T+1, side, 1)
         cols = position[:, :, k, 1, None, None] + offsets[None, :]  # (N, T+1, 1, side)
         patch = images[choice[:, k]][:, None]  # (N, 1, side, side)
@@ -237,7 +237,7 @@ def make_regimes(data: DataConfig, rng: np.random.Generator) -> Dataset:
 
     field_ = smooth_noise()
     frames = np.empty((n, t + 1, h, w), dtype=np.float32)
-    for s in tqdm(range(t + 1), desc="regimes", unit="frame", leave=False):
+    for s in tqdm(range(t + 1), desc="regimes", unit="frame", leave=False, disable=None):
         # shape: (N, H, W); 5-point Laplacian on the torus, over the grid axes only
         laplacian = (np.roll(field_, 1, 1) + np.roll(field_, -1, 1) + np.roll(field_, 1, 2)
                      + np.roll(field_, -1, 2) - 4 * field_)
