@@ -1,0 +1,219 @@
+"""ConvLSTM (Shi et al. 2015, without peepholes) with the input convolution hoisted out of time.
+
+The input-to-gate convolution does not depend on the recurrence, so one call
+runs it over all `B*T` frames; only the hidden-to-gate convolution runs per step.
+Gates are ordered i, f, o, g along the channel axis:
+`c' = f*c + i*g`, `h' = o*tanh(c')`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+State = tuple[torch.Tensor, torch.Tensor]
+
+
+def _check_kernel(kernel_size: int) -> None:
+    if kernel_size <= 0 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be an odd positive integer (same padding), got {kernel_size}")
+
+
+class ConvLSTMCell(nn.Module):
+    """One ConvLSTM cell: `conv_x` (input to gates, with bias), `conv_h` (hidden to gates, no bias).
+
+    Args:
+        input_channels: channels of the input frames.
+        hidden_channels: channels of `h` and `c`.
+        kernel_size: odd size of both convolutions (same padding).
+    """
+
+    def __init__(self, input_channels: int, hidden_channels: int, kernel_size: int):
+        super().__init__()
+        _check_kernel(kernel_size)
+        self.hidden_channels = hidden_channels
+        pad = kernel_size // 2
+        self.conv_x = nn.Conv2d(input_channels, 4 * hidden_channels, kernel_size, padding=pad)
+        self.conv_h = nn.Conv2d(hidden_channels, 4 * hidden_channels, kernel_size, padding=pad, bias=False)
+
+    def zero_state(self, like: torch.Tensor) -> State:
+        """Zero `(h, c)` for frames shaped like `like` `[B, C, H, W]`."""
+        b, _, h, w = like.shape
+        zeros = like.new_zeros(b, self.hidden_channels, h, w)
+        return zeros, zeros
+
+    def step(self, gates_x: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> State:
+        """Advance one frame given the precomputed input gates `[B, 4*hidden, H, W]`."""
+        gates = gates_x + self.conv_h(h)
+        n = self.hidden_channels
+        ifo = torch.sigmoid(gates[:, : 3 * n])
+        g = torch.tanh(gates[:, 3 * n:])
+        c = ifo[:, n: 2 * n] * c + ifo[:, :n] * g
+        h = ifo[:, 2 * n:] * torch.tanh(c)
+        return h, c
+
+    def forward(self, x: torch.Tensor, state: Optional[State] = None) -> State:
+        """One frame `x` `[B, C, H, W]` -> the next `(h, c)`."""
+        h, c = state if state is not None else self.zero_state(x)
+        return self.step(self.conv_x(x), h, c)
+
+
+class ConcatConvLSTMCell(nn.Module):
+    """The textbook cell: one convolution over `[x, h]` every step.
+
+    Kept as the reference that `ConvLSTMCell` is tested and benchmarked against;
+    `from_cell` copies a `ConvLSTMCell`'s weights so both compute the same function.
+    """
+
+    def __init__(self, input_channels: int, hidden_channels: int, kernel_size: int):
+        super().__init__()
+        _check_kernel(kernel_size)
+        self.hidden_channels = hidden_channels
+        self.conv = nn.Conv2d(input_channels + hidden_channels, 4 * hidden_channels, kernel_size,
+                              padding=kernel_size // 2)
+
+    @classmethod
+    def from_cell(cls, cell: ConvLSTMCell) -> "ConcatConvLSTMCell":
+        reference = cls(cell.conv_x.in_channels, cell.hidden_channels, cell.conv_x.kernel_size[0])
+        with torch.no_grad():
+            reference.conv.weight.copy_(torch.cat([cell.conv_x.weight, cell.conv_h.weight], dim=1))
+            reference.conv.bias.copy_(cell.conv_x.bias)
+        return reference
+
+    def forward(self, x: torch.Tensor, state: Optional[State] = None) -> State:
+        if state is None:
+            zeros = x.new_zeros(x.shape[0], self.hidden_channels, *x.shape[2:])
+            state = (zeros, zeros)
+        h, c = state
+        i, f, o, g = self.conv(torch.cat([x, h], dim=1)).chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def run_reference(cells: list[ConcatConvLSTMCell], x: torch.Tensor) -> torch.Tensor:
+    """A stack of reference cells over `x` `[B, T, C, H, W]`, frame by frame."""
+    for cell in cells:
+        state, outputs = None, []
+        for t in range(x.shape[1]):
+            state = cell(x[:, t], state)
+            outputs.append(state[0])
+        x = torch.stack(outputs, dim=1)
+    return x
+
+
+class ConvLSTM(nn.Module):
+    """A stack of ConvLSTM layers over sequences `[B, T, C, H, W]`.
+
+    Args:
+        input_channels: channels of the input frames.
+        hidden_sizes: hidden channels of each layer.
+        kernel_size: odd kernel size of every convolution.
+        dropout: dropout on the outputs of every layer but the last.
+        bidirectional: also run each layer backwards in time and concatenate
+            both directions' outputs (then a carried-over state is not allowed).
+        checkpoint_steps: recompute each step in the backward pass instead of
+            storing its activations (long sequences on small GPUs).
+    """
+
+    def __init__(self, input_channels: int, hidden_sizes: list[int], kernel_size: int,
+                 dropout: float = 0.0, bidirectional: bool = False, checkpoint_steps: bool = False):
+        super().__init__()
+        if not hidden_sizes:
+            raise ValueError("hidden_sizes needs at least one layer")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        _check_kernel(kernel_size)
+        directions = 2 if bidirectional else 1
+        inputs = [input_channels] + [directions * h for h in hidden_sizes[:-1]]
+        self.cells = nn.ModuleList(ConvLSTMCell(i, h, kernel_size) for i, h in zip(inputs, hidden_sizes))
+        self.backward_cells = nn.ModuleList(
+            ConvLSTMCell(i, h, kernel_size) for i, h in zip(inputs, hidden_sizes)) if bidirectional else None
+        self.dropout = nn.Dropout(dropout)
+        self.output_channels = directions * hidden_sizes[-1]
+        self.checkpoint_steps = checkpoint_steps
+
+    def forward(self, x: torch.Tensor, state: Optional[list[State]] = None
+                ) -> tuple[torch.Tensor, list[State]]:
+        """Run the stack.
+
+        Args:
+            x: `[B, T, C, H, W]`.
+            state: a list of `(h, c)` per layer to continue from (e.g. the state
+                returned by the previous chunk of a stream), or None for zeros.
+
+        Returns:
+            The last layer's outputs `[B, T, C_out, H, W]` and the final state
+            (a list of `(h, c)` per layer, forward direction).
+        """
+        if state is not None and self.backward_cells is not None:
+            raise ValueError("a bidirectional ConvLSTM cannot continue from a state")
+        final = []
+        for layer, cell in enumerate(self.cells):
+            out, last = self._run(cell, x, None if state is None else state[layer], reverse=False)
+            if self.backward_cells is not None:
+                back, _ = self._run(self.backward_cells[layer], x, None, reverse=True)
+                out = torch.cat([out, back], dim=2)
+            final.append(last)
+            x = self.dropout(out) if layer < len(self.cells) - 1 else out
+        return x, final
+
+    def _run(self, cell: ConvLSTMCell, x: torch.Tensor, state: Optional[State], reverse: bool
+             ) -> tuple[torch.Tensor, State]:
+        b, t = x.shape[:2]
+        # shape: (B, T, 4*hidden, H, W); the input convolution once over all frames
+        gates_x = cell.conv_x(x.flatten(0, 1)).unflatten(0, (b, t))
+        h, c = state if state is not None else cell.zero_state(x[:, 0])
+        outputs = [None] * t
+        for step in (range(t - 1, -1, -1) if reverse else range(t)):
+            if self.checkpoint_steps and torch.is_grad_enabled():
+                h, c = checkpoint(cell.step, gates_x[:, step], h, c, use_reentrant=False)
+            else:
+                h, c = cell.step(gates_x[:, step], h, c)
+            outputs[step] = h
+        return torch.stack(outputs, dim=1), (h, c)
+
+
+class ConvLSTMNet(nn.Module):
+    """A ConvLSTM stack with the head of one task.
+
+    Args:
+        input_channels: channels of the input frames.
+        hidden_sizes, kernel_size, dropout, bidirectional, checkpoint_steps: see `ConvLSTM`.
+        task: "segmentation" (per-pixel logits `[B, T, K, H, W]`), "tagging"
+            (per-frame logits `[B, T, K]`) or "regression" (per-pixel values
+            `[B, T, K, H, W]`, K output channels).
+        num_outputs: classes K, or regression output channels.
+    """
+
+    TASKS = ("segmentation", "tagging", "regression")
+
+    def __init__(self, input_channels: int, hidden_sizes: list[int], kernel_size: int, task: str,
+                 num_outputs: int, dropout: float = 0.0, bidirectional: bool = False,
+                 checkpoint_steps: bool = False):
+        super().__init__()
+        if task not in self.TASKS:
+            raise ValueError(f"task must be one of {self.TASKS}, got {task!r}")
+        self.task = task
+        self.encoder = ConvLSTM(input_channels, hidden_sizes, kernel_size, dropout, bidirectional,
+                                checkpoint_steps)
+        channels = self.encoder.output_channels
+        if task == "tagging":
+            # mean and max pooling over the grid, then a linear layer
+            self.head = nn.Linear(2 * channels, num_outputs)
+        else:
+            self.head = nn.Conv2d(channels, num_outputs, kernel_size=1)
+
+    def forward(self, x: torch.Tensor, state: Optional[list[State]] = None,
+                return_features: bool = False):
+        """`x` `[B, T, C, H, W]` -> outputs (and the last layer's features `[B, T, C_out, H, W]`)."""
+        features, _ = self.encoder(x, state)
+        if self.task == "tagging":
+            # shape: (B, T, 2*C_out)
+            pooled = torch.cat([features.mean(dim=(3, 4)), features.amax(dim=(3, 4))], dim=2)
+            out = self.head(pooled)
+        else:
+            out = self.head(features.flatten(0, 1)).unflatten(0, features.shape[:2])
+        return (out, features) if return_features else out

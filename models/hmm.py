@@ -1,0 +1,254 @@
+"""Hidden Markov models, batched over any number of chains.
+
+`log_trans[i, j] = log P(z_t = j | z_{t-1} = i)`. Forward-backward uses the
+scaled recursions in probability space (one `[B, K] @ [K, K]` product per step,
+emissions shifted by their per-step maximum so nothing underflows) and reports
+the log-likelihood from the scales; Viterbi works in log space. Masks mark the
+valid steps of ragged chains: `mask[:, 0]` must be on and a masked-off step
+leaves the chain where it was.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+def check_mask(log_emit: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    if mask is None:
+        return torch.ones(log_emit.shape[:2], dtype=torch.bool, device=log_emit.device)
+    if mask.shape != log_emit.shape[:2]:
+        raise ValueError(f"mask {tuple(mask.shape)} must be [B, T] = {tuple(log_emit.shape[:2])}")
+    if not bool(mask[:, 0].all()):
+        raise ValueError("the first step of every chain must be on in the mask")
+    return mask.bool()
+
+
+def _scaled_passes(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Tensor,
+                   mask: torch.Tensor):
+    """Scaled forward and backward passes.
+
+    Returns:
+        alpha, beta `[B, T, K]` (alpha normalised per step, alpha * beta the
+        posteriors), scale `[B, T]` (the normaliser of each step, 1 where masked),
+        emit `[B, T, K]` (emission probabilities shifted by their step maximum)
+        and the log-likelihood `[B]`.
+    """
+    b, t, k = log_emit.shape
+    trans = log_trans.exp()
+    peak = log_emit.amax(dim=2, keepdim=True)  # (B, T, 1)
+    emit = (log_emit - peak).exp()
+    alphas, scales = [], []
+    a = log_start.exp() * emit[:, 0]
+    s = a.sum(dim=1, keepdim=True)
+    alphas.append(a / s)
+    scales.append(s)
+    for step in range(1, t):
+        new = (alphas[-1] @ trans) * emit[:, step]
+        s = new.sum(dim=1, keepdim=True)
+        on = mask[:, step, None]
+        alphas.append(torch.where(on, new / s, alphas[-1]))
+        scales.append(torch.where(on, s, torch.ones_like(s)))
+    alpha = torch.stack(alphas, dim=1)
+    scale = torch.cat(scales, dim=1)  # (B, T)
+    log_likelihood = (scale.log() + peak[..., 0] * mask).sum(dim=1)
+
+    betas = [torch.ones_like(alphas[0])]
+    for step in range(t - 2, -1, -1):
+        new = (emit[:, step + 1] * betas[0]) @ trans.T / scale[:, step + 1, None]
+        betas.insert(0, torch.where(mask[:, step + 1, None], new, betas[0]))
+    return alpha, torch.stack(betas, dim=1), scale, emit, log_likelihood
+
+
+def forward_backward(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Tensor,
+                     mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-likelihood and state posteriors of every chain.
+
+    Args:
+        log_start: `[K]` log initial probabilities.
+        log_trans: `[K, K]` log transition probabilities (rows sum to 1).
+        log_emit: `[B, T, K]` log emission likelihoods.
+        mask: `[B, T]` valid steps (default: all).
+
+    Returns:
+        log_likelihood `[B]` and posteriors `[B, T, K]` (0 at masked steps).
+    """
+    mask = check_mask(log_emit, mask)
+    alpha, beta, _, _, log_likelihood = _scaled_passes(log_start, log_trans, log_emit, mask)
+    return log_likelihood, alpha * beta * mask[..., None]
+
+
+def viterbi(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Tensor,
+            mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Most likely state paths `[B, T]` (-1 at masked steps) and their log joint scores `[B]`."""
+    mask = check_mask(log_emit, mask)
+    b, t, k = log_emit.shape
+    stay = torch.arange(k, device=log_emit.device).expand(b, k)
+    delta = log_start + log_emit[:, 0]  # (B, K)
+    pointers = [stay]
+    for step in range(1, t):
+        # shape: (B, K_prev, K_next)
+        best, arg = (delta[:, :, None] + log_trans).max(dim=1)
+        on = mask[:, step, None]
+        delta = torch.where(on, best + log_emit[:, step], delta)
+        pointers.append(torch.where(on, arg, stay))
+    score, state = delta.max(dim=1)
+    return backtrack(torch.stack(pointers, dim=1), state, mask), score
+
+
+def backtrack(pointers: torch.Tensor, last: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Follow back-pointers `[B, T, K]` from the final states `[B]`, all chains at once."""
+    t = pointers.shape[1]
+    path = [last]
+    for step in range(t - 1, 0, -1):
+        path.insert(0, pointers[:, step].gather(1, path[0][:, None])[:, 0])
+    return torch.where(mask, torch.stack(path, dim=1), torch.full_like(last[:, None], -1))
+
+
+class HMM(nn.Module):
+    """A discrete-state HMM with categorical, Gaussian or given emissions.
+
+    Args:
+        num_states: hidden states K.
+        emission: "categorical" (symbols `[B, T]` in [0, num_symbols)),
+            "gaussian" (diagonal, features `[B, T, D]`), or "given" (the caller
+            passes emission log-likelihoods `[B, T, K]`, e.g. a network's
+            posteriors divided by the class priors: the hybrid HMM/NN).
+        num_symbols: alphabet size for categorical emissions.
+        num_features: D for Gaussian emissions.
+    """
+
+    def __init__(self, num_states: int, emission: str = "given", num_symbols: Optional[int] = None,
+                 num_features: Optional[int] = None):
+        super().__init__()
+        if num_states < 1:
+            raise ValueError(f"num_states must be >= 1, got {num_states}")
+        if emission not in ("categorical", "gaussian", "given"):
+            raise ValueError(f"emission must be categorical, gaussian or given, got {emission!r}")
+        k = num_states
+        self.num_states, self.emission = k, emission
+        self.register_buffer("log_start", torch.full((k,), -math.log(k)))
+        self.register_buffer("log_trans", torch.full((k, k), -math.log(k)))
+        if emission == "categorical":
+            if not num_symbols:
+                raise ValueError("categorical emissions need num_symbols")
+            self.register_buffer("log_emission", torch.full((k, num_symbols), -math.log(num_symbols)))
+        elif emission == "gaussian":
+            if not num_features:
+                raise ValueError("gaussian emissions need num_features")
+            self.register_buffer("means", torch.randn(k, num_features))
+            self.register_buffer("variances", torch.ones(k, num_features))
+
+    def emission_log_likelihood(self, observations: torch.Tensor) -> torch.Tensor:
+        """`log p(x_t | z_t = k)` `[B, T, K]` for the observations."""
+        if self.emission == "categorical":
+            return self.log_emission.T[observations]
+        if self.emission == "gaussian":
+            diff = observations[:, :, None, :] - self.means  # (B, T, K, D)
+            return -0.5 * (diff ** 2 / self.variances + torch.log(2 * math.pi * self.variances)).sum(-1)
+        return observations
+
+    def log_likelihood(self, observations: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return forward_backward(self.log_start, self.log_trans,
+                                self.emission_log_likelihood(observations), mask)[0]
+
+    def posteriors(self, observations: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return forward_backward(self.log_start, self.log_trans,
+                                self.emission_log_likelihood(observations), mask)[1]
+
+    def decode(self, observations: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return viterbi(self.log_start, self.log_trans, self.emission_log_likelihood(observations), mask)[0]
+
+    def decode_pixels(self, log_probs: torch.Tensor, log_prior: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Viterbi labels `[B, T, H, W]` with every pixel's time series as its own chain.
+
+        Args:
+            log_probs: a network's log posteriors `[B, T, K, H, W]`.
+            log_prior: class log priors `[K]`; subtracting them turns posteriors
+                into scaled likelihoods (hybrid HMM/NN). None: use as given.
+        """
+        b, t, k, h, w = log_probs.shape
+        log_emit = log_probs.permute(0, 3, 4, 1, 2).reshape(b * h * w, t, k)  # one chain per pixel
+        if log_prior is not None:
+            log_emit = log_emit - log_prior
+        paths, _ = viterbi(self.log_start, self.log_trans, log_emit)
+        return paths.reshape(b, h, w, t).permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def fit_supervised(self, states: torch.Tensor, observations: Optional[torch.Tensor] = None,
+                       mask: Optional[torch.Tensor] = None, pseudo_count: float = 1.0) -> None:
+        """MAP estimates from labelled chains: counts plus Dirichlet pseudo-counts.
+
+        Args:
+            states: `[B, T]` true states.
+            observations: the emissions, for categorical/Gaussian emission models.
+            mask: valid steps.
+            pseudo_count: added to every count (0: maximum likelihood).
+        """
+        mask = check_mask(states[..., None], mask)
+        k = self.num_states
+        onehot = torch.nn.functional.one_hot(states.clamp(min=0), k).double() * mask[..., None]
+        pairs = mask[:, 1:] & mask[:, :-1]
+        transitions = torch.einsum("bti,btj->ij", onehot[:, :-1] * pairs[..., None], onehot[:, 1:])
+        self._set_start_and_trans(onehot[:, 0].sum(0), transitions, pseudo_count)
+        if observations is not None and self.emission != "given":
+            self._fit_emissions(onehot, observations, pseudo_count)
+
+    @torch.no_grad()
+    def fit_em(self, observations: torch.Tensor, mask: Optional[torch.Tensor] = None,
+               iterations: int = 10, tolerance: float = 1e-6, pseudo_count: float = 0.0) -> list[float]:
+        """Baum-Welch EM on unlabelled chains; returns the total log-likelihood before each update.
+
+        With `pseudo_count = 0` (maximum likelihood) the log-likelihood never decreases.
+        """
+        mask = check_mask(self.emission_log_likelihood(observations), mask)
+        history = []
+        for _ in range(iterations):
+            log_emit = self.emission_log_likelihood(observations)
+            alpha, beta, scale, emit, log_likelihood = _scaled_passes(
+                self.log_start, self.log_trans, log_emit, mask)
+            history.append(float(log_likelihood.sum()))
+            gamma = alpha * beta * mask[..., None]  # (B, T, K)
+            # expected transitions: sum_t alpha_{t-1}(i) A(i, j) e_t(j) beta_t(j) / s_t
+            forward_part = alpha[:, :-1] * mask[:, 1:, None]
+            backward_part = emit[:, 1:] * beta[:, 1:] / scale[:, 1:, None]
+            xi = torch.einsum("bti,btj->ij", forward_part, backward_part) * self.log_trans.exp()
+            self._set_start_and_trans(gamma[:, 0].sum(0), xi, pseudo_count)
+            if self.emission != "given":
+                self._fit_emissions(gamma, observations, pseudo_count)
+            if len(history) > 1 and abs(history[-1] - history[-2]) < tolerance * abs(history[-2]):
+                break
+        return history
+
+    def _set_start_and_trans(self, start_counts: torch.Tensor, trans_counts: torch.Tensor,
+                             pseudo_count: float) -> None:
+        start = start_counts + pseudo_count
+        trans = trans_counts + pseudo_count
+        self.log_start.copy_(_log_normalise(start))
+        self.log_trans.copy_(_log_normalise(trans))
+
+    def _fit_emissions(self, weights: torch.Tensor, observations: torch.Tensor, pseudo_count: float) -> None:
+        """Weighted emission estimates; `weights` `[B, T, K]` are responsibilities (or one-hot labels)."""
+        weights = weights.to(torch.float64)
+        if self.emission == "categorical":
+            symbols = torch.nn.functional.one_hot(observations, self.log_emission.shape[1]).double()
+            counts = torch.einsum("btk,bts->ks", weights, symbols) + pseudo_count
+            self.log_emission.copy_(_log_normalise(counts))
+            return
+        x = observations.double()
+        total = weights.sum(dim=(0, 1))[:, None].clamp(min=1e-12)  # (K, 1)
+        means = torch.einsum("btk,btd->kd", weights, x) / total
+        second = torch.einsum("btk,btd->kd", weights, x ** 2) / total
+        self.means.copy_(means)
+        self.variances.copy_((second - means ** 2).clamp(min=1e-6))
+
+
+def _log_normalise(counts: torch.Tensor) -> torch.Tensor:
+    """Rows of log probabilities from non-negative counts (an empty row becomes uniform)."""
+    counts = counts.double()
+    empty = counts.sum(dim=-1, keepdim=True) <= 0
+    counts = torch.where(empty, torch.ones_like(counts), counts)
+    return (counts / counts.sum(dim=-1, keepdim=True)).log()
