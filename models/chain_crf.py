@@ -67,11 +67,18 @@ class ChainCRF(nn.Module):
         stay = torch.arange(k, device=emissions.device).expand(b, k)
         score = self.start_transitions + emissions[:, 0]
         pointers = [stay]
+        ragged = not bool(mask.all())  # without masked steps, skip the per-step selects
+        into = self.transitions.T.contiguous()  # [K_next, K_prev]: reduce over the last axis
         for step in range(1, t):
-            best, arg = (score[:, :, None] + self.transitions).max(dim=1)
-            on = mask[:, step, None]
-            score = torch.where(on, best + emissions[:, step], score)
-            pointers.append(torch.where(on, arg, stay))
+            # shape: (B, K_next, K_prev)
+            best, arg = (score[:, None, :] + into).max(dim=2)
+            if ragged:
+                on = mask[:, step, None]
+                score = torch.where(on, best + emissions[:, step], score)
+                arg = torch.where(on, arg, stay)
+            else:
+                score = best + emissions[:, step]
+            pointers.append(arg)
         last = (score + self.end_transitions).argmax(dim=1)
         return backtrack(torch.stack(pointers, dim=1), last, mask)
 
@@ -92,9 +99,11 @@ class ChainCRF(nn.Module):
     def _forward_alphas(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         alpha = self.start_transitions + emissions[:, 0]
         alphas = [alpha]
+        ragged = not bool(mask.all())
+        into = self.transitions.T  # [K_next, K_prev]
         for step in range(1, emissions.shape[1]):
-            new = torch.logsumexp(alpha[:, :, None] + self.transitions, dim=1) + emissions[:, step]
-            alpha = torch.where(mask[:, step, None], new, alpha)
+            new = torch.logsumexp(alpha[:, None, :] + into, dim=2) + emissions[:, step]
+            alpha = torch.where(mask[:, step, None], new, alpha) if ragged else new
             alphas.append(alpha)
         return torch.stack(alphas, dim=1)
 

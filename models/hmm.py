@@ -46,12 +46,15 @@ def _scaled_passes(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: t
     s = a.sum(dim=1, keepdim=True)
     alphas.append(a / s)
     scales.append(s)
+    ragged = not bool(mask.all())  # without masked steps, skip the per-step selects
     for step in range(1, t):
         new = (alphas[-1] @ trans) * emit[:, step]
         s = new.sum(dim=1, keepdim=True)
-        on = mask[:, step, None]
-        alphas.append(torch.where(on, new / s, alphas[-1]))
-        scales.append(torch.where(on, s, torch.ones_like(s)))
+        if ragged:
+            on = mask[:, step, None]
+            new, s = torch.where(on, new, alphas[-1]), torch.where(on, s, torch.ones_like(s))
+        alphas.append(new / s)
+        scales.append(s)
     alpha = torch.stack(alphas, dim=1)
     scale = torch.cat(scales, dim=1)  # (B, T)
     log_likelihood = (scale.log() + peak[..., 0] * mask).sum(dim=1)
@@ -59,7 +62,7 @@ def _scaled_passes(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: t
     betas = [torch.ones_like(alphas[0])]
     for step in range(t - 2, -1, -1):
         new = (emit[:, step + 1] * betas[0]) @ trans.T / scale[:, step + 1, None]
-        betas.insert(0, torch.where(mask[:, step + 1, None], new, betas[0]))
+        betas.insert(0, torch.where(mask[:, step + 1, None], new, betas[0]) if ragged else new)
     return alpha, torch.stack(betas, dim=1), scale, emit, log_likelihood
 
 
@@ -89,12 +92,18 @@ def viterbi(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Te
     stay = torch.arange(k, device=log_emit.device).expand(b, k)
     delta = log_start + log_emit[:, 0]  # (B, K)
     pointers = [stay]
+    ragged = not bool(mask.all())
+    into = log_trans.T.contiguous()  # [K_next, K_prev]: reduce over the contiguous last axis
     for step in range(1, t):
-        # shape: (B, K_prev, K_next)
-        best, arg = (delta[:, :, None] + log_trans).max(dim=1)
-        on = mask[:, step, None]
-        delta = torch.where(on, best + log_emit[:, step], delta)
-        pointers.append(torch.where(on, arg, stay))
+        # shape: (B, K_next, K_prev)
+        best, arg = (delta[:, None, :] + into).max(dim=2)
+        if ragged:
+            on = mask[:, step, None]
+            delta = torch.where(on, best + log_emit[:, step], delta)
+            arg = torch.where(on, arg, stay)
+        else:
+            delta = best + log_emit[:, step]
+        pointers.append(arg)
     score, state = delta.max(dim=1)
     return backtrack(torch.stack(pointers, dim=1), state, mask), score
 

@@ -56,6 +56,16 @@ def test_forward_backward_and_viterbi_equal_enumeration(seed):
         assert abs(float(scores[b] - logs[best])) < 1e-9
 
 
+def test_a_masked_step_leaves_the_chain_where_it_was():
+    from models.hmm import _scaled_passes
+    log_start, log_trans, g = random_hmm(3, 2)
+    log_emit = torch.randn(2, 5, 3, generator=g, dtype=torch.float64)
+    mask = ragged_mask([5, 2], 5)
+    alpha, beta, scale, _, _ = _scaled_passes(log_start, log_trans, log_emit, mask)
+    assert torch.equal(alpha[1, 2:], alpha[1, 1].expand(3, 3))
+    assert (scale[1, 2:] == 1).all() and (beta[1, 1:] == 1).all()
+
+
 def test_posteriors_sum_to_one_and_survive_tiny_emissions():
     log_start, log_trans, g = random_hmm(4, 0)
     log_emit = torch.randn(8, 200, 4, generator=g, dtype=torch.float64) * 50 - 1000

@@ -1,0 +1,223 @@
+"""Benchmarks of models/ against the textbook ConvLSTM cell, hmmlearn and pytorch-crf.
+
+    pip install -r bench/requirements.txt
+    python bench/models.py            # every table (about 10 minutes on 2 cores)
+    python bench/models.py --quick    # fewer repeats, smaller ConvLSTM shapes
+
+Prints median-of-repeats tables; every ratio compares two timings made in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+# Run as a script, this file's folder comes first on sys.path and its name would
+# hide the `models` package it measures.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F
+from hmmlearn.hmm import CategoricalHMM
+from torchcrf import CRF
+
+from models.chain_crf import ChainCRF
+from models.convlstm import ConcatConvLSTMCell, ConvLSTM, run_reference
+from models.crf import MeanFieldCRF
+from models.hmm import HMM, forward_backward, viterbi
+
+
+def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def table(title: str, header: list[str], rows: list[list]) -> None:
+    widths = [max(len(str(x)) for x in [h] + [r[i] for r in rows]) for i, h in enumerate(header)]
+    print(f"\n{title}")
+    print("  ".join(str(h).ljust(w) for h, w in zip(header, widths)))
+    for row in rows:
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)))
+
+
+# --------------------------------------------------------------------------- ConvLSTM
+
+
+def convlstm_flops(b, t, c, h, w, hidden, k) -> float:
+    """Multiply-adds x 2 of one forward pass (the convolutions)."""
+    flops, inputs = 0.0, c
+    for size in hidden:
+        flops += 2 * b * t * h * w * 4 * size * k * k * (inputs + size)
+        inputs = size
+    return flops
+
+
+def bench_convlstm(repeats: int, quick: bool) -> None:
+    shapes = [(8, 8, 1, 32, 32, [32, 32], 3), (16, 10, 1, 64, 64, [64, 64], 3), (4, 8, 2, 48, 48, [16], 5)]
+    if quick:
+        shapes[1] = (4, 6, 1, 32, 32, [32, 32], 3)
+    rows = []
+    for b, t, c, h, w, hidden, k in shapes:
+        torch.manual_seed(0)
+        ours = ConvLSTM(c, hidden, k)
+        reference = torch.nn.ModuleList(ConcatConvLSTMCell.from_cell(cell) for cell in ours.cells)
+        x = torch.randn(b, t, c, h, w)
+        target = torch.randn(b, t, hidden[-1], h, w)
+        # a training step costs about three forward passes
+        gflop = 3 * convlstm_flops(b, t, c, h, w, hidden, k) / 1e9
+        for precision in ("fp32", "bf16"):
+            seconds = {}
+            for name, model, forward in (("ours", ours, lambda: ours(x)[0]),
+                                         ("concat", reference, lambda: run_reference(list(reference), x))):
+                optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+                def step():
+                    optimizer.zero_grad(set_to_none=True)
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                        out = forward()
+                    F.mse_loss(out.float(), target).backward()
+                    optimizer.step()
+
+                seconds[name] = median_seconds(step, repeats)
+            rows.append([f"B={b} T={t} C={c} {h}x{w} hidden {hidden} k{k}", precision,
+                         f"{b / seconds['ours']:.1f}", f"{gflop / seconds['ours']:.1f}",
+                         f"{b / seconds['concat']:.1f}", f"{seconds['concat'] / seconds['ours']:.2f}x"])
+    table("ConvLSTM training step (Adam, MSE): ours (hoisted input conv) vs concat-then-conv cell",
+          ["shape", "precision", "ours seq/s", "ours GFLOP/s", "concat seq/s", "speed-up"], rows)
+
+
+# --------------------------------------------------------------------------- HMM
+
+
+def bench_hmm(repeats: int) -> None:
+    rows = []
+    for n, t, k, symbols in ((256, 64, 4, 8), (256, 64, 16, 8), (8192, 16, 4, 8)):
+        rng = np.random.default_rng(0)
+        start = rng.dirichlet(np.ones(k))
+        trans = rng.dirichlet(np.ones(k), size=k)
+        emission = rng.dirichlet(np.ones(symbols), size=k)
+        observations = rng.integers(0, symbols, size=(n, t))
+        peer = CategoricalHMM(k, implementation="scaling", init_params="", params="ste", n_iter=10, tol=0.0)
+        peer.n_features = symbols
+        peer.startprob_, peer.transmat_, peer.emissionprob_ = start, trans, emission
+        flat, lengths = observations.reshape(-1, 1), [t] * n
+
+        log_start, log_trans = torch.tensor(start).log(), torch.tensor(trans).log()
+        obs = torch.from_numpy(observations)
+        log_emit = torch.tensor(emission).log().T[obs]  # (N, T, K)
+
+        ours_ll, _ = forward_backward(log_start, log_trans, log_emit)
+        assert abs(float(ours_ll.sum()) - peer.score(flat, lengths)) < 1e-6 * abs(float(ours_ll.sum()))
+
+        fb_peer = median_seconds(lambda: peer.score_samples(flat, lengths), repeats)
+        fb_ours = median_seconds(lambda: forward_backward(log_start, log_trans, log_emit), repeats)
+        vi_peer = median_seconds(lambda: peer.decode(flat, lengths, algorithm="viterbi"), repeats)
+        vi_ours = median_seconds(lambda: viterbi(log_start, log_trans, log_emit), repeats)
+        shape = f"N={n} T={t} K={k}"
+        rows.append([shape, "forward-backward", f"{fb_ours * 1e3:.1f}", f"{fb_peer * 1e3:.1f}",
+                     f"{fb_peer / fb_ours:.1f}x"])
+        rows.append([shape, "viterbi", f"{vi_ours * 1e3:.1f}", f"{vi_peer * 1e3:.1f}", f"{vi_peer / vi_ours:.1f}x"])
+        if (n, t, k) == (256, 64, 4):
+            def fit_peer():
+                peer.startprob_, peer.transmat_, peer.emissionprob_ = start, trans, emission
+                peer.fit(flat, lengths)
+
+            def fit_ours():
+                hmm = HMM(k, "categorical", num_symbols=symbols).double()
+                hmm.log_start.copy_(log_start)
+                hmm.log_trans.copy_(log_trans)
+                hmm.log_emission.copy_(torch.tensor(emission).log())
+                hmm.fit_em(obs, iterations=10, tolerance=0.0)
+
+            em_peer, em_ours = median_seconds(fit_peer, repeats), median_seconds(fit_ours, repeats)
+            rows.append([shape, "10 EM iterations", f"{em_ours * 1e3:.1f}", f"{em_peer * 1e3:.1f}",
+                         f"{em_peer / em_ours:.1f}x"])
+    table("HMM, categorical emissions, float64: ours vs hmmlearn (implementation='scaling')",
+          ["shape", "operation", "ours ms", "hmmlearn ms", "speed-up"], rows)
+
+
+# --------------------------------------------------------------------------- chain CRF
+
+
+def bench_chain_crf(repeats: int) -> None:
+    rows = []
+    for b, t, k in ((64, 32, 5), (64, 128, 20)):
+        torch.manual_seed(0)
+        peer = CRF(k, batch_first=True)
+        ours = ChainCRF(k)
+        ours.load_state_dict(peer.state_dict())
+        emissions = torch.randn(b, t, k, requires_grad=True)
+        tags = torch.randint(k, (b, t))
+        lengths = torch.randint(t // 2, t + 1, (b,))
+        lengths[0] = t
+        mask = torch.arange(t)[None] < lengths[:, None]
+
+        with torch.no_grad():
+            decoded = ours.decode(emissions, mask)
+            for row, path in enumerate(peer.decode(emissions, mask.byte())):
+                assert decoded[row, :len(path)].tolist() == path
+
+        def nll(model):
+            loss = -model(emissions, tags, mask.byte(), reduction="sum") if model is peer else \
+                -model.log_likelihood(emissions, tags, mask).sum()
+            loss.backward()
+
+        with torch.no_grad():
+            d_ours = median_seconds(lambda: ours.decode(emissions, mask), repeats)
+            d_peer = median_seconds(lambda: peer.decode(emissions, mask.byte()), repeats)
+        n_ours = median_seconds(lambda: nll(ours), repeats)
+        n_peer = median_seconds(lambda: nll(peer), repeats)
+        shape = f"B={b} T={t} K={k}"
+        rows.append([shape, "decode", f"{d_ours * 1e3:.2f}", f"{d_peer * 1e3:.2f}", f"{d_peer / d_ours:.1f}x"])
+        rows.append([shape, "NLL forward+backward", f"{n_ours * 1e3:.2f}", f"{n_peer * 1e3:.2f}",
+                     f"{n_peer / n_ours:.1f}x"])
+    table("Chain CRF: ours vs pytorch-crf", ["shape", "operation", "ours ms", "pytorch-crf ms", "speed-up"], rows)
+
+
+# --------------------------------------------------------------------------- mean-field CRF
+
+
+def bench_mean_field(repeats: int) -> None:
+    """At the default config: B=8 T=8 32x32, K=3, hidden [16, 16], kernel 3."""
+    torch.manual_seed(0)
+    encoder = ConvLSTM(1, [16, 16], 3).eval()
+    crf = MeanFieldCRF(3, iterations=5, pairwise_weight=0.7, temporal_links=True).eval()
+    x = torch.randn(8, 8, 1, 32, 32)
+    unaries = torch.randn(8, 8, 3, 32, 32)
+    rows = []
+    with torch.no_grad():
+        lstm = median_seconds(lambda: encoder(x), repeats)
+        for inference in ("mean_field", "loopy_bp"):
+            crf.inference = inference
+            seconds = median_seconds(lambda: crf(unaries), repeats)
+            rows.append([inference, f"{seconds * 1e3:.1f}", f"{lstm * 1e3:.1f}", f"{100 * seconds / lstm:.0f}%"])
+    table("Space-time CRF (5 iterations, temporal links) vs ConvLSTM forward, default config",
+          ["inference", "CRF ms", "ConvLSTM ms", "CRF / ConvLSTM"], rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller ConvLSTM shapes")
+    parser.add_argument("--only", choices=["convlstm", "hmm", "chain_crf", "mean_field"], action="append")
+    args = parser.parse_args()
+    repeats = 3 if args.quick else 7
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    sections = {"hmm": lambda: bench_hmm(repeats), "chain_crf": lambda: bench_chain_crf(repeats),
+                "mean_field": lambda: bench_mean_field(repeats),
+                "convlstm": lambda: bench_convlstm(3 if args.quick else 5, args.quick)}
+    for name in args.only or sections:
+        sections[name]()
+
+
+if __name__ == "__main__":
+    main()
