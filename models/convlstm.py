@@ -163,15 +163,16 @@ class ConvLSTM(nn.Module):
     def _run(self, cell: ConvLSTMCell, x: torch.Tensor, state: Optional[State], reverse: bool
              ) -> tuple[torch.Tensor, State]:
         b, t = x.shape[:2]
-        # shape: (B, T, 4*hidden, H, W); the input convolution once over all frames
-        gates_x = cell.conv_x(x.flatten(0, 1)).unflatten(0, (b, t))
+        # The input convolution once over all frames; unbind (not indexing) so that the
+        # backward pass stacks the T gradients once instead of a full-size add per step.
+        gates_x = cell.conv_x(x.flatten(0, 1)).unflatten(0, (b, t)).unbind(1)  # T x (B, 4*hidden, H, W)
         h, c = state if state is not None else cell.zero_state(x[:, 0])
         outputs = [None] * t
         for step in (range(t - 1, -1, -1) if reverse else range(t)):
             if self.checkpoint_steps and torch.is_grad_enabled():
-                h, c = checkpoint(cell.step, gates_x[:, step], h, c, use_reentrant=False)
+                h, c = checkpoint(cell.step, gates_x[step], h, c, use_reentrant=False)
             else:
-                h, c = cell.step(gates_x[:, step], h, c)
+                h, c = cell.step(gates_x[step], h, c)
             outputs[step] = h
         return torch.stack(outputs, dim=1), (h, c)
 

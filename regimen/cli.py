@@ -13,6 +13,8 @@ import logging
 import sys
 from typing import Callable, Sequence
 
+from regimen.allocator import keep_freed_memory
+
 
 class UserError(Exception):
     """Bad input (arguments, config, data, files): reported in one line, exit 2."""
@@ -53,6 +55,7 @@ def setup_logging(verbose: bool = False) -> None:
 
 def run(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> None:
     """Run a script's `main` and exit 0, 2 (bad input) or 1 (internal failure)."""
+    keep_freed_memory()
     try:
         main(argv)
     except UserError as error:
