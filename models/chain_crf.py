@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from models.hmm import backtrack, check_mask
+from models.hmm import check_mask, viterbi
 
 
 class ChainCRF(nn.Module):
@@ -59,28 +59,11 @@ class ChainCRF(nn.Module):
         posterior = (alphas + torch.stack(betas, dim=1) - log_z[:, None, None]).exp()
         return posterior * mask[..., None]
 
+    @torch.no_grad()
     def decode(self, emissions: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Best tag sequences `[B, T]` (-1 past the mask), back-tracked for the whole batch at once."""
         self._check(emissions)
-        mask = check_mask(emissions, mask)
-        b, t, k = emissions.shape
-        stay = torch.arange(k, device=emissions.device).expand(b, k)
-        score = self.start_transitions + emissions[:, 0]
-        pointers = [stay]
-        ragged = not bool(mask.all())  # without masked steps, skip the per-step selects
-        into = self.transitions.T.contiguous()  # [K_next, K_prev]: reduce over the last axis
-        for step in range(1, t):
-            # shape: (B, K_next, K_prev)
-            best, arg = (score[:, None, :] + into).max(dim=2)
-            if ragged:
-                on = mask[:, step, None]
-                score = torch.where(on, best + emissions[:, step], score)
-                arg = torch.where(on, arg, stay)
-            else:
-                score = best + emissions[:, step]
-            pointers.append(arg)
-        last = (score + self.end_transitions).argmax(dim=1)
-        return backtrack(torch.stack(pointers, dim=1), last, mask)
+        return viterbi(self.start_transitions, self.transitions, emissions, mask, self.end_transitions)[0]
 
     def _check(self, emissions: torch.Tensor) -> None:
         if emissions.ndim != 3 or emissions.shape[2] != self.num_tags:

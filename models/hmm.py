@@ -85,8 +85,12 @@ def forward_backward(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit:
 
 
 def viterbi(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Tensor,
-            mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Most likely state paths `[B, T]` (-1 at masked steps) and their log joint scores `[B]`."""
+            mask: Optional[torch.Tensor] = None, log_end: Optional[torch.Tensor] = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Most likely state paths `[B, T]` (-1 at masked steps) and their log joint scores `[B]`.
+
+    `log_end` `[K]` scores the last state of each chain (a linear-chain CRF's end transitions).
+    """
     mask = check_mask(log_emit, mask)
     b, t, k = log_emit.shape
     stay = torch.arange(k, device=log_emit.device).expand(b, k)
@@ -104,7 +108,7 @@ def viterbi(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Te
         else:
             delta = best + log_emit[:, step]
         pointers.append(arg)
-    score, state = delta.max(dim=1)
+    score, state = (delta if log_end is None else delta + log_end).max(dim=1)
     return backtrack(torch.stack(pointers, dim=1), state, mask), score
 
 
