@@ -16,7 +16,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 import yaml
 
@@ -387,7 +387,7 @@ def _validate_data(check: _Checker) -> None:
                   and abs(sum(data.splits) - 1.0) < 1e-6 and data.splits[0] > 0,
                   "data.splits", "expected three fractions [train, val, test] summing to 1, train > 0")
     for i, name in enumerate(data.static_features):
-        check.require(name in STATIC_FEATURES, f"data.static_features",
+        check.require(name in STATIC_FEATURES, "data.static_features",
                       f"item {i} {name!r} is not one of {', '.join(STATIC_FEATURES)}")
     check.require(len(set(data.static_features)) == len(data.static_features),
                   "data.static_features", "lists a feature twice")

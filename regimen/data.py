@@ -8,7 +8,6 @@ anything is written; the writes are atomic and byte-reproducible.
 from __future__ import annotations
 
 import hashlib
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +17,7 @@ from tqdm import tqdm
 from regimen import runs
 from regimen.cli import UserError
 from regimen.config import Config
-from regimen.datasets import Dataset, load_dataset
-
-log = logging.getLogger(__name__)
+from regimen.datasets import load_dataset
 
 # Derivative along H, smoothing along W; its transpose the other way round.
 SOBEL_H = np.array([[-1.0, -2.0, -1.0], [0.0, 0.0, 0.0], [1.0, 2.0, 1.0]], dtype=np.float32)

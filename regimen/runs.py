@@ -22,7 +22,6 @@ from regimen.cli import UserError
 
 SPLITS = ("train", "val", "test")
 META_FILE = "meta.json"
-CONFIG_FILE = "config.yaml"
 
 
 # --------------------------------------------------------------------------- processed data (phase 0)
