@@ -50,13 +50,12 @@ class ChainCRF(nn.Module):
         mask = check_mask(emissions, mask)
         alphas = self._forward_alphas(emissions, mask)  # (B, T, K)
         log_z = torch.logsumexp(alphas[:, -1] + self.end_transitions, dim=1)
-        beta = self.end_transitions.expand_as(alphas[:, 0])
-        betas = [beta]
+        betas = [self.end_transitions.expand_as(alphas[:, 0])]  # built from the last step back
         for step in range(emissions.shape[1] - 2, -1, -1):
             # shape: (B, K_now, K_next)
-            new = torch.logsumexp(self.transitions + (emissions[:, step + 1] + betas[0])[:, None, :], dim=2)
-            betas.insert(0, torch.where(mask[:, step + 1, None], new, betas[0]))
-        posterior = (alphas + torch.stack(betas, dim=1) - log_z[:, None, None]).exp()
+            new = torch.logsumexp(self.transitions + (emissions[:, step + 1] + betas[-1])[:, None, :], dim=2)
+            betas.append(torch.where(mask[:, step + 1, None], new, betas[-1]))
+        posterior = (alphas + torch.stack(betas[::-1], dim=1) - log_z[:, None, None]).exp()
         return posterior * mask[..., None]
 
     @torch.no_grad()

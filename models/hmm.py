@@ -59,11 +59,11 @@ def _scaled_passes(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: t
     scale = torch.cat(scales, dim=1)  # (B, T)
     log_likelihood = (scale.log() + peak[..., 0] * mask).sum(dim=1)
 
-    betas = [torch.ones_like(alphas[0])]
+    betas = [torch.ones_like(alphas[0])]  # built from the last step back
     for step in range(t - 2, -1, -1):
-        new = (emit[:, step + 1] * betas[0]) @ trans.T / scale[:, step + 1, None]
-        betas.insert(0, torch.where(mask[:, step + 1, None], new, betas[0]) if ragged else new)
-    return alpha, torch.stack(betas, dim=1), scale, emit, log_likelihood
+        new = (emit[:, step + 1] * betas[-1]) @ trans.T / scale[:, step + 1, None]
+        betas.append(torch.where(mask[:, step + 1, None], new, betas[-1]) if ragged else new)
+    return alpha, torch.stack(betas[::-1], dim=1), scale, emit, log_likelihood
 
 
 def forward_backward(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Tensor,
@@ -115,10 +115,10 @@ def viterbi(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Te
 def backtrack(pointers: torch.Tensor, last: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Follow back-pointers `[B, T, K]` from the final states `[B]`, all chains at once."""
     t = pointers.shape[1]
-    path = [last]
+    path = [last]  # built from the last step back
     for step in range(t - 1, 0, -1):
-        path.insert(0, pointers[:, step].gather(1, path[0][:, None])[:, 0])
-    return torch.where(mask, torch.stack(path, dim=1), torch.full_like(last[:, None], -1))
+        path.append(pointers[:, step].gather(1, path[-1][:, None])[:, 0])
+    return torch.where(mask, torch.stack(path[::-1], dim=1), torch.full_like(last[:, None], -1))
 
 
 class HMM(nn.Module):

@@ -217,7 +217,7 @@ def config_hash(config: Config) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def leaf_keys(cls: type = None, prefix: str = "") -> dict[str, Any]:
+def leaf_keys(cls: Optional[type] = None, prefix: str = "") -> dict[str, Any]:
     """Every dotted leaf key of the config with its annotated type."""
     cls = cls or Config
     keys = {}
@@ -270,9 +270,8 @@ def _convert(value: Any, hint: Any, key: str, source: str) -> Any:
         known = {f.name: h for f, h in _fields(hint)}
         for name in value:
             if name not in known:
-                close = difflib.get_close_matches(str(name), known, n=1)
-                hint_text = f"; did you mean '{_join(key, close[0])}'?" if close else ""
-                raise UserError(f"{source}: unknown key '{_join(key, name)}'{hint_text}")
+                hint = _did_you_mean(str(name), list(known), prefix=key)
+                raise UserError(f"{source}: unknown key '{_join(key, name)}'{hint}")
         kwargs = {name: _convert(value[name], known[name], _join(key, name), source)
                   for name in value}
         return hint(**kwargs)
@@ -318,6 +317,12 @@ def _join(prefix: str, name: Any) -> str:
     return f"{prefix}.{name}" if prefix else str(name)
 
 
+def _did_you_mean(word: str, options: list[str], prefix: str = "") -> str:
+    """"; did you mean 'X'?" for the nearest option, or "" when none is near."""
+    close = difflib.get_close_matches(word, options, n=1)
+    return f"; did you mean '{_join(prefix, close[0])}'?" if close else ""
+
+
 # --------------------------------------------------------------------------- validation
 
 
@@ -335,8 +340,7 @@ class _Checker:
     def one_of(self, key: str, allowed: tuple) -> None:
         value = get_key(self.config, key)
         if value not in allowed:
-            close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            hint = _did_you_mean(str(value), [str(a) for a in allowed])
             raise UserError(f"{self.source}: {key} = {value!r}: expected one of "
                             f"{', '.join(map(str, allowed))}{hint}")
 
@@ -458,9 +462,7 @@ def _validate_gene(source: str, key: str, spec: Any) -> None:
     where = f"{source}: evolutionary.search_space.{key}"
     keys = leaf_keys()
     if key not in keys:
-        close = difflib.get_close_matches(key, keys, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise UserError(f"{where}: '{key}' is not a config key{hint}")
+        raise UserError(f"{where}: '{key}' is not a config key{_did_you_mean(key, list(keys))}")
     if key.startswith("evolutionary.") or key in ("seed", "device"):
         raise UserError(f"{where}: '{key}' cannot be evolved")
     if not isinstance(spec, dict):

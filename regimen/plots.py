@@ -18,8 +18,10 @@ from regimen import runs  # noqa: E402
 
 
 def class_colours(num_classes: int) -> ListedColormap:
-    base = plt.get_cmap("tab20" if num_classes > 10 else "tab10")
-    return ListedColormap([base(i) for i in range(num_classes)])
+    """Ten strong colours first, then their light twins (tab20 lists them in pairs)."""
+    base = plt.get_cmap("tab20")
+    order = list(range(0, 20, 2)) + list(range(1, 20, 2))
+    return ListedColormap([base(order[i % 20]) for i in range(num_classes)])
 
 
 class SequencePanel:
