@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from torch import nn
 
 from models.convlstm import ConvLSTMNet
-from models.crf import MeanFieldCRF
 from regimen.cli import UserError
 from regimen.config import Config
 
@@ -39,16 +39,33 @@ def autocast_for(device: torch.device, enabled: bool):
     return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
-def build_convlstm_net(config: Config, input_channels: int, num_outputs: int, task: str) -> ConvLSTMNet:
-    """The network of `model.convlstm` for a task with `num_outputs` classes or channels."""
+def needs_grad_scaler(device: torch.device, enabled: bool) -> bool:
+    """fp16 autocast (CUDA without bf16) needs loss scaling; bf16 and fp32 do not."""
+    return enabled and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+
+
+def net_spec(config: Config, input_channels: int, num_outputs: int, task: str) -> dict:
+    """What rebuilds the network of `model.convlstm`; checkpoints carry it."""
     lstm = config.model.convlstm
-    return ConvLSTMNet(input_channels=input_channels, hidden_sizes=list(lstm.hidden_sizes),
-                       kernel_size=lstm.kernel_size, task=task, num_outputs=num_outputs,
-                       dropout=lstm.dropout, bidirectional=lstm.bidirectional)
+    return {"input_channels": input_channels, "hidden_sizes": list(lstm.hidden_sizes),
+            "kernel_size": lstm.kernel_size, "task": task, "num_outputs": num_outputs,
+            "dropout": lstm.dropout, "bidirectional": lstm.bidirectional}
 
 
-def build_crf(config: Config, num_classes: int) -> MeanFieldCRF:
-    """The space-time CRF of `model.pgm`."""
-    pgm = config.model.pgm
-    return MeanFieldCRF(num_classes, temporal_links=pgm.temporal_links, iterations=pgm.mean_field_iters,
-                        pairwise_weight=pgm.pairwise_weight)
+def build_net(spec: dict) -> ConvLSTMNet:
+    return ConvLSTMNet(**spec)
+
+
+def load_state_checked(module: nn.Module, state: dict, source: str) -> None:
+    """`load_state_dict`, or a one-line UserError naming the first mismatched tensor."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise UserError(f"{source}: parameters do not match the model "
+                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise UserError(f"{source}: parameter {name} has shape {tuple(tensor.shape)}, "
+                            f"the model needs {tuple(expected[name].shape)}")
+    module.load_state_dict(state)

@@ -31,6 +31,9 @@ TASKS_OF_DATASET = {
     "npz": TASKS,
 }
 STATIC_FEATURES = ("edges", "motion", "mask")
+PGM_TYPES = ("crf", "hmm", "chain_crf")
+JOINT_MODES = ("alternating", "end_to_end")
+UNARY_LOSSES = ("auto", "ce", "kl", "mse")
 
 
 @dataclass
@@ -106,12 +109,26 @@ class PGMConfig:
     pairwise_weight: float = 0.7
     temporal_links: bool = True
     mean_field_iters: int = 5
+    neighbourhood: int = 4  # spatial neighbours of the CRF: 4 or 8
+    compatibility: str = "learned"  # potts | learned (a symmetric K x K matrix, Potts at the start)
+    fit: str = "mle"  # mle (labelled: counts or gradient) | em (HMM: Baum-Welch, labels unused)
+    fit_steps: int = 150  # gradient steps when fitting crf / chain_crf parameters
+    fit_lr: float = 0.05  # Adam learning rate of those steps
+    l2: float = 1.0e-3  # Gaussian prior (MAP) on crf / chain_crf parameters
+    pseudo_count: float = 1.0  # HMM Dirichlet pseudo-counts (0: maximum likelihood)
 
 
 @dataclass
 class ModelConfig:
     convlstm: ConvLSTMConfig = field(default_factory=ConvLSTMConfig)
     pgm: PGMConfig = field(default_factory=PGMConfig)
+
+
+@dataclass
+class JointConfig:
+    mode: str = "alternating"  # alternating | end_to_end
+    epochs: int = 4  # joint epochs (alternating: one PGM fit + one network epoch each)
+    lr: float = 5.0e-4  # peak learning rate of the joint fine-tuning
 
 
 @dataclass
@@ -125,10 +142,13 @@ class TrainingConfig:
     grad_clip: float = 1.0
     mixed_precision: bool = True
     early_stopping_patience: int = 8
+    save_feature_maps: bool = False  # features.pt also holds the last layer's feature maps
+    joint: JointConfig = field(default_factory=JointConfig)
 
 
 @dataclass
 class LossConfig:
+    unary: str = "auto"  # auto (ce, or mse for regression) | ce | kl (needs soft targets) | mse
     alpha_unary: float = 1.0
     beta_structured: float = 0.6
     gamma_consistency: float = 0.2
@@ -431,15 +451,20 @@ def _validate_model(check: _Checker) -> None:
     check.require(lstm.kernel_size > 0 and lstm.kernel_size % 2 == 1, "model.convlstm.kernel_size",
                   "must be an odd positive integer (same padding needs a centre)")
     check.require(0.0 <= lstm.dropout < 1.0, "model.convlstm.dropout", "must be in [0, 1)")
-    check.one_of("model.pgm.type", ("crf", "hmm", "chain_crf"))
-    check.non_negative("model.pgm.pairwise_weight")
-    check.positive("model.pgm.mean_field_iters")
+    check.one_of("model.pgm.type", PGM_TYPES)
+    check.non_negative("model.pgm.pairwise_weight", "model.pgm.l2", "model.pgm.pseudo_count")
+    check.positive("model.pgm.mean_field_iters", "model.pgm.fit_steps", "model.pgm.fit_lr")
+    check.one_of("model.pgm.neighbourhood", (4, 8))
+    check.one_of("model.pgm.compatibility", ("potts", "learned"))
+    check.one_of("model.pgm.fit", ("mle", "em"))
 
 
 def _validate_training(check: _Checker) -> None:
     check.one_of("training.optimizer", ("adamw",))
     check.positive("training.lr", "training.batch_size", "training.epochs",
-                   "training.early_stopping_patience")
+                   "training.early_stopping_patience", "training.joint.epochs", "training.joint.lr")
+    check.one_of("training.joint.mode", JOINT_MODES)
+    check.one_of("loss.unary", UNARY_LOSSES)
     check.non_negative("training.weight_decay", "training.grad_clip", "training.warmup_epochs",
                        "loss.alpha_unary", "loss.beta_structured", "loss.gamma_consistency")
 

@@ -11,17 +11,26 @@ import hashlib
 import io
 import json
 import os
+import pickle
+import platform
+import subprocess
+import sys
 import tempfile
 import zipfile
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from regimen.cli import UserError
 
 SPLITS = ("train", "val", "test")
 META_FILE = "meta.json"
+CHECKPOINT_FORMAT = 1
+LIBRARIES = ("torch", "numpy", "scikit-learn", "deap", "cma", "pyyaml")
 
 
 # --------------------------------------------------------------------------- processed data (phase 0)
@@ -121,3 +130,193 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- run folders (phases 1-3)
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The files of one run folder; the only place their names are spelled."""
+
+    root: Path
+
+    @property
+    def checkpoint(self) -> Path:  # the last epoch, resumable
+        return self.root / "ckpt.pt"
+
+    @property
+    def best(self) -> Path:  # the weights with the best validation metric
+        return self.root / "best.pt"
+
+    @property
+    def features(self) -> Path:
+        return self.root / "features.pt"
+
+    @property
+    def pgm_params(self) -> Path:
+        return self.root / "pgm_params.pkl"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.jsonl"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log.txt"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def learning_curve(self) -> Path:
+        return self.root / "learning_curve.png"
+
+    def create(self, flag: str) -> "RunFolder":
+        ensure_writable_dir(self.root, flag)
+        return self
+
+
+def run_folder_of(path: Path) -> RunFolder:
+    """The run folder holding a file such as `features.pt` or `ckpt.pt`."""
+    return RunFolder(Path(path).parent)
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """`torch.save` a checkpoint atomically; it must load with `weights_only=True`."""
+    buffer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, **payload}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path, flag: str, kinds: tuple[str, ...]) -> dict:
+    """A checkpoint written by `save_checkpoint` whose `kind` is one of `kinds`.
+
+    Read with `weights_only=True`: tensors and plain containers only, no code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{flag} {path}: file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a file that is not a checkpoint
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{flag} {path}: not a readable regimen checkpoint ({reason[:160]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT or "kind" not in payload:
+        raise UserError(f"{flag} {path}: not a regimen checkpoint (no format {CHECKPOINT_FORMAT} header)")
+    if payload["kind"] not in kinds:
+        raise UserError(f"{flag} {path}: holds a {payload['kind']} checkpoint; "
+                        f"expected {' or '.join(kinds)}")
+    return payload
+
+
+def load_features(path: Path, flag: str) -> dict:
+    """The unaries and labels per split that phase 1 wrote."""
+    return load_checkpoint(path, flag, ("features",))
+
+
+# --------------------------------------------------------------------------- PGM parameters
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles plain containers, numbers, strings and numpy arrays, nothing else.
+
+    Any other global (the way a malicious pickle reaches `os.system`) is refused
+    before it is looked up, so no code from the file ever runs.
+    """
+
+    ALLOWED = {("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def save_pgm_params(path: Path, params: dict) -> None:
+    atomic_write_bytes(path, pickle.dumps(params, protocol=4))
+
+
+def load_pgm_params(path: Path, flag: str) -> dict:
+    """PGM parameters through the restricted unpickler; a refused or broken file is a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{flag} {path}: file not found")
+    try:
+        with open(path, "rb") as handle:
+            params = _PlainUnpickler(handle).load()
+    except pickle.UnpicklingError as error:
+        raise UserError(f"{flag} {path}: not a plain PGM parameter file ({error}); "
+                        "only containers, numbers, strings and numpy arrays are loaded") from None
+    except Exception as error:
+        raise UserError(f"{flag} {path}: unreadable ({type(error).__name__}: {error})") from None
+    if not isinstance(params, dict) or "type" not in params or "params" not in params:
+        raise UserError(f"{flag} {path}: not a regimen PGM parameter file (no type/params)")
+    return params
+
+
+# --------------------------------------------------------------------------- metrics, history, provenance
+
+
+def write_history(path: Path, records: list[dict]) -> None:
+    """All epoch records as JSON lines, rewritten whole so a resumed run never repeats a line."""
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+
+def update_metrics(path: Path, section: str, payload: dict) -> None:
+    """Set one phase's section of a run folder's metrics.json, keeping the other phases'."""
+    path = Path(path)
+    metrics = {}
+    if path.is_file():
+        try:
+            metrics = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise UserError(f"{path}: not valid JSON; move it away to write new metrics") from None
+    metrics[section] = payload
+    atomic_write_json(path, metrics)
+
+
+def provenance(config_hash: str, seed: int, meta: dict, device: str, started: float,
+               ended: float) -> dict:
+    """How a metrics.json was made: enough to reproduce it."""
+    return {
+        "seed": seed,
+        "config_hash": config_hash,
+        "data_version": meta["data_version"],
+        "dataset": meta["name"],
+        "split_sizes": meta["splits"],
+        "git_commit": _git_commit(),
+        "libraries": {"python": platform.python_version(),
+                      **{name: _version(name) for name in LIBRARIES}},
+        "device": device,
+        "wall_time_s": round(ended - started, 3),
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+    }
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _git_commit() -> str:
+    """The project's commit, with "+dirty" when tracked files differ from it."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                                text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if commit.returncode != 0:
+        return "unknown"
+    return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from regimen.allocator import keep_freed_memory
-from regimen.builders import autocast_for, build_convlstm_net, build_crf, resolve_device
+from regimen.builders import autocast_for, build_net, load_state_checked, net_spec, resolve_device
 from regimen.cli import UserError
 from regimen.config import load_config
+from regimen.pgm import PGMHead, pgm_settings
 
 from conftest import ROOT
 
@@ -17,12 +18,23 @@ def test_models_follow_the_config():
     config = load_config(ROOT / "config.yaml", ["model.convlstm.num_layers=3",
                                                 "model.convlstm.hidden_sizes=[4, 5, 6]",
                                                 "model.convlstm.kernel_size=5", "model.pgm.mean_field_iters=2"])
-    net = build_convlstm_net(config, input_channels=2, num_outputs=3, task="segmentation")
+    net = build_net(net_spec(config, input_channels=2, num_outputs=3, task="segmentation"))
     assert [c.hidden_channels for c in net.encoder.cells] == [4, 5, 6]
     assert net.encoder.cells[0].conv_x.kernel_size == (5, 5) and net.encoder.cells[0].conv_x.in_channels == 2
     assert net(torch.randn(1, 2, 2, 6, 6)).shape == (1, 2, 3, 6, 6)
-    crf = build_crf(config, 3)
+    crf = PGMHead(pgm_settings(config.model.pgm, "segmentation", 3)).model
     assert crf.iterations == 2 and float(crf.spatial_weight.detach()) == pytest.approx(0.7, abs=1e-6)
+
+
+def test_a_state_of_another_shape_is_named():
+    config = load_config(ROOT / "config.yaml")
+    small = build_net(net_spec(config, input_channels=1, num_outputs=3, task="segmentation"))
+    wide = build_net(net_spec(config, input_channels=2, num_outputs=3, task="segmentation"))
+    with pytest.raises(UserError, match=r"ckpt.pt: parameter encoder.cells.0.conv_x.weight has shape "
+                                        r"\(64, 2, 3, 3\), the model needs \(64, 1, 3, 3\)"):
+        load_state_checked(small, wide.state_dict(), "ckpt.pt")
+    with pytest.raises(UserError, match="missing"):
+        load_state_checked(small, {}, "ckpt.pt")
 
 
 def test_devices():

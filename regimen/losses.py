@@ -1,0 +1,69 @@
+"""The training losses: `alpha * unary + beta * structured NLL + gamma * consistency`.
+
+Network outputs are `[B, T, K, H, W]` (segmentation, regression) or
+`[B, T, K]` (tagging); labels `[B, T, H, W]` or `[B, T]`; soft targets `[..., K]`
+with the class axis last; regression targets `[B, T, H, W, K]`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from regimen.cli import UserError
+
+
+def resolve_unary_loss(name: str, task: str, has_soft_targets: bool) -> str:
+    """The unary loss for `loss.unary` (`auto`: ce, or mse for regression)."""
+    if name == "auto":
+        return "mse" if task == "regression" else "ce"
+    if (name == "mse") != (task == "regression"):
+        expected = "mse (or auto)" if task == "regression" else "ce or kl (or auto)"
+        raise UserError(f"loss.unary = {name!r} does not fit task '{task}': expected {expected}")
+    if name == "kl" and not has_soft_targets:
+        raise UserError("loss.unary = 'kl' needs soft targets P in the processed data; "
+                        "this dataset has none (use ce)")
+    return name
+
+
+def class_last(outputs: torch.Tensor) -> torch.Tensor:
+    """`[B, T, K, H, W]` -> `[B, T, H, W, K]`; `[B, T, K]` stays."""
+    return outputs.movedim(2, -1) if outputs.ndim == 5 else outputs
+
+
+def unary_loss(kind: str, outputs: torch.Tensor, target: torch.Tensor,
+               soft: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy against labels, KL divergence against soft targets, or MSE.
+
+    KL uses `reduction="batchmean"` over every node (pixel or frame) as one
+    row, so it is the mean KL per node, on the same scale as the cross-entropy.
+    """
+    if kind == "mse":
+        return F.mse_loss(class_last(outputs).float(), target.float())
+    logits = class_last(outputs).float().flatten(0, -2)  # (nodes, K)
+    if kind == "kl":
+        return F.kl_div(F.log_softmax(logits, dim=1), soft.flatten(0, -2).float(), reduction="batchmean")
+    return F.cross_entropy(logits, target.flatten())
+
+
+def consistency(log_marginals: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Disagreement of consecutive frames' marginals where the input did not change.
+
+    The input change is measured on a 3x3 box-smoothed input, so sensor noise
+    alone does not count as change: `w_t = exp(-mean_c (s(x_t) - s(x_{t-1}))^2)`.
+    The disagreement is the squared L2 distance of the two marginals; the mean of
+    `w_t * distance` over every node and pair of frames is returned.
+
+    Args:
+        log_marginals: `[B, T, K, H, W]` or `[B, T, K]` log probabilities.
+        x: inputs `[B, T, C, H, W]`.
+    """
+    q = log_marginals.float().exp()
+    smoothed = F.avg_pool2d(x.float().flatten(0, 1), 3, stride=1, padding=1,
+                            count_include_pad=False).unflatten(0, x.shape[:2])  # (B, T, C, H, W)
+    change = (smoothed[:, 1:] - smoothed[:, :-1]).pow(2).mean(dim=2)  # (B, T-1, H, W)
+    if q.ndim == 3:
+        change = change.mean(dim=(2, 3))  # tagging: one weight per pair of frames
+    weight = torch.exp(-change)
+    distance = (q[:, 1:] - q[:, :-1]).pow(2).sum(dim=2)  # (B, T-1, H, W) or (B, T-1)
+    return (weight * distance).mean()

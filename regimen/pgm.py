@@ -1,0 +1,241 @@
+"""The PGM on top of the network's unaries: one interface for the CRF, HMM and chain CRF.
+
+`PGMHead` takes unary logits (`[B, T, K, H, W]` segmentation, `[B, T, K]`
+tagging) and gives log marginals, a decoded labelling and the structured NLL.
+The CRF works on the space-time grid; the HMM and the chain CRF work on
+temporal chains: a sequence's frames (tagging) or every pixel's time series
+(segmentation). The HMM is the hybrid HMM/NN: its emissions are the
+network's posteriors divided by the class priors.
+
+`fit_pgm` fits the head's parameters with the network fixed (phase 2 and
+the alternating mode of phase 3); `pgm_params` / `head_from_params` turn a
+head into the plain `pgm_params.pkl` form and back.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from models.chain_crf import ChainCRF
+from models.crf import MeanFieldCRF
+from models.hmm import HMM, forward_backward, viterbi
+from regimen.builders import load_state_checked
+from regimen.cli import UserError
+from regimen.config import PGMConfig
+
+log = logging.getLogger(__name__)
+
+TASKS_OF_PGM = {"crf": ("segmentation",), "hmm": ("segmentation", "tagging"),
+                "chain_crf": ("segmentation", "tagging")}
+TINY = 1e-12
+
+
+def check_pgm_task(pgm_type: str, task: str, where: str = "model.pgm.type") -> None:
+    """A UserError when no PGM applies to the task, or this one does not."""
+    if task == "regression":
+        raise UserError(f"task 'regression' has no PGM: structured models need class labels "
+                        f"({where} = {pgm_type!r} does not apply)")
+    if task not in TASKS_OF_PGM[pgm_type]:
+        fitting = [t for t, tasks in TASKS_OF_PGM.items() if task in tasks]
+        raise UserError(f"{where} = {pgm_type!r} does not fit task '{task}': "
+                        f"expected {' or '.join(fitting)}")
+
+
+def pgm_settings(pgm: PGMConfig, task: str, num_classes: int) -> dict:
+    """What rebuilds a head: plain values only (they go into pickles and checkpoints)."""
+    check_pgm_task(pgm.type, task)
+    settings = {"type": pgm.type, "task": task, "num_classes": num_classes}
+    if pgm.type == "crf":
+        settings.update(neighbourhood=pgm.neighbourhood, temporal_links=pgm.temporal_links,
+                        iterations=pgm.mean_field_iters, pairwise_weight=pgm.pairwise_weight,
+                        compatibility=pgm.compatibility)
+    return settings
+
+
+class PGMHead(nn.Module):
+    """A PGM applied to unary logits, whatever its type.
+
+    On chains the emissions are `scale * log_softmax(unaries)` (chain CRF) or
+    `scale * (log_softmax(unaries) - log_prior)` (hybrid HMM), with a learned
+    `scale > 0`: the acoustic scale of hybrid speech recognisers, which weighs
+    a network's (often under- or over-confident) posteriors against the
+    transitions.
+
+    Args:
+        settings: from `pgm_settings` (type, task, num_classes, CRF options).
+    """
+
+    def __init__(self, settings: dict):
+        super().__init__()
+        self.settings = dict(settings)
+        self.type, self.task, k = settings["type"], settings["task"], settings["num_classes"]
+        if self.type == "crf":
+            self.model = MeanFieldCRF(k, neighbourhood=settings["neighbourhood"],
+                                      temporal_links=settings["temporal_links"],
+                                      iterations=settings["iterations"],
+                                      pairwise_weight=settings["pairwise_weight"],
+                                      compatibility=settings["compatibility"])
+            return
+        self.model = HMM(k, emission="given") if self.type == "hmm" else ChainCRF(k)
+        self.raw_scale = nn.Parameter(torch.tensor(_inverse_softplus(1.0)))
+        if self.type == "hmm":
+            self.register_buffer("log_prior", torch.full((k,), -float(np.log(k))))
+
+    @property
+    def emission_scale(self) -> torch.Tensor:
+        return F.softplus(self.raw_scale)
+
+    def log_marginals(self, unaries: torch.Tensor) -> torch.Tensor:
+        """Log marginals of every node, the shape of `unaries` (differentiable)."""
+        unaries = unaries.float()
+        if self.type == "crf":
+            return F.log_softmax(self.model(unaries), dim=2)
+        emissions = self.emissions(self._chains(unaries))
+        if self.type == "hmm":
+            _, posteriors = forward_backward(self.model.log_start, self.model.log_trans, emissions)
+        else:
+            posteriors = self.model.marginals(emissions)
+        return self._unchain(posteriors.clamp_min(TINY).log(), unaries.shape)
+
+    @torch.no_grad()
+    def decode(self, unaries: torch.Tensor) -> torch.Tensor:
+        """The jointly most likely labelling (Viterbi on chains; the mean-field argmax on the grid)."""
+        unaries = unaries.float()
+        if self.type == "crf":
+            return self.model.decode(unaries)
+        emissions = self.emissions(self._chains(unaries))
+        if self.type == "hmm":
+            paths, _ = viterbi(self.model.log_start, self.model.log_trans, emissions)
+        else:
+            paths = self.model.decode(emissions)
+        return self._unchain(paths[..., None], unaries[:, :, :1].shape).squeeze(2)
+
+    def nll(self, unaries: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Structured NLL per node: of the mean-field marginals (CRF), of the
+        chain posteriors (HMM), or the exact chain likelihood divided by T (chain CRF)."""
+        if self.type == "chain_crf":
+            emissions = self.emissions(self._chains(unaries.float()))
+            return -self.model.log_likelihood(emissions, self._label_chains(labels)).mean() / emissions.shape[1]
+        log_q = self.log_marginals(unaries)
+        return F.nll_loss(log_q.movedim(2, -1).flatten(0, -2), labels.flatten())
+
+    def emissions(self, chains: torch.Tensor) -> torch.Tensor:
+        """Scaled emission scores of chains `[M, T, K]` of unaries."""
+        log_posterior = F.log_softmax(chains, dim=2)
+        if self.type == "hmm":  # scaled likelihoods of the hybrid HMM/NN
+            log_posterior = log_posterior - self.log_prior
+        return self.emission_scale * log_posterior
+
+    @staticmethod
+    def _chains(unaries: torch.Tensor) -> torch.Tensor:
+        """`[B, T, K, H, W]` -> one chain per pixel `[B*H*W, T, K]`; `[B, T, K]` stays."""
+        if unaries.ndim == 3:
+            return unaries
+        b, t, k, h, w = unaries.shape
+        return unaries.permute(0, 3, 4, 1, 2).reshape(b * h * w, t, k)
+
+    @staticmethod
+    def _label_chains(labels: torch.Tensor) -> torch.Tensor:
+        """`[B, T, H, W]` -> `[B*H*W, T]` in the order of `_chains`; `[B, T]` stays."""
+        return labels.movedim(1, -1).reshape(-1, labels.shape[1]) if labels.ndim == 4 else labels
+
+    @staticmethod
+    def _unchain(chains: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """Inverse of `_chains` for a tensor `[B*H*W, T, K]` and the target shape."""
+        if len(shape) == 3:
+            return chains
+        b, t, k, h, w = shape
+        return chains.reshape(b, h, w, t, k).permute(0, 3, 4, 1, 2)
+
+
+def _inverse_softplus(value: float) -> float:
+    return value + float(np.log(-np.expm1(-value)))
+
+
+# --------------------------------------------------------------------------- pgm_params.pkl
+
+
+def pgm_params(head: PGMHead, dataset: dict) -> dict:
+    """The plain form of `pgm_params.pkl`: settings, numpy arrays and the dataset it was fitted on."""
+    arrays = {name: t.detach().cpu().numpy().copy() for name, t in head.state_dict().items()}
+    return {"type": head.type, "settings": dict(head.settings), "params": arrays, "dataset": dict(dataset)}
+
+
+def head_from_params(params: dict, source: str) -> PGMHead:
+    """Rebuild a head from `pgm_params`; a mismatch is a UserError naming it."""
+    try:
+        head = PGMHead(params["settings"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise UserError(f"{source}: PGM settings do not rebuild a model ({error})") from None
+    load_state_checked(head, {k: torch.as_tensor(v) for k, v in params["params"].items()}, source)
+    return head
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def fit_pgm(head: PGMHead, unaries: torch.Tensor, labels: torch.Tensor, pgm: PGMConfig,
+            seed: int, batch_size: int = 8) -> dict:
+    """Fit the head's parameters on fixed unaries; returns a small report for metrics.json.
+
+    HMM: MAP counts (`fit: mle`, Dirichlet `pseudo_count`, then the emission scale by
+    gradient) or Baum-Welch (`fit: em`, labels unused). CRF and chain CRF: Adam on the structured NLL plus
+    `l2 * |theta - theta_0|^2` (a Gaussian prior at the initial values, MAP).
+    """
+    if head.type == "hmm":
+        return _fit_hmm(head, unaries, labels, pgm, seed, batch_size)
+    if pgm.fit == "em":
+        raise UserError(f"model.pgm.fit = 'em' applies to the hmm only; "
+                        f"model.pgm.type = '{head.type}' is fitted by mle")
+    return _fit_by_gradient(head, unaries, labels, pgm, seed, batch_size)
+
+
+def _fit_hmm(head: PGMHead, unaries: torch.Tensor, labels: torch.Tensor, pgm: PGMConfig, seed: int,
+             batch_size: int) -> dict:
+    k = head.settings["num_classes"]
+    if pgm.fit == "em":
+        # Without labels the priors are the network's mean posterior, and the scale stays 1.
+        prior = F.softmax(unaries.float(), dim=2).mean(dim=tuple(d for d in range(unaries.ndim) if d != 2))
+        head.log_prior.copy_(prior.clamp_min(TINY).log())
+        with torch.no_grad():
+            emissions = head.emissions(head._chains(unaries.float()))
+        history = head.model.fit_em(emissions, iterations=20, pseudo_count=pgm.pseudo_count)
+        return {"method": "em", "log_likelihood": history}
+    counts = torch.bincount(labels.flatten(), minlength=k).double() + pgm.pseudo_count
+    head.log_prior.copy_((counts / counts.sum()).log())
+    head.model.fit_supervised(head._label_chains(labels), pseudo_count=pgm.pseudo_count)
+    # Then the emission scale alone, by gradient on the posteriors' NLL.
+    report = _fit_by_gradient(head, unaries, labels, pgm, seed, batch_size)
+    return {**report, "method": "mle_counts+scale", "pseudo_count": pgm.pseudo_count}
+
+
+def _fit_by_gradient(head: PGMHead, unaries: torch.Tensor, labels: torch.Tensor, pgm: PGMConfig,
+                     seed: int, batch_size: int) -> dict:
+    params = list(head.parameters())
+    frozen = [not p.requires_grad for p in params]  # the alternating mode freezes the head between fits
+    start = [p.detach().clone() for p in params]
+    optimizer = torch.optim.Adam(params, lr=pgm.fit_lr)
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    with torch.enable_grad():
+        for p in params:
+            p.requires_grad_(True)
+        for _ in tqdm(range(pgm.fit_steps), desc=f"fit {head.type}", unit="step", leave=False, disable=None):
+            rows = torch.randint(len(unaries), (min(batch_size, len(unaries)),), generator=generator)
+            prior = sum((p - p0).pow(2).sum() for p, p0 in zip(params, start))
+            loss = head.nll(unaries[rows], labels[rows]) + pgm.l2 * prior
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        for p, was_frozen in zip(params, frozen):
+            p.requires_grad_(not was_frozen)
+    tail = max(1, len(losses) // 10)
+    return {"method": "adam_map", "steps": pgm.fit_steps, "l2": pgm.l2,
+            "first_loss": losses[0], "last_loss": float(np.mean(losses[-tail:]))}

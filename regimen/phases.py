@@ -1,0 +1,283 @@
+"""Phases 1-3 from a validated config to a run folder.
+
+`pretrain` (train_convlstm.py), `fit_structure` (fit_pgm.py) and `train_joint`
+(train_joint.py) each check every input before writing anything, then write
+their run folder through `regimen.runs`. Later phases rebuild the network from
+the checkpoint they are given, not from the current config.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from regimen import runs
+from regimen.builders import resolve_device
+from regimen.cli import UserError
+from regimen.config import Config, config_hash, dump_config, from_dict, get_key, leaf_keys, to_dict
+from regimen.losses import consistency, resolve_unary_loss, unary_loss
+from regimen.metrics import MAIN_METRIC
+from regimen.pgm import (PGMHead, check_pgm_task, fit_pgm, head_from_params, pgm_params,
+                         pgm_settings)
+from regimen.training import (Schedule, Stack, TaskData, Trainer, attach_log_file, check_fits_data,
+                              check_same_data, data_identity, load_checked_meta, load_task_data,
+                              new_stack, predict, stack_from_checkpoint, task_metrics)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_JOINT_FOLDER = Path("runs/joint")
+
+
+# --------------------------------------------------------------------------- phase 1
+
+
+def pretrain(config: Config, save: Path, resume: Optional[Path], overwrite: bool) -> dict:
+    """Train the ConvLSTM on the unary loss; write ckpt/best/features/metrics into `save`."""
+    started = time.time()
+    payload = None
+    if resume is not None:
+        payload = _resumable(resume, ("convlstm",))
+        config = _config_of(payload, config)
+        run = runs.run_folder_of(resume)
+    else:
+        run = runs.RunFolder(Path(save))
+        _refuse_to_overwrite(run, overwrite)
+    data = load_task_data(config)
+    device = resolve_device(config.device)
+    unary = resolve_unary_loss(config.loss.unary, data.task, "p" in data.splits["train"])
+    if payload is not None:
+        check_same_data(payload["dataset"], data.meta, str(resume))
+        stack = stack_from_checkpoint(payload, str(resume), config.training.mixed_precision)
+    else:
+        stack = new_stack(config, data)
+
+    _open_run(run, config, "--save")
+    log.info("phase 1: %s on %s (%s loss, %d parameters) into %s", data.task, data.meta["name"], unary,
+             sum(p.numel() for p in stack.parameters()), run.root)
+
+    def loss_fn(stack: Stack, batch: dict):
+        return unary_loss(unary, stack.unaries(batch["x"]), batch["y"], batch.get("p")), {}
+
+    trainer = Trainer(stack, data, Schedule.pretraining(config), loss_fn,
+                      lambda s: _split_metrics(s, data, "val", device, config), run,
+                      _info("convlstm", data, config), config.seed, device, config.data.augmentations)
+    summary = trainer.fit(payload)
+
+    best = stack_from_checkpoint(runs.load_checkpoint(run.best, "best.pt", ("convlstm",)), str(run.best),
+                                 config.training.mixed_precision).to(device)
+    splits = {}
+    for split in runs.SPLITS:
+        unaries, maps = predict(best, data.splits[split]["x"], device, config.training.batch_size,
+                                feature_maps=config.training.save_feature_maps)
+        splits[split] = {"unaries": unaries, "labels": data.splits[split]["y"]}
+        if maps is not None:
+            splits[split]["feature_maps"] = maps
+    runs.save_checkpoint(run.features, {"kind": "features", "dataset": data.identity, "splits": splits})
+    metrics = {
+        "task": data.task, "metric": MAIN_METRIC[data.task][0], "unary_loss": unary,
+        **{split: task_metrics(data, split, splits[split]["unaries"]) for split in ("val", "test")},
+        "training": summary,
+        "provenance": _provenance(config, data.meta, device, started),
+    }
+    runs.update_metrics(run.metrics, "train_convlstm", metrics)
+    return metrics
+
+
+# --------------------------------------------------------------------------- phase 2
+
+
+def fit_structure(config: Config, features_path: Path, save: Optional[Path]) -> dict:
+    """Fit `model.pgm` on saved unaries; write pgm_params.pkl and metrics before/after."""
+    started = time.time()
+    features = runs.load_features(features_path, "--features")
+    meta = load_checked_meta(config)
+    check_same_data(features["dataset"], meta, f"--features {features_path}")
+    task, k = meta["task"], meta["num_classes"]
+    check_pgm_task(config.model.pgm.type, task)
+    run = runs.RunFolder(Path(save)) if save else runs.run_folder_of(features_path)
+    run.create("--save")
+
+    head = PGMHead(pgm_settings(config.model.pgm, task, k))
+    train = features["splits"]["train"]
+    log.info("phase 2: fitting a %s on %d training windows", head.type, len(train["unaries"]))
+    report = fit_pgm(head, train["unaries"], train["labels"], config.model.pgm, config.seed)
+    data = TaskData(meta, {split: {"y": part["labels"]} for split, part in features["splits"].items()})
+    metric = MAIN_METRIC[task][0]
+    results = {split: _before_after(data, split, features["splits"][split]["unaries"], head)
+               for split in ("val", "test")}
+    runs.save_pgm_params(run.pgm_params, pgm_params(head, data_identity(meta)))
+    metrics = {
+        "task": task, "metric": metric, "pgm": head.type, "fit": report,
+        "learned": _learned(head), **results,
+        "gain": {split: results[split]["pgm"][metric] - results[split]["unary"][metric]
+                 for split in results},
+        "provenance": _provenance(config, meta, torch.device("cpu"), started),
+    }
+    runs.update_metrics(run.metrics, "fit_pgm", metrics)
+    for split in ("val", "test"):
+        log.info("%s %s: unaries %.4f -> %s %.4f", split, metric, results[split]["unary"][metric],
+                 head.type, results[split]["pgm"][metric])
+    return metrics
+
+
+# --------------------------------------------------------------------------- phase 3
+
+
+def train_joint(config: Config, resume: Path, pgm_path: Optional[Path], save: Optional[Path],
+                overwrite: bool) -> dict:
+    """Fine-tune network and PGM together (alternating or end to end) from a checkpoint."""
+    started = time.time()
+    payload = runs.load_checkpoint(resume, "--resume", ("convlstm", "joint"))
+    continuing = payload["kind"] == "joint"
+    if continuing:
+        payload = _resumable(resume, ("joint",), payload)
+        config = _config_of(payload, config)
+        run = runs.RunFolder(Path(save)) if save else runs.run_folder_of(resume)
+    else:
+        run = runs.RunFolder(Path(save) if save else DEFAULT_JOINT_FOLDER)
+        _refuse_to_overwrite(run, overwrite)
+    data = load_task_data(config)
+    device = resolve_device(config.device)
+    unary = resolve_unary_loss(config.loss.unary, data.task, "p" in data.splits["train"])
+    check_same_data(payload["dataset"], data.meta, f"--resume {resume}")
+    stack = stack_from_checkpoint(payload, f"--resume {resume}", config.training.mixed_precision)
+    check_fits_data(stack, data, f"--resume {resume}")
+    if not continuing:
+        stack.head = _initial_head(config, data, resume, pgm_path)
+    mode = config.training.joint.mode
+    if mode == "alternating":
+        stack.head.requires_grad_(False)  # fitted between network epochs, not by its gradient
+
+    _open_run(run, config, "--save")
+    log.info("phase 3: %s joint training of the ConvLSTM and a %s into %s", mode, stack.head.type, run.root)
+    train = data.splits["train"]
+
+    def refit(epoch: int) -> dict:
+        unaries, _ = predict(stack, train["x"], device, config.training.batch_size)
+        return fit_pgm(stack.head, unaries.to(device), train["y"].to(device), config.model.pgm,
+                       config.seed + epoch)
+
+    trainer = Trainer(stack, data, Schedule.joint(config), _joint_loss(unary, config),
+                      lambda s: _split_metrics(s, data, "val", device, config), run,
+                      _info("joint", data, config), config.seed, device, config.data.augmentations,
+                      refit=refit if mode == "alternating" else None, validate_start=True)
+    summary = trainer.fit(payload if continuing else None)
+
+    best = stack_from_checkpoint(runs.load_checkpoint(run.best, "best.pt", ("joint",)), str(run.best),
+                                 config.training.mixed_precision).to(device)
+    runs.save_pgm_params(run.pgm_params, pgm_params(best.head, data.identity))
+    results = {}
+    for split in ("val", "test"):
+        unaries, _ = predict(best, data.splits[split]["x"], device, config.training.batch_size)
+        results[split] = _before_after(data, split, unaries, best.head)
+    metrics = {"task": data.task, "metric": MAIN_METRIC[data.task][0], "mode": mode,
+               "pgm": best.head.type, "learned": _learned(best.head), **results, "training": summary,
+               "provenance": _provenance(config, data.meta, device, started)}
+    runs.update_metrics(run.metrics, "train_joint", metrics)
+    return metrics
+
+
+def _joint_loss(unary: str, config: Config):
+    """`alpha * unary + beta * structured NLL + gamma * consistency`."""
+    weights = config.loss
+
+    def loss_fn(stack: Stack, batch: dict):
+        out = stack.unaries(batch["x"])
+        parts = {"unary": unary_loss(unary, out, batch["y"], batch.get("p")),
+                 "structured": stack.head.nll(out, batch["y"])}
+        if weights.gamma_consistency > 0:
+            parts["consistency"] = consistency(stack.head.log_marginals(out), batch["x"])
+        total = (weights.alpha_unary * parts["unary"] + weights.beta_structured * parts["structured"]
+                 + weights.gamma_consistency * parts.get("consistency", 0.0))
+        return total, {key: value.item() for key, value in parts.items()}
+
+    return loss_fn
+
+
+def _initial_head(config: Config, data: TaskData, resume: Path, pgm_path: Optional[Path]) -> PGMHead:
+    """The configured PGM, starting from phase 2's fitted parameters when they match."""
+    settings = pgm_settings(config.model.pgm, data.task, data.num_classes)
+    path = pgm_path or runs.run_folder_of(resume).pgm_params
+    if pgm_path is None and not path.is_file():
+        log.info("no %s next to the checkpoint: the %s starts from the config", path.name, settings["type"])
+        return PGMHead(settings)
+    params = runs.load_pgm_params(path, "--pgm")
+    check_same_data(params["dataset"], data.meta, f"--pgm {path}")
+    if params["settings"] != settings:
+        if pgm_path is not None:
+            raise UserError(f"--pgm {path}: holds a {params['type']} with settings {params['settings']}, "
+                            f"the config asks for {settings}")
+        log.warning("%s was fitted with other settings; the %s starts from the config", path, settings["type"])
+        return PGMHead(settings)
+    log.info("starting from the PGM fitted in %s", path)
+    return head_from_params(params, str(path))
+
+
+# --------------------------------------------------------------------------- shared
+
+
+def _split_metrics(stack: Stack, data: TaskData, split: str, device: torch.device, config: Config) -> dict:
+    """The split's metrics through the head (when there is one), plus the unaries' as `unary_*`."""
+    unaries, _ = predict(stack, data.splits[split]["x"], device, config.training.batch_size)
+    metrics = task_metrics(data, split, unaries, stack.head)
+    if stack.head is not None:
+        metrics.update({f"unary_{k}": v for k, v in task_metrics(data, split, unaries).items()})
+    return metrics
+
+
+def _before_after(data: TaskData, split: str, unaries: torch.Tensor, head: PGMHead) -> dict:
+    return {"unary": task_metrics(data, split, unaries), "pgm": task_metrics(data, split, unaries, head)}
+
+
+@torch.no_grad()
+def _learned(head: PGMHead) -> dict:
+    """The PGM's parameters in readable form (small ones only)."""
+    if head.type == "crf":
+        crf = head.model
+        return {"spatial_weight": float(crf.spatial_weight), "temporal_weight": float(crf.temporal_weight),
+                "compatibility": crf.compatibility_matrix().tolist()}
+    if head.type == "hmm":
+        return {"transitions": head.model.log_trans.exp().tolist(), "prior": head.log_prior.exp().tolist()}
+    return {"transitions": head.model.transitions.tolist()}
+
+
+def _resumable(path: Path, kinds: tuple[str, ...], payload: Optional[dict] = None) -> dict:
+    payload = payload or runs.load_checkpoint(path, "--resume", kinds)
+    if "train_state" not in payload:
+        raise UserError(f"--resume {path}: holds weights only; resume from "
+                        f"{runs.run_folder_of(path).checkpoint}")
+    return payload
+
+
+def _config_of(payload: dict, current: Config) -> Config:
+    """The config a resumed run was started with (so it ends as it would have), on today's device."""
+    saved = from_dict(payload["config"], "checkpoint")
+    differs = [key for key in leaf_keys() if key != "device" and get_key(saved, key) != get_key(current, key)]
+    if differs:
+        log.warning("resuming with the checkpoint's config; the current one differs in %s", ", ".join(differs))
+    saved.device = current.device
+    return saved
+
+
+def _refuse_to_overwrite(run: runs.RunFolder, overwrite: bool) -> None:
+    if run.checkpoint.exists() and not overwrite:
+        raise UserError(f"{run.root} already holds a run ({run.checkpoint.name}); pass --resume to "
+                        "continue it, --overwrite to start again, or another --save folder")
+
+
+def _open_run(run: runs.RunFolder, config: Config, flag: str) -> None:
+    run.create(flag)
+    runs.atomic_write_text(run.config, dump_config(config))
+    attach_log_file(run)
+
+
+def _info(kind: str, data: TaskData, config: Config) -> dict:
+    return {"kind": kind, "dataset": data.identity, "config": to_dict(config)}
+
+
+def _provenance(config: Config, meta: dict, device: torch.device, started: float) -> dict:
+    return runs.provenance(config_hash(config), config.seed, meta, str(device), started, time.time())

@@ -1,0 +1,436 @@
+"""The training loop of phases 1 and 3, the data it feeds on, and predictions.
+
+`Trainer.fit` runs AdamW with a linear-warmup cosine schedule (per step),
+mixed precision, gradient clipping, the on-the-fly augmentations and early
+stopping on the validation metric. After every epoch it writes the run
+folder's `ckpt.pt` (model, optimizer, scheduler, scaler, counters, history
+and every RNG state), `best.pt` when the metric improved, `history.jsonl` and
+the learning curve, each atomically. Resuming from `ckpt.pt` replays the
+remaining epochs exactly: a run killed at any moment and resumed ends with the
+weights an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from regimen import runs
+from regimen.augment import Augmenter
+from regimen.builders import (autocast_for, build_net, load_state_checked, needs_grad_scaler,
+                              net_spec)
+from regimen.cli import UserError
+from regimen.config import Config
+from regimen.data import dataset_name
+from regimen.losses import class_last
+from regimen.metrics import MAIN_METRIC, label_metrics, regression_metrics
+from regimen.pgm import PGMHead
+from regimen.plots import plot_learning_curve
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, torch.Tensor]
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class TaskData:
+    """The processed splits as tensors: `x` `[N, T, H, W, C]`, `y`, optional soft targets `p`."""
+
+    meta: dict
+    splits: dict[str, Batch]
+
+    @property
+    def task(self) -> str:
+        return self.meta["task"]
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        return self.meta["num_classes"]
+
+    @property
+    def input_channels(self) -> int:
+        return int(self.splits["train"]["x"].shape[-1])
+
+    @property
+    def num_outputs(self) -> int:
+        """Classes, or the channels of a regression target."""
+        return int(self.splits["train"]["y"].shape[-1]) if self.task == "regression" else self.num_classes
+
+    @property
+    def identity(self) -> dict:
+        return data_identity(self.meta)
+
+
+def data_identity(meta: dict) -> dict:
+    """What checkpoints and features record of the data they came from."""
+    return {"name": meta["name"], "data_version": meta["data_version"], "task": meta["task"],
+            "num_classes": meta["num_classes"]}
+
+
+def load_checked_meta(config: Config) -> dict:
+    """The processed data's meta.json, checked against the config that asks for it."""
+    folder = runs.processed_dir(config.data.root, dataset_name(config))
+    meta = runs.load_meta(folder)
+    made = {"task": meta["task"], "T_window": meta["T_window"], "stride": meta["stride"],
+            "static_features": meta["static_features"]}
+    asked = {"task": config.data.task, "T_window": config.data.T_window, "stride": config.data.stride,
+             "static_features": list(config.data.static_features)}
+    for key, value in made.items():
+        if asked[key] != value:
+            raise UserError(f"data.{key} = {asked[key]!r} but {folder} was made with {value!r}; "
+                            "run tools/preprocess.py again with this config")
+    return meta
+
+
+def load_task_data(config: Config) -> TaskData:
+    """The processed splits of the configured dataset, checked against the config."""
+    meta = load_checked_meta(config)
+    folder = runs.processed_dir(config.data.root, meta["name"])
+    splits = {}
+    for split in runs.SPLITS:
+        arrays = runs.load_split(folder, split)
+        splits[split] = {"x": torch.from_numpy(arrays["X"]), "y": torch.from_numpy(arrays["Y"])}
+        if "P" in arrays:
+            splits[split]["p"] = torch.from_numpy(arrays["P"])
+    return TaskData(meta, splits)
+
+
+def check_same_data(recorded: dict, meta: dict, source: str) -> None:
+    """A UserError when a checkpoint or features file was made from other data than `meta`'s."""
+    current = data_identity(meta)
+    if recorded["data_version"] != current["data_version"]:
+        raise UserError(f"{source} was made from {recorded['name']} data (version "
+                        f"{recorded['data_version'][:12]}), but the configured data is "
+                        f"{current['name']} (version {current['data_version'][:12]}); "
+                        "use the config it was made with, or rerun the earlier phases")
+
+
+def model_input(x: torch.Tensor) -> torch.Tensor:
+    """`[B, T, H, W, C]` (data layout) -> `[B, T, C, H, W]` (model layout)."""
+    return x.permute(0, 1, 4, 2, 3)
+
+
+# --------------------------------------------------------------------------- the model stack
+
+
+class Stack(nn.Module):
+    """The ConvLSTM network and, from phase 3 on, the PGM head on its unaries.
+
+    Args:
+        spec: `net_spec` of the network.
+        pgm_settings: `pgm_settings` of the head, or None.
+        mixed_precision: run the network under autocast (the PGM always runs in fp32).
+    """
+
+    def __init__(self, spec: dict, pgm_settings: Optional[dict] = None, mixed_precision: bool = False):
+        super().__init__()
+        self.spec = dict(spec)
+        self.net = build_net(spec)
+        self.head = PGMHead(pgm_settings) if pgm_settings else None
+        self.mixed_precision = mixed_precision
+
+    def unaries(self, x: torch.Tensor, return_features: bool = False):
+        """Network outputs in fp32 for model-layout inputs `[B, T, C, H, W]`."""
+        with autocast_for(x.device, self.mixed_precision):
+            out, features = self.net(x, return_features=True)
+        return (out.float(), features.float()) if return_features else out.float()
+
+    def payload(self) -> dict:
+        """The weights and what rebuilds them, for a checkpoint."""
+        pgm = None
+        if self.head is not None:
+            pgm = {"settings": dict(self.head.settings), "state": self.head.state_dict()}
+        return {"net": dict(self.spec), "net_state": self.net.state_dict(), "pgm": pgm}
+
+
+def stack_from_checkpoint(payload: dict, source: str, mixed_precision: bool = False) -> Stack:
+    """Rebuild a `Stack` from its checkpoint, not from the current config."""
+    try:
+        stack = Stack(payload["net"], payload["pgm"]["settings"] if payload.get("pgm") else None,
+                      mixed_precision)
+    except (KeyError, TypeError, ValueError) as error:
+        raise UserError(f"{source}: the checkpoint's model settings do not rebuild a model ({error})") from None
+    load_state_checked(stack.net, payload["net_state"], source)
+    if stack.head is not None:
+        load_state_checked(stack.head, payload["pgm"]["state"], source)
+    return stack
+
+
+def check_fits_data(stack: Stack, data: TaskData, source: str) -> None:
+    """A UserError naming the mismatch when a checkpoint's network does not fit the data."""
+    spec = stack.spec
+    wanted = {"task": data.task, "input_channels": data.input_channels, "num_outputs": data.num_outputs}
+    for key, value in wanted.items():
+        if spec[key] != value:
+            raise UserError(f"{source}: the checkpoint's network has {key} = {spec[key]!r}, "
+                            f"the configured data needs {value!r}")
+
+
+# --------------------------------------------------------------------------- predictions and metrics
+
+
+@torch.no_grad()
+def predict(stack: Stack, x: torch.Tensor, device: torch.device, batch_size: int,
+            feature_maps: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Unaries (and the last layer's feature maps) for inputs `[N, T, H, W, C]`, on the CPU."""
+    stack.eval()
+    outputs, features = [], []
+    for start in range(0, len(x), batch_size):
+        out, maps = stack.unaries(model_input(x[start:start + batch_size]).to(device), return_features=True)
+        outputs.append(out.cpu())
+        if feature_maps:
+            features.append(maps.cpu())
+    return torch.cat(outputs), (torch.cat(features) if feature_maps else None)
+
+
+@torch.no_grad()
+def decode(head: Optional[PGMHead], unaries: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """Labels from unaries: per-node argmax without a head, else the head's joint decoding."""
+    if head is None:
+        return unaries.argmax(dim=2)
+    head.eval()
+    device = next(iter(head.state_dict().values())).device
+    return torch.cat([head.decode(unaries[i:i + batch_size].to(device)).cpu()
+                      for i in range(0, len(unaries), batch_size)])
+
+
+def task_metrics(data: TaskData, split: str, unaries: torch.Tensor, head: Optional[PGMHead] = None) -> dict:
+    """The task's metrics on one split, from unaries (through the head when given)."""
+    y = data.splits[split]["y"]
+    if data.task == "regression":
+        return regression_metrics(y.numpy(), class_last(unaries).numpy())
+    return label_metrics(y.numpy(), decode(head, unaries).numpy(), data.num_classes, data.task)
+
+
+def is_better(value: float, best: Optional[float], task: str) -> bool:
+    if best is None:
+        return True
+    higher = MAIN_METRIC[task][1]
+    return value > best if higher else value < best
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Schedule:
+    """The optimisation settings of one phase."""
+
+    epochs: int
+    lr: float
+    warmup_epochs: int
+    weight_decay: float
+    grad_clip: float
+    mixed_precision: bool
+    patience: int
+    batch_size: int
+
+    @classmethod
+    def pretraining(cls, config: Config) -> "Schedule":
+        t = config.training
+        return cls(t.epochs, t.lr, t.warmup_epochs, t.weight_decay, t.grad_clip, t.mixed_precision,
+                   t.early_stopping_patience, t.batch_size)
+
+    @classmethod
+    def joint(cls, config: Config) -> "Schedule":
+        t = config.training
+        return cls(t.joint.epochs, t.joint.lr, min(t.warmup_epochs, t.joint.epochs - 1), t.weight_decay,
+                   t.grad_clip, t.mixed_precision, t.early_stopping_patience, t.batch_size)
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """LR factor per step: linear warmup to 1, then cosine decay to 0 at the last step."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+LossFn = Callable[[Stack, Batch], tuple[torch.Tensor, dict[str, float]]]
+
+
+class Trainer:
+    """Trains a `Stack` epoch by epoch, checkpointing into a run folder.
+
+    Args:
+        stack: the model; parameters with `requires_grad` are optimised.
+        data: the splits.
+        schedule: epochs, learning rate, clipping, patience, batch size.
+        loss_fn: `(stack, batch) -> (loss, parts)`; the batch is on the device,
+            `x` in model layout.
+        validate: `stack -> metrics` on the validation split (holds the task's main metric).
+        run: the run folder written to.
+        info: what every checkpoint also records (kind, data identity, config).
+        seed: seeds the batch order and the augmentations.
+        device: where training runs.
+        refit: optional `epoch -> log fields`, run before the first validation and
+            after every training epoch (the alternating mode's PGM fit).
+        validate_start: validate (and keep as best) the starting weights, so
+            fine-tuning never ends worse on validation than it started.
+    """
+
+    def __init__(self, stack: Stack, data: TaskData, schedule: Schedule, loss_fn: LossFn,
+                 validate: Callable[[Stack], dict], run: runs.RunFolder, info: dict, seed: int,
+                 device: torch.device, augmentations, refit: Optional[Callable[[int], dict]] = None,
+                 validate_start: bool = False):
+        self.stack, self.data, self.schedule = stack.to(device), data, schedule
+        self.loss_fn, self.validate, self.run, self.info = loss_fn, validate, run, info
+        self.device, self.refit, self.validate_start = device, refit, validate_start
+        self.metric = MAIN_METRIC[data.task][0]
+        decay, no_decay = [], []
+        for name, p in stack.named_parameters():
+            if p.requires_grad:
+                (no_decay if name.startswith("head.") else decay).append(p)
+        groups = [{"params": decay, "weight_decay": schedule.weight_decay}]
+        if no_decay:  # the PGM's weights have their own prior; no decay towards 0
+            groups.append({"params": no_decay, "weight_decay": 0.0})
+        self.optimizer = torch.optim.AdamW(groups, lr=schedule.lr)
+        steps = math.ceil(len(data.splits["train"]["x"]) / schedule.batch_size)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(schedule.warmup_epochs * steps, schedule.epochs * steps))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(device, schedule.mixed_precision))
+        self.order = torch.Generator().manual_seed(seed + 1)
+        self.augmenter = Augmenter(augmentations, data.meta["spatial_invariant"], seed + 2)
+        self.epoch, self.best, self.since_best, self.history = 0, None, 0, []
+
+    # ------------------------------------------------------------------ public
+
+    def fit(self, resume: Optional[dict] = None) -> dict:
+        """Train to the end (or early stop); returns a summary for metrics.json."""
+        if resume is not None:
+            self._restore(resume["train_state"])
+            log.info("resumed after epoch %d of %d", self.epoch, self.schedule.epochs)
+        elif self.validate_start or self.refit:
+            self._start()
+        bar = tqdm(total=self.schedule.epochs, initial=self.epoch, desc="epochs", unit="epoch", disable=None)
+        while self.epoch < self.schedule.epochs and self.since_best < self.schedule.patience:
+            started = time.perf_counter()
+            train = self._train_epoch()
+            record = {"epoch": self.epoch + 1, "lr": self.scheduler.get_last_lr()[0], "train": train}
+            if self.refit:
+                record["refit"] = self.refit(self.epoch + 1)
+            record["val"] = self.validate(self.stack)
+            self.epoch += 1
+            record["seconds"] = round(time.perf_counter() - started, 3)
+            self._end_epoch(record)
+            bar.update(1)
+            bar.set_postfix({self.metric: f"{record['val'][self.metric]:.4f}"})
+        bar.close()
+        stopped_early = self.epoch < self.schedule.epochs
+        if stopped_early:
+            log.info("early stop after epoch %d: no better val %s for %d epochs",
+                     self.epoch, self.metric, self.since_best)
+        return {"epochs_run": self.epoch, "stopped_early": stopped_early,
+                f"best_val_{self.metric}": self.best}
+
+    # ------------------------------------------------------------------ epochs
+
+    def _start(self) -> None:
+        """Epoch 0: the starting weights (after a first PGM fit), validated and kept as best."""
+        record = {"epoch": 0, "lr": 0.0, "train": {}}
+        if self.refit:
+            record["refit"] = self.refit(0)
+        record["val"] = self.validate(self.stack)
+        record["seconds"] = 0.0
+        self._end_epoch(record)
+
+    def _train_epoch(self) -> dict[str, float]:
+        self.stack.train()
+        train = self.data.splits["train"]
+        n, size = len(train["x"]), self.schedule.batch_size
+        order = torch.randperm(n, generator=self.order)
+        totals: dict[str, float] = {}
+        for start in tqdm(range(0, n, size), desc=f"epoch {self.epoch + 1}", unit="batch",
+                          leave=False, disable=None):
+            rows = order[start:start + size]
+            batch = self.augmenter({key: a[rows] for key, a in train.items()})
+            batch = {key: a.to(self.device) for key, a in batch.items()}
+            batch["x"] = model_input(batch["x"])
+            loss, parts = self.loss_fn(self.stack, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the training loss became {float(loss)} in epoch "
+                                         f"{self.epoch + 1} (parts: {parts}); lower training.lr")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.schedule.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.stack.parameters(), self.schedule.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            for key, value in {"loss": loss.item(), **parts}.items():
+                totals[key] = totals.get(key, 0.0) + value * len(rows)
+        return {key: value / n for key, value in totals.items()}
+
+    def _end_epoch(self, record: dict) -> None:
+        value = record["val"][self.metric]
+        improved = is_better(value, self.best, self.data.task)
+        if improved:
+            self.best, self.since_best = value, 0
+            runs.save_checkpoint(self.run.best, {**self.info, **self.stack.payload(),
+                                                 "epoch": self.epoch, "val": record["val"]})
+        else:
+            self.since_best += 1
+        record["best"] = improved
+        self.history.append(record)
+        # best.pt first, then ckpt.pt: a kill in between replays this epoch identically.
+        runs.save_checkpoint(self.run.checkpoint, {**self.info, **self.stack.payload(),
+                                                   "train_state": self._train_state()})
+        runs.write_history(self.run.history, self.history)
+        plot_learning_curve(self.history, self.metric, self.run.learning_curve)
+        parts = " ".join(f"{k}={v:.4f}" for k, v in record["train"].items())
+        log.info("epoch %d: %s val %s=%.4f%s (%.1fs)", record["epoch"], parts, self.metric, value,
+                 " best" if improved else "", record["seconds"])
+
+    # ------------------------------------------------------------------ resume
+
+    def _train_state(self) -> dict:
+        rng = {"torch": torch.get_rng_state(), "order": self.order.get_state(),
+               "augment": self.augmenter.generator.get_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "epoch": self.epoch, "best": self.best,
+                "since_best": self.since_best, "history": self.history, "rng": rng}
+
+    def _restore(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.best, self.since_best = state["epoch"], state["best"], state["since_best"]
+        self.history = list(state["history"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        self.order.set_state(rng["order"])
+        self.augmenter.generator.set_state(rng["augment"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def attach_log_file(run: runs.RunFolder) -> None:
+    """Also log to the run folder's `log.txt` (appended, so a resumed run keeps its past)."""
+    handler = logging.FileHandler(run.log)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    logging.getLogger().addHandler(handler)
+
+
+def new_stack(config: Config, data: TaskData, pgm_settings: Optional[dict] = None) -> Stack:
+    """A freshly initialised (seeded) stack for the configured data."""
+    torch.manual_seed(config.seed)
+    spec = net_spec(config, data.input_channels, data.num_outputs, data.task)
+    return Stack(spec, pgm_settings, config.training.mixed_precision)
