@@ -457,6 +457,8 @@ def _validate_model(check: _Checker) -> None:
     check.one_of("model.pgm.neighbourhood", (4, 8))
     check.one_of("model.pgm.compatibility", ("potts", "learned"))
     check.one_of("model.pgm.fit", ("mle", "em"))
+    check.require(check.config.model.pgm.fit == "mle" or check.config.model.pgm.type == "hmm",
+                  "model.pgm.fit", "em (Baum-Welch) applies to model.pgm.type = hmm only; use mle")
 
 
 def _validate_training(check: _Checker) -> None:

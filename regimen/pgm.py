@@ -190,9 +190,6 @@ def fit_pgm(head: PGMHead, unaries: torch.Tensor, labels: torch.Tensor, pgm: PGM
     """
     if head.type == "hmm":
         return _fit_hmm(head, unaries, labels, pgm, seed, batch_size)
-    if pgm.fit == "em":
-        raise UserError(f"model.pgm.fit = 'em' applies to the hmm only; "
-                        f"model.pgm.type = '{head.type}' is fitted by mle")
     return _fit_by_gradient(head, unaries, labels, pgm, seed, batch_size)
 
 

@@ -99,7 +99,6 @@ def fit_structure(config: Config, features_path: Path, save: Optional[Path]) -> 
     task, k = meta["task"], meta["num_classes"]
     check_pgm_task(config.model.pgm.type, task)
     run = runs.RunFolder(Path(save)) if save else runs.run_folder_of(features_path)
-    run.create("--save")
 
     head = PGMHead(pgm_settings(config.model.pgm, task, k))
     train = features["splits"]["train"]
@@ -109,6 +108,7 @@ def fit_structure(config: Config, features_path: Path, save: Optional[Path]) -> 
     metric = MAIN_METRIC[task][0]
     results = {split: _before_after(data, split, features["splits"][split]["unaries"], head)
                for split in ("val", "test")}
+    run.create("--save")
     runs.save_pgm_params(run.pgm_params, pgm_params(head, data_identity(meta)))
     metrics = {
         "task": task, "metric": metric, "pgm": head.type, "fit": report,
