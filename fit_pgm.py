@@ -39,8 +39,10 @@ def main(argv=None) -> None:
     config = load_config(args.config, args.overrides)
     metrics = fit_structure(config, Path(args.features), Path(args.save) if args.save else None)
     metric = metrics["metric"]
-    log.info("test %s: unaries %.4f -> %s %.4f (%+.2f points)", metric, metrics["test"]["unary"][metric],
-             metrics["pgm"], metrics["test"]["pgm"][metric], 100 * metrics["gain"]["test"])
+    for split in ("val", "test"):
+        log.info("%s %s: unaries %.4f -> %s %.4f (%+.2f points)", split, metric,
+                 metrics[split]["unary"][metric], metrics["pgm"], metrics[split]["pgm"][metric],
+                 100 * metrics["gain"][split])
 
 
 if __name__ == "__main__":

@@ -6,4 +6,7 @@ cd "$(dirname "$0")"
 PYTHON=${PYTHON:-.venv/bin/python}
 "$PYTHON" tools/preprocess.py --config config.yaml "$@"
 "$PYTHON" tools/visualize.py --config config.yaml "$@"
-echo "pictures of the data: runs/visualize/"
+"$PYTHON" train_convlstm.py --config config.yaml --save runs/base_convlstm --overwrite "$@"
+"$PYTHON" fit_pgm.py --config config.yaml --features runs/base_convlstm/features.pt "$@"
+"$PYTHON" train_joint.py --config config.yaml --resume runs/base_convlstm/ckpt.pt --save runs/joint --overwrite "$@"
+echo "pictures of the data: runs/visualize/; learning curves and metrics.json: runs/base_convlstm/, runs/joint/"

@@ -118,9 +118,6 @@ def fit_structure(config: Config, features_path: Path, save: Optional[Path]) -> 
         "provenance": _provenance(config, meta, torch.device("cpu"), started),
     }
     runs.update_metrics(run.metrics, "fit_pgm", metrics)
-    for split in ("val", "test"):
-        log.info("%s %s: unaries %.4f -> %s %.4f", split, metric, results[split]["unary"][metric],
-                 head.type, results[split]["pgm"][metric])
     return metrics
 
 

@@ -1,0 +1,120 @@
+"""The PGM heads on unaries: invariants, exact values on tiny chains, fitting, parameter files."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from models.hmm import forward_backward
+from regimen.cli import UserError
+from regimen.config import PGMConfig
+from regimen.pgm import PGMHead, check_pgm_task, fit_pgm, head_from_params, pgm_params, pgm_settings
+
+SEGMENTATION = (2, 3, 3, 4, 5)  # B, T, K, H, W
+TAGGING = (4, 5, 3)  # B, T, K
+
+
+def head(pgm_type, task):
+    return PGMHead(pgm_settings(PGMConfig(type=pgm_type), task, 3))
+
+
+CASES = [("crf", "segmentation"), ("hmm", "segmentation"), ("chain_crf", "segmentation"),
+         ("hmm", "tagging"), ("chain_crf", "tagging")]
+
+
+@pytest.mark.parametrize("pgm_type,task", CASES)
+def test_marginals_are_distributions_and_labels_keep_their_place(pgm_type, task):
+    torch.manual_seed(0)
+    unaries = torch.randn(SEGMENTATION if task == "segmentation" else TAGGING)
+    h = head(pgm_type, task)
+    log_q = h.log_marginals(unaries)
+    assert log_q.shape == unaries.shape
+    torch.testing.assert_close(log_q.exp().sum(dim=2), torch.ones(log_q.shape[:2] + log_q.shape[3:]))
+    labels = h.decode(unaries)
+    assert labels.shape == unaries.shape[:2] + unaries.shape[3:]
+    if task == "segmentation" and pgm_type != "crf":
+        # pixel (i, j) of sequence b is decoded from its own chain only
+        alone = h.decode(unaries[1:2, :, :, 2:3, 4:5])
+        assert torch.equal(alone[0, :, 0, 0], labels[1, :, 2, 4])
+    nll = h.nll(unaries, labels.clamp(min=0))
+    assert nll.ndim == 0 and torch.isfinite(nll)
+
+
+def test_the_hybrid_hmm_divides_posteriors_by_priors_and_scales_them():
+    torch.manual_seed(1)
+    h = head("hmm", "tagging")
+    h.log_prior.copy_(torch.tensor([0.5, 0.3, 0.2]).log())
+    h.raw_scale.data.fill_(2.0)
+    unaries = torch.randn(TAGGING)
+    scale = torch.nn.functional.softplus(torch.tensor(2.0))
+    emissions = scale * (torch.log_softmax(unaries, 2) - h.log_prior)
+    _, posteriors = forward_backward(h.model.log_start, h.model.log_trans, emissions)
+    torch.testing.assert_close(h.log_marginals(unaries).exp(), posteriors)
+
+
+def test_the_chain_crf_nll_is_the_exact_likelihood_per_step():
+    torch.manual_seed(2)
+    h = head("chain_crf", "tagging")
+    unaries, tags = torch.randn(1, 3, 3), torch.tensor([[0, 2, 1]])
+    emissions = h.emissions(unaries)[0]
+    crf = h.model
+
+    def score(path):
+        total = crf.start_transitions[path[0]] + crf.end_transitions[path[-1]]
+        total = total + sum(emissions[t, y] for t, y in enumerate(path))
+        return total + sum(crf.transitions[a, b] for a, b in zip(path, path[1:]))
+
+    log_z = torch.logsumexp(torch.stack([score(p) for p in itertools.product(range(3), repeat=3)]), 0)
+    torch.testing.assert_close(h.nll(unaries, tags), -(score((0, 2, 1)) - log_z) / 3)
+
+
+def test_hmm_fit_counts_transitions_and_priors():
+    labels = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 0]])
+    h = head("hmm", "tagging")
+    fit_pgm(h, torch.zeros(2, 4, 3), labels, PGMConfig(type="hmm", pseudo_count=0.0, fit_steps=2), seed=0)
+    # transitions counted: 0->0 once, 0->1 once, 1->1 three times, 1->0 once; class 2 never seen
+    expected = torch.tensor([[0.5, 0.5, 0.0], [0.25, 0.75, 0.0], [1 / 3, 1 / 3, 1 / 3]])
+    torch.testing.assert_close(h.model.log_trans.exp(), expected)
+    torch.testing.assert_close(h.log_prior.exp(), torch.tensor([3 / 8, 5 / 8, 0.0]))
+
+
+def test_the_crf_fit_lowers_the_structured_nll_on_smooth_labels():
+    torch.manual_seed(3)
+    labels = torch.zeros(4, 3, 6, 6, dtype=torch.long)
+    labels[:, :, :, 3:] = 1
+    clean = torch.nn.functional.one_hot(labels, 2).permute(0, 1, 4, 2, 3).float()
+    unaries = 2 * clean + 1.5 * torch.randn(4, 3, 2, 6, 6)  # noisy unaries of a smooth truth
+    h = PGMHead(pgm_settings(PGMConfig(pairwise_weight=0.05), "segmentation", 2))
+    before = h.nll(unaries, labels).item()
+    report = fit_pgm(h, unaries, labels, PGMConfig(fit_steps=60, fit_lr=0.1), seed=0)
+    assert h.nll(unaries, labels).item() < before and report["method"] == "adam_map"
+    assert h.model.spatial_weight.item() > 0.05  # smooth truth: stronger smoothing
+
+
+@pytest.mark.parametrize("pgm_type,task", CASES)
+def test_parameters_round_trip_through_plain_containers(pgm_type, task):
+    torch.manual_seed(4)
+    h = head(pgm_type, task)
+    for p in h.parameters():
+        p.data.add_(0.3 * torch.randn_like(p))
+    unaries = torch.randn(SEGMENTATION if task == "segmentation" else TAGGING)
+    again = head_from_params(pgm_params(h, {"name": "x"}), "pgm_params.pkl")
+    torch.testing.assert_close(again.log_marginals(unaries), h.log_marginals(unaries))
+
+
+def test_parameters_of_another_shape_are_named():
+    params = pgm_params(head("chain_crf", "tagging"), {"name": "x"})
+    params["params"]["model.transitions"] = params["params"]["model.transitions"][:2, :2]
+    with pytest.raises(UserError, match=r"p.pkl: parameter model.transitions has shape \(2, 2\), "
+                                        r"the model needs \(3, 3\)"):
+        head_from_params(params, "p.pkl")
+
+
+def test_pgm_and_task_must_fit():
+    check_pgm_task("hmm", "tagging")
+    with pytest.raises(UserError, match="'crf' does not fit task 'tagging': expected hmm or chain_crf"):
+        check_pgm_task("crf", "tagging")
+    with pytest.raises(UserError, match="task 'regression' has no PGM"):
+        check_pgm_task("hmm", "regression")

@@ -1,0 +1,66 @@
+"""The training loop: the learning-rate schedule, and resuming in process ends where a straight run does."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from regimen import runs
+from regimen.config import load_config
+from regimen.data import preprocess
+from regimen.losses import unary_loss
+from regimen.training import (Schedule, Trainer, load_task_data, new_stack, stack_from_checkpoint,
+                              warmup_cosine)
+
+
+def test_warmup_then_cosine_to_zero():
+    factor = warmup_cosine(warmup_steps=2, total_steps=6)
+    assert [factor(s) for s in range(2)] == [0.5, 1.0]
+    assert factor(2) == pytest.approx(1.0) and factor(4) == pytest.approx(0.5) and factor(6) == pytest.approx(0.0)
+
+
+class Killed(Exception):
+    pass
+
+
+def trainer_for(config, data, stack, folder, kill_at_step=None):
+    steps = []
+
+    def loss_fn(stack, batch):
+        steps.append(1)
+        if len(steps) == kill_at_step:
+            raise Killed
+        return unary_loss("ce", stack.unaries(batch["x"]), batch["y"]), {}
+
+    def validate(stack):
+        with torch.no_grad():  # any deterministic number of the weights
+            return {"miou": -float(sum(p.abs().sum() for p in stack.parameters()))}
+
+    return Trainer(stack, data, Schedule.pretraining(config), loss_fn, validate, runs.RunFolder(folder).create("x"),
+                   {"kind": "convlstm", "dataset": data.identity, "config": {}}, config.seed,
+                   torch.device("cpu"), config.data.augmentations)
+
+
+def test_a_trainer_killed_mid_epoch_and_resumed_ends_with_the_same_weights(write_config, tmp_path):
+    config = load_config(write_config({"model": {"convlstm": {"hidden_sizes": [4, 4], "dropout": 0.2}},
+                                       "training": {"epochs": 3, "batch_size": 4}}))
+    preprocess(config)
+    data = load_task_data(config)
+    straight = trainer_for(config, data, new_stack(config, data), tmp_path / "a")
+    straight.fit()
+
+    steps_per_epoch = -(-len(data.splits["train"]["x"]) // 4)
+    with pytest.raises(Killed):  # dies in the middle of epoch 2
+        trainer_for(config, data, new_stack(config, data), tmp_path / "b",
+                    kill_at_step=steps_per_epoch + 2).fit()
+    payload = runs.load_checkpoint(tmp_path / "b" / "ckpt.pt", "--resume", ("convlstm",))
+    assert payload["train_state"]["epoch"] == 1
+    resumed = trainer_for(config, data, stack_from_checkpoint(payload, "ckpt", mixed_precision=True), tmp_path / "b")
+    resumed.fit(payload)
+
+    for name, value in straight.stack.state_dict().items():
+        assert torch.equal(value, resumed.stack.state_dict()[name]), name
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "b" / "history.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
