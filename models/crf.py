@@ -43,7 +43,8 @@ def shift(x: torch.Tensor, offset: Offset) -> torch.Tensor:
     return out
 
 
-def _inverse_softplus(value: float) -> float:
+def inverse_softplus(value: float) -> float:
+    """The x with softplus(x) = value (value > 0)."""
     return value + math.log(-math.expm1(-value))
 
 
@@ -90,11 +91,11 @@ class MeanFieldCRF(nn.Module):
         self.enabled = pairwise_weight > 0
         self.spatial_offsets = _SPATIAL_4 + (_DIAGONAL if neighbourhood == 8 else ())
         self.temporal_offsets = _TEMPORAL if temporal_links else ()
-        initial = _inverse_softplus(pairwise_weight) if self.enabled else 0.0
+        initial = inverse_softplus(pairwise_weight) if self.enabled else 0.0
         # Unconstrained parameters; softplus keeps the weights positive.
         self.raw_spatial = nn.Parameter(torch.tensor(initial))
         self.raw_temporal = nn.Parameter(torch.tensor(initial))
-        self.raw_bandwidth = nn.Parameter(torch.tensor(_inverse_softplus(1.0))) if edge_aware else None
+        self.raw_bandwidth = nn.Parameter(torch.tensor(inverse_softplus(1.0))) if edge_aware else None
         potts = 1.0 - torch.eye(num_classes)
         self.compatibility = nn.Parameter(potts) if compatibility == "learned" else None
         self.register_buffer("potts", potts, persistent=False)

@@ -14,8 +14,6 @@ head into the plain `pgm_params.pkl` form and back.
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -23,27 +21,25 @@ from torch import nn
 from tqdm import tqdm
 
 from models.chain_crf import ChainCRF
-from models.crf import MeanFieldCRF
+from models.crf import MeanFieldCRF, inverse_softplus
 from models.hmm import HMM, forward_backward, viterbi
 from regimen.builders import load_state_checked
 from regimen.cli import UserError
 from regimen.config import PGMConfig
-
-log = logging.getLogger(__name__)
 
 TASKS_OF_PGM = {"crf": ("segmentation",), "hmm": ("segmentation", "tagging"),
                 "chain_crf": ("segmentation", "tagging")}
 TINY = 1e-12
 
 
-def check_pgm_task(pgm_type: str, task: str, where: str = "model.pgm.type") -> None:
+def check_pgm_task(pgm_type: str, task: str) -> None:
     """A UserError when no PGM applies to the task, or this one does not."""
     if task == "regression":
         raise UserError(f"task 'regression' has no PGM: structured models need class labels "
-                        f"({where} = {pgm_type!r} does not apply)")
+                        f"(model.pgm.type = {pgm_type!r} does not apply)")
     if task not in TASKS_OF_PGM[pgm_type]:
         fitting = [t for t, tasks in TASKS_OF_PGM.items() if task in tasks]
-        raise UserError(f"{where} = {pgm_type!r} does not fit task '{task}': "
+        raise UserError(f"model.pgm.type = {pgm_type!r} does not fit task '{task}': "
                         f"expected {' or '.join(fitting)}")
 
 
@@ -83,7 +79,7 @@ class PGMHead(nn.Module):
                                       compatibility=settings["compatibility"])
             return
         self.model = HMM(k, emission="given") if self.type == "hmm" else ChainCRF(k)
-        self.raw_scale = nn.Parameter(torch.tensor(_inverse_softplus(1.0)))
+        self.raw_scale = nn.Parameter(torch.tensor(inverse_softplus(1.0)))
         if self.type == "hmm":
             self.register_buffer("log_prior", torch.full((k,), -float(np.log(k))))
 
@@ -152,10 +148,6 @@ class PGMHead(nn.Module):
             return chains
         b, t, k, h, w = shape
         return chains.reshape(b, h, w, t, k).permute(0, 3, 4, 1, 2)
-
-
-def _inverse_softplus(value: float) -> float:
-    return value + float(np.log(-np.expm1(-value)))
 
 
 # --------------------------------------------------------------------------- pgm_params.pkl
