@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from regimen import runs
-from regimen.augment import Augmenter
+from regimen.augment import Augmenter, Batch
 from regimen.builders import (autocast_for, build_net, load_state_checked, needs_grad_scaler,
                               net_spec)
 from regimen.cli import UserError
@@ -35,8 +35,6 @@ from regimen.pgm import PGMHead
 from regimen.plots import plot_learning_curve
 
 log = logging.getLogger(__name__)
-
-Batch = dict[str, torch.Tensor]
 
 
 # --------------------------------------------------------------------------- data
