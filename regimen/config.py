@@ -34,6 +34,7 @@ STATIC_FEATURES = ("edges", "motion", "mask")
 PGM_TYPES = ("crf", "hmm", "chain_crf")
 JOINT_MODES = ("alternating", "end_to_end")
 UNARY_LOSSES = ("auto", "ce", "kl", "mse")
+CALIBRATIONS = ("auto", "temperature", "isotonic", "none")
 
 
 @dataclass
@@ -174,6 +175,14 @@ class EvolutionaryConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    split: str = "test"  # the split evaluate.py reports (export.py always calibrates on val, reports test)
+    bins: int = 15  # equal-width confidence bins of ECE, MCE and the reliability curve
+    boundary_tolerance: int = 1  # nodes a predicted boundary may be off and still count
+    calibration: str = "auto"  # auto (lower val ECE) | temperature | isotonic | none
+
+
+@dataclass
 class Config:
     seed: int = 42
     device: str = "auto"
@@ -182,6 +191,7 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     evolutionary: EvolutionaryConfig = field(default_factory=EvolutionaryConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
 
 # --------------------------------------------------------------------------- loading
@@ -385,6 +395,10 @@ def validate(config: Config, source: str = "config") -> None:
     _validate_model(check)
     _validate_training(check)
     _validate_evolutionary(check)
+    check.one_of("evaluation.split", ("train", "val", "test"))  # runs.SPLITS
+    check.positive("evaluation.bins")
+    check.non_negative("evaluation.boundary_tolerance")
+    check.one_of("evaluation.calibration", CALIBRATIONS)
 
 
 def _validate_device(check: _Checker) -> None:

@@ -1,9 +1,14 @@
-"""Task metrics computed from labels and predictions."""
+"""Task metrics from labels, predictions and probabilities: the training loop's few and evaluate.py's suite."""
 
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+from scipy import ndimage
+from scipy.special import xlogy
+from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support,
+                             r2_score, roc_auc_score)
+
+TINY = 1e-12  # probabilities are clipped here before a log
 
 
 def mean_iou(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> float:
@@ -37,3 +42,122 @@ def label_metrics(truth: np.ndarray, predicted: np.ndarray, num_classes: int, ta
 def regression_metrics(truth: np.ndarray, predicted: np.ndarray) -> dict:
     error = predicted.astype(np.float64) - truth.astype(np.float64)
     return {"rmse": float(np.sqrt(np.mean(error ** 2))), "mae": float(np.mean(np.abs(error)))}
+
+
+# --------------------------------------------------------------------------- the full suite (evaluate.py)
+
+
+def class_report(truth: np.ndarray, predicted: np.ndarray, probs: np.ndarray, num_classes: int,
+                 soft: np.ndarray | None = None) -> dict:
+    """Accuracy, per-class and macro precision/recall/F1, mIoU, one-vs-rest AUROC, KL and NLL.
+
+    Args:
+        truth, predicted: labels `[N]` (nodes: pixels or frames).
+        probs: the predictor's class probabilities `[N, K]` (rows sum to 1).
+        soft: target distributions `[N, K]` for the KL divergence; one-hot of `truth` when None.
+    """
+    labels = np.arange(num_classes)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        truth, predicted, labels=labels, zero_division=0)
+    target = soft if soft is not None else np.eye(num_classes)[truth]
+    log_q = np.log(np.clip(probs, TINY, None))
+    return {
+        "accuracy": float(accuracy_score(truth, predicted)),
+        "miou": mean_iou(truth, predicted, num_classes),
+        "macro_precision": float(precision.mean()), "macro_recall": float(recall.mean()),
+        "macro_f1": float(f1.mean()),
+        "per_class": {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
+                      "support": support.tolist()},
+        "auroc": auroc_ovr(truth, probs),
+        # batchmean: summed over classes, averaged over nodes (torch's kl_div(reduction="batchmean")).
+        "kl": float((xlogy(target, target) - target * log_q).sum(axis=1).mean()),
+        "nll": float(-log_q[np.arange(len(truth)), truth].mean()),
+        "confusion": confusion_matrix(truth, predicted, labels=labels).tolist(),
+    }
+
+
+def auroc_ovr(truth: np.ndarray, probs: np.ndarray) -> float | None:
+    """Macro one-vs-rest AUROC over the classes that occur and do not cover every node.
+
+    Equals scikit-learn's `roc_auc_score(multi_class="ovr")` when every class occurs;
+    unlike it, a class absent from `truth` is left out rather than an error. None
+    when no class can be scored.
+    """
+    scores = [roc_auc_score(truth == k, probs[:, k]) for k in range(probs.shape[1])
+              if 0 < np.count_nonzero(truth == k) < len(truth)]
+    return float(np.mean(scores)) if scores else None
+
+
+def calibration(confidence: np.ndarray, correct: np.ndarray, bins: int) -> dict:
+    """ECE, MCE and the reliability curve of top-label confidences, equal-width bins on [0, 1].
+
+    ECE = sum_b (n_b / N) |accuracy_b - confidence_b|; MCE = max_b over non-empty bins.
+    """
+    index = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    count = np.bincount(index, minlength=bins)
+    hits = np.bincount(index, weights=correct.astype(np.float64), minlength=bins)
+    sure = np.bincount(index, weights=confidence.astype(np.float64), minlength=bins)
+    filled = count > 0
+    accuracy = np.divide(hits, count, out=np.zeros(bins), where=filled)
+    mean_confidence = np.divide(sure, count, out=np.zeros(bins), where=filled)
+    gap = np.abs(accuracy - mean_confidence)
+    return {"ece": float((count * gap).sum() / count.sum()), "mce": float(gap[filled].max()),
+            "bins": bins, "reliability": {"count": count.tolist(), "accuracy": accuracy.tolist(),
+                                          "confidence": mean_confidence.tolist()}}
+
+
+def boundaries(labels: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """Nodes whose label differs from the next node along any of `axes` (both sides marked)."""
+    edge = np.zeros(labels.shape, dtype=bool)
+    for axis in axes:
+        n = labels.shape[axis]
+        change = np.take(labels, range(1, n), axis) != np.take(labels, range(n - 1), axis)
+        pad_before = [(0, 0)] * labels.ndim
+        pad_after = [(0, 0)] * labels.ndim
+        pad_before[axis], pad_after[axis] = (1, 0), (0, 1)
+        edge |= np.pad(change, pad_before) | np.pad(change, pad_after)
+    return edge
+
+
+def boundary_f1(truth: np.ndarray, predicted: np.ndarray, axes: tuple[int, ...], tolerance: int) -> dict:
+    """Boundary precision, recall and F1 with a tolerance of `tolerance` nodes along `axes`.
+
+    A predicted boundary node counts as right when a true one lies within the
+    tolerance (a square window), and the other way round for recall. Both without
+    any boundary: F1 = 1.
+    """
+    true_edge, pred_edge = boundaries(truth, axes), boundaries(predicted, axes)
+    size = [2 * tolerance + 1 if axis in axes else 1 for axis in range(truth.ndim)]
+    near_true = ndimage.maximum_filter(true_edge, size=size, mode="constant")
+    near_pred = ndimage.maximum_filter(pred_edge, size=size, mode="constant")
+    n_pred, n_true = int(pred_edge.sum()), int(true_edge.sum())
+    if n_pred == 0 and n_true == 0:
+        return {"precision": 1.0, "recall": 1.0, "f1": 1.0, "tolerance": tolerance}
+    precision = float((pred_edge & near_true).sum() / n_pred) if n_pred else 0.0
+    recall = float((true_edge & near_pred).sum() / n_true) if n_true else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "tolerance": tolerance}
+
+
+def flicker(truth: np.ndarray, predicted: np.ndarray) -> dict:
+    """Temporal consistency of labels `[N, T, ...]`: how often a node's predicted label changes
+    from one frame to the next where the true label does not (`flicker`, lower is better)."""
+    stable = truth[:, 1:] == truth[:, :-1]
+    changed = predicted[:, 1:] != predicted[:, :-1]
+    return {"flicker": float((changed & stable).sum() / max(int(stable.sum()), 1)),
+            "predicted_change_rate": float(changed.mean()), "true_change_rate": float(1 - stable.mean())}
+
+
+def regression_report(truth: np.ndarray, predicted: np.ndarray) -> dict:
+    """RMSE, MAE and R2 over every value, and OpenSTL's per-frame MSE and MAE.
+
+    Args:
+        truth, predicted: `[N, T, ...]`. OpenSTL sums the errors over a frame's
+            values and averages over frames, so those numbers compare with its tables.
+    """
+    error = predicted.astype(np.float64) - truth.astype(np.float64)
+    frames = error.reshape(error.shape[0] * error.shape[1], -1)
+    return {**regression_metrics(truth, predicted),
+            "r2": float(r2_score(truth.ravel(), predicted.ravel())),
+            "mse_per_frame": float((frames ** 2).sum(axis=1).mean()),
+            "mae_per_frame": float(np.abs(frames).sum(axis=1).mean())}

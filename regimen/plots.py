@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Optional
 
 import matplotlib
 
@@ -25,13 +26,24 @@ def class_colours(num_classes: int) -> ListedColormap:
 
 
 class SequencePanel:
-    """Draws the input channel and the label of `n` sequences for one split."""
+    """Draws the input channel and the label of `n` sequences for one split, and optionally a
+    model's predicted labels (or values) and per-pixel confidence next to them.
 
-    def __init__(self, split: dict[str, np.ndarray], meta: dict, count: int, channel: int = 0):
+    Args:
+        split: a processed split's arrays.
+        meta: its meta.json.
+        count: sequences to show (the first window of each).
+        channel: the input channel drawn.
+        predict: optional `X [n, T, H, W, C] -> {"labels", "confidence"}` (or `{"values"}`).
+    """
+
+    def __init__(self, split: dict[str, np.ndarray], meta: dict, count: int, channel: int = 0,
+                 predict: Optional[Callable[[np.ndarray], dict]] = None):
         # The first window of each of the first `count` distinct sequences.
         picks = np.sort(np.unique(split["sequence"], return_index=True)[1])[:count]
         self.x = split["X"][picks, ..., channel]  # (n, T, H, W)
         self.y = split["Y"][picks]
+        self.predicted = predict(split["X"][picks]) if predict else None
         self.sequence_ids = split["sequence"][picks]
         self.meta = meta
         self.task = meta["task"]
@@ -41,18 +53,40 @@ class SequencePanel:
         self.norm = BoundaryNorm(np.arange(k + 1) - 0.5, k)
         self.x_range = (float(np.percentile(self.x, 1)), float(np.percentile(self.x, 99)))
 
+    def rows(self) -> list[tuple[str, Callable]]:
+        """(title, draw(ax, i, t)) of each picture per frame: input, truth, and the model's."""
+        rows = [("input", self.draw_input), (self.label_title(), self.draw_label)]
+        if self.predicted is not None:
+            rows.append(("predicted", self.draw_prediction))
+            if "confidence" in self.predicted:
+                rows.append(("confidence", self.draw_confidence))
+        return rows
+
     def draw_input(self, ax, i: int, t: int) -> None:
         ax.imshow(self.x[i, t], cmap="gray", vmin=self.x_range[0], vmax=self.x_range[1])
         _bare(ax)
 
-    def draw_label(self, ax, i: int, t: int) -> None:
+    def draw_label(self, ax, i: int, t: int, labels: Optional[np.ndarray] = None) -> None:
+        labels = self.y if labels is None else labels
         if self.task == "segmentation":
-            ax.imshow(self.y[i, t], cmap=self.cmap, norm=self.norm, interpolation="nearest")
+            ax.imshow(labels[i, t], cmap=self.cmap, norm=self.norm, interpolation="nearest")
         elif self.task == "tagging":
-            ax.imshow([[self.y[i, t]]], cmap=self.cmap, norm=self.norm, aspect="auto")
-            ax.text(0, 0, self.meta["class_names"][self.y[i, t]], ha="center", va="center", fontsize=7)
+            ax.imshow([[labels[i, t]]], cmap=self.cmap, norm=self.norm, aspect="auto")
+            ax.text(0, 0, self.meta["class_names"][labels[i, t]], ha="center", va="center", fontsize=7)
         else:
-            ax.imshow(self.y[i, t, ..., 0], cmap="viridis")
+            ax.imshow(labels[i, t, ..., 0], cmap="viridis")
+        _bare(ax)
+
+    def draw_prediction(self, ax, i: int, t: int) -> None:
+        self.draw_label(ax, i, t, self.predicted.get("labels", self.predicted.get("values")))
+
+    def draw_confidence(self, ax, i: int, t: int) -> None:
+        confidence = self.predicted["confidence"][i, t]
+        if self.task == "tagging":
+            ax.imshow([[confidence]], cmap="magma", vmin=0, vmax=1, aspect="auto")
+            ax.text(0, 0, f"{confidence:.2f}", ha="center", va="center", fontsize=7, color="cyan")
+        else:
+            ax.imshow(confidence, cmap="magma", vmin=0, vmax=1, interpolation="nearest")
         _bare(ax)
 
     def legend(self, fig) -> None:
@@ -66,34 +100,38 @@ class SequencePanel:
 
 
 def render_grid(panel: SequencePanel, path: Path) -> None:
-    """A PNG: per sequence one row of inputs and one of labels, frames left to right."""
-    fig, axes = plt.subplots(2 * panel.count, panel.frames, squeeze=False,
-                             figsize=(1.1 * panel.frames, 2.3 * panel.count + 0.6))
+    """A PNG: per sequence one row per picture kind (input, labels, ...), frames left to right."""
+    rows = panel.rows()
+    n = len(rows)
+    fig, axes = plt.subplots(n * panel.count, panel.frames, squeeze=False,
+                             figsize=(1.1 * panel.frames, 1.15 * n * panel.count + 0.6))
     for i in range(panel.count):
         for t in range(panel.frames):
-            panel.draw_input(axes[2 * i, t], i, t)
-            panel.draw_label(axes[2 * i + 1, t], i, t)
+            for r, (_, draw) in enumerate(rows):
+                draw(axes[n * i + r, t], i, t)
             if i == 0:
                 axes[0, t].set_title(f"t={t}", fontsize=8)
-        axes[2 * i, 0].set_ylabel(f"seq {panel.sequence_ids[i]}\ninput", fontsize=8)
-        axes[2 * i + 1, 0].set_ylabel(panel.label_title(), fontsize=8)
+        for r, (title, _) in enumerate(rows):
+            prefix = f"seq {panel.sequence_ids[i]}\n" if r == 0 else ""
+            axes[n * i + r, 0].set_ylabel(prefix + title, fontsize=8)
     panel.legend(fig)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     _save(fig, path, lambda target: fig.savefig(target, dpi=90, format="png"))
 
 
 def render_gif(panel: SequencePanel, path: Path, fps: int = 3) -> None:
-    """An animated GIF: one frame per time step, each sequence's input next to its label."""
-    fig, axes = plt.subplots(panel.count, 2, squeeze=False, figsize=(4, 2 * panel.count + 0.5))
+    """An animated GIF: one frame per time step, each sequence's pictures side by side."""
+    rows = panel.rows()
+    fig, axes = plt.subplots(panel.count, len(rows), squeeze=False,
+                             figsize=(2 * len(rows), 2 * panel.count + 0.5))
 
     def draw(t: int) -> None:
         for i in range(panel.count):
-            for ax in axes[i]:
+            for ax, (_, draw_one) in zip(axes[i], rows):
                 ax.clear()
-            panel.draw_input(axes[i, 0], i, t)
-            panel.draw_label(axes[i, 1], i, t)
-        axes[0, 0].set_title(f"input, t={t}", fontsize=8)
-        axes[0, 1].set_title(panel.label_title(), fontsize=8)
+                draw_one(ax, i, t)
+        for ax, (title, _) in zip(axes[0], rows):
+            ax.set_title(f"{title}, t={t}" if title == "input" else title, fontsize=8)
 
     panel.legend(fig)
     movie = animation.FuncAnimation(fig, draw, frames=panel.frames)
@@ -117,12 +155,15 @@ def _bare(ax) -> None:
     ax.set_yticks([])
 
 
-def visualize_split(folder: Path, split: str, count: int, out: Path) -> tuple[Path, Path]:
-    """Render `count` sequences of a processed split to `<out>/<name>_<split>.{png,gif}`."""
+def visualize_split(folder: Path, split: str, count: int, out: Path,
+                    predict: Optional[Callable[[np.ndarray], dict]] = None) -> tuple[Path, Path]:
+    """Render `count` sequences of a processed split to `<out>/<name>_<split>.{png,gif}`
+    (`<name>_<split>_predicted.*` with a model's predictions)."""
     meta = runs.load_meta(folder)
-    panel = SequencePanel(runs.load_split(folder, split), meta, count)
+    panel = SequencePanel(runs.load_split(folder, split), meta, count, predict=predict)
     out = runs.ensure_writable_dir(out, "--out")
-    png, gif = out / f"{meta['name']}_{split}.png", out / f"{meta['name']}_{split}.gif"
+    stem = f"{meta['name']}_{split}" + ("_predicted" if predict else "")
+    png, gif = out / f"{stem}.png", out / f"{stem}.gif"
     render_grid(panel, png)
     render_gif(panel, gif)
     return png, gif
@@ -139,5 +180,57 @@ def plot_learning_curve(history: list[dict], metric: str, path: Path) -> None:
     metric_ax.set(xlabel="epoch", ylabel=f"val {metric}", title=f"validation {metric}")
     for ax in (loss_ax, metric_ax):
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path, lambda target: fig.savefig(target, dpi=90))
+
+
+def plot_confusion(matrix: list[list[int]], class_names: list[str], path: Path) -> None:
+    """The confusion matrix normalised per true class (rows sum to 1), with the values written in."""
+    counts = np.asarray(matrix, dtype=np.float64)
+    rows = np.divide(counts, counts.sum(axis=1, keepdims=True), out=np.zeros_like(counts),
+                     where=counts.sum(axis=1, keepdims=True) > 0)
+    k = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * k, 0.8 + 0.6 * k))
+    image = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{rows[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if rows[i, j] > 0.5 else "black")
+    ax.set(xticks=range(k), yticks=range(k), xlabel="predicted", ylabel="true", title="confusion (row-normalised)")
+    ax.set_xticklabels(class_names, rotation=45, ha="right", fontsize=7)
+    ax.set_yticklabels(class_names, fontsize=7)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    _save(fig, path, lambda target: fig.savefig(target, dpi=90))
+
+
+def plot_reliability(curves: dict[str, dict], path: Path) -> None:
+    """Reliability diagram: accuracy against confidence per bin, one line per predictor
+    (e.g. before and after calibration), with the ECE in the legend."""
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
+    for name, curve in curves.items():
+        reliability = curve["reliability"]
+        filled = np.asarray(reliability["count"]) > 0
+        ax.plot(np.asarray(reliability["confidence"])[filled], np.asarray(reliability["accuracy"])[filled],
+                marker="o", markersize=3, label=f"{name} (ECE {curve['ece']:.4f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title="reliability")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path, lambda target: fig.savefig(target, dpi=90))
+
+
+def plot_per_class_f1(f1_by_predictor: dict[str, list[float]], class_names: list[str], path: Path) -> None:
+    """Per-class F1 bars, one group per class and one bar per predictor."""
+    k, n = len(class_names), len(f1_by_predictor)
+    width = 0.8 / n
+    fig, ax = plt.subplots(figsize=(1.5 + 0.5 * k * n, 3.2))
+    for i, (name, f1) in enumerate(f1_by_predictor.items()):
+        ax.bar(np.arange(k) + (i - (n - 1) / 2) * width, f1, width, label=name)
+    ax.set(xticks=range(k), ylim=(0, 1), ylabel="F1", title="per-class F1")
+    ax.set_xticklabels(class_names, rotation=45, ha="right", fontsize=7)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     _save(fig, path, lambda target: fig.savefig(target, dpi=90))

@@ -177,9 +177,46 @@ class RunFolder:
     def learning_curve(self) -> Path:
         return self.root / "learning_curve.png"
 
+    @property
+    def plots(self) -> Path:  # evaluate.py's pictures
+        return self.root / "plots"
+
     def create(self, flag: str) -> "RunFolder":
         ensure_writable_dir(self.root, flag)
         return self
+
+
+@dataclass(frozen=True)
+class BundleFolder:
+    """The files of an export bundle (`export.py --out`); `MANIFEST.json` lists the others' sha256."""
+
+    root: Path
+
+    FILES = ("model.pt", "pgm_params.pkl", "config.yaml", "calibration.npz", "metrics.json")
+
+    @property
+    def model(self) -> Path:  # network weights and what rebuilds them, input preparation
+        return self.root / "model.pt"
+
+    @property
+    def pgm_params(self) -> Path:
+        return self.root / "pgm_params.pkl"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def calibration(self) -> Path:
+        return self.root / "calibration.npz"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "MANIFEST.json"
 
 
 def run_folder_of(path: Path) -> RunFolder:
@@ -187,11 +224,16 @@ def run_folder_of(path: Path) -> RunFolder:
     return RunFolder(Path(path).parent)
 
 
-def save_checkpoint(path: Path, payload: dict) -> None:
-    """`torch.save` a checkpoint atomically; it must load with `weights_only=True`."""
+def checkpoint_bytes(payload: dict) -> bytes:
+    """A checkpoint's bytes with the format header; it must load with `weights_only=True`."""
     buffer = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, **payload}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """`torch.save` a checkpoint atomically."""
+    atomic_write_bytes(path, checkpoint_bytes(payload))
 
 
 def load_checkpoint(path: Path, flag: str, kinds: tuple[str, ...]) -> dict:
@@ -239,8 +281,12 @@ class _PlainUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+def pgm_params_bytes(params: dict) -> bytes:
+    return pickle.dumps(params, protocol=4)
+
+
 def save_pgm_params(path: Path, params: dict) -> None:
-    atomic_write_bytes(path, pickle.dumps(params, protocol=4))
+    atomic_write_bytes(path, pgm_params_bytes(params))
 
 
 def load_pgm_params(path: Path, flag: str) -> dict:
@@ -262,6 +308,10 @@ def load_pgm_params(path: Path, flag: str) -> dict:
 
 
 # --------------------------------------------------------------------------- metrics, history, provenance
+
+
+def read_history(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def write_history(path: Path, records: list[dict]) -> None:

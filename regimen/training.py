@@ -202,6 +202,15 @@ def decode(head: Optional[PGMHead], unaries: torch.Tensor, batch_size: int = 16)
                       for i in range(0, len(unaries), batch_size)])
 
 
+@torch.no_grad()
+def marginals(head: PGMHead, unaries: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """The head's marginal class probabilities, the shape of `unaries`."""
+    head.eval()
+    device = next(iter(head.state_dict().values())).device
+    return torch.cat([head.log_marginals(unaries[i:i + batch_size].to(device)).exp().cpu()
+                      for i in range(0, len(unaries), batch_size)])
+
+
 def task_metrics(data: TaskData, split: str, unaries: torch.Tensor, head: Optional[PGMHead] = None) -> dict:
     """The task's metrics on one split, from unaries (through the head when given)."""
     y = data.splits[split]["y"]

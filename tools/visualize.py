@@ -1,19 +1,24 @@
-"""Pictures of a processed split: input frames and labels side by side, PNG grid and GIF.
+"""Pictures of a processed split: input frames and labels side by side (and a model's predictions), PNG grid and GIF.
 
     python tools/visualize.py --config config.yaml
     python tools/visualize.py --config config.yaml --split val --count 4 --out runs/visualize
+    python tools/visualize.py --split test --ckpt runs/joint/best.pt
 
 Reads data/processed/<name>/ (run tools/preprocess.py first) and writes
-<out>/<name>_<split>.png and .gif, with a colour legend for the classes.
+<out>/<name>_<split>.png and .gif, with a colour legend for the classes. With
+--ckpt it adds rows of predicted labels (through the checkpoint's PGM, or the
+pgm_params.pkl beside it) and per-pixel confidence, to <name>_<split>_predicted.*.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from regimen import cli, runs
 from regimen.config import load_config
 from regimen.data import dataset_name
+from regimen.evaluation import window_predictor
 from regimen.plots import visualize_split
 
 log = logging.getLogger("visualize")
@@ -24,13 +29,15 @@ def main(argv=None) -> None:
     parser.add_argument("--split", default="train", choices=runs.SPLITS, help="which split (default: train)")
     parser.add_argument("--count", type=int, default=3, help="sequences to show (default: 3)")
     parser.add_argument("--out", default="runs/visualize", help="output folder (default: runs/visualize)")
+    parser.add_argument("--ckpt", default=None, metavar="PATH", help="also draw this checkpoint's predictions")
     args = parser.parse_args(argv)
     cli.setup_logging()
     if args.count < 1:
         raise cli.UserError(f"--count {args.count}: must be >= 1")
     config = load_config(args.config, args.overrides)
     folder = runs.processed_dir(config.data.root, dataset_name(config))
-    png, gif = visualize_split(folder, args.split, args.count, args.out)
+    predict = window_predictor(config, Path(args.ckpt)) if args.ckpt else None
+    png, gif = visualize_split(folder, args.split, args.count, args.out, predict)
     log.info("wrote %s and %s", png, gif)
 
 

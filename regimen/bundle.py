@@ -1,0 +1,228 @@
+"""Phase 5: export a checkpoint as a bundle someone else can verify, load and predict with.
+
+A bundle (`regimen.runs.BundleFolder`) holds `model.pt` (network weights, what
+rebuilds the network, and how raw inputs are prepared), `pgm_params.pkl` (when
+there is a PGM), the resolved `config.yaml`, `calibration.npz` (fitted on
+val), `metrics.json` (test metrics before and after calibration, with
+provenance) and `MANIFEST.json` (the sha256 of each, config hash, data
+version, git commit, library versions).
+
+    from regimen.bundle import predict
+    out = predict("artifacts/", X)   # X [N, T, H, W, C] raw -> labels and calibrated probabilities
+
+The export computes its test metrics through `Bundle.predict`, the same call a
+user makes, so loading the bundle in a fresh process and predicting on the
+test split gives back `metrics.json` exactly (on the same kind of device).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from regimen import runs
+from regimen.builders import resolve_device
+from regimen.calibration import Calibrator, choose_calibrator
+from regimen.cli import UserError
+from regimen.config import Config, EvaluationConfig, config_hash, dump_config
+from regimen.data import add_static_features
+from regimen.evaluation import Predictions, load_evaluated, predictions, probability_report, report
+from regimen.metrics import MAIN_METRIC
+from regimen.pgm import head_from_params, pgm_params
+from regimen.training import Stack, TaskData, predict as predict_unaries, stack_from_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+class Bundle:
+    """A loaded model: network, optional PGM, calibrator and the input preparation.
+
+    Args:
+        stack: the network and its PGM head.
+        calibrator: maps the final predictor's probabilities to calibrated ones.
+        preparation: task, classes, static features and normalisation of the training data.
+        batch_size: windows per forward pass.
+    """
+
+    def __init__(self, stack: Stack, calibrator: Calibrator, preparation: dict, batch_size: int):
+        self.stack, self.calibrator = stack, calibrator
+        self.preparation, self.batch_size = preparation, batch_size
+        self.task = preparation["task"]
+
+    def prepare(self, x: np.ndarray) -> torch.Tensor:
+        """Raw windows `[N, T, H, W, C]` (or `[N, T, F]`) -> the static features and
+        normalisation the model was trained with, as `[N, T, H, W, C']`."""
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim == 3:
+            x = x[:, :, None, None, :]
+        raw = self.preparation["raw_channels"]
+        if x.ndim != 5 or x.shape[-1] != raw:
+            raise UserError(f"X has shape {tuple(x.shape)}; the model expects raw windows [N, T, H, W, {raw}]")
+        if not np.isfinite(x).all():
+            raise UserError("X holds NaN or Inf values")
+        x, _ = add_static_features(x, self.preparation["static_features"])
+        norm = self.preparation["normalisation"]
+        mean, std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
+        return torch.from_numpy(((x - mean) / std).astype(np.float32))
+
+    def predict(self, x, normalized: bool = False, calibrated: bool = True, device: str | torch.device = "cpu") -> dict:
+        """Labels `[N, T(, H, W)]` and class probabilities `[..., K]` (calibrated unless told not to);
+        regression: predicted `values`. `normalized=True` takes already-processed windows
+        (a split file's `X`)."""
+        device = torch.device(device)
+        x = torch.as_tensor(x, dtype=torch.float32) if normalized else self.prepare(x)
+        unaries, _ = predict_unaries(self.stack.to(device), x, device, self.batch_size)
+        predicted = predictions(unaries, self.task, self.stack.head)
+        if self.task == "regression":
+            return {"values": predicted.probs}
+        probs = predicted.probs
+        if calibrated:
+            probs = self.calibrator(predicted.flat_probs()).reshape(probs.shape)
+        return {"labels": predicted.labels, "probs": probs}
+
+    def report(self, data: TaskData, split: str, settings: EvaluationConfig, device="cpu") -> dict:
+        """Metrics on a processed split before and after calibration (what `metrics.json` holds)."""
+        out = self.predict(data.splits[split]["x"], normalized=True, calibrated=False, device=device)
+        if self.task == "regression":
+            return {"uncalibrated": report(data, split, Predictions(out["values"]), settings)}
+        before = report(data, split, Predictions(out["probs"], out["labels"]), settings)
+        after = probability_report(data, split, self.calibrator(out["probs"].reshape(-1, out["probs"].shape[-1])),
+                                   settings)
+        return {"uncalibrated": before, "calibrated": {"method": self.calibrator.method, **after}}
+
+
+def preparation(meta: dict) -> dict:
+    """What turns a user's raw windows into the model's input."""
+    static = list(meta["static_features"])
+    # Static channels come after the raw ones (`add_static_features` names them edges_*, motion_*, mask).
+    raw = len([c for c in meta["channel_names"] if not c.startswith(("edges_", "motion_")) and c != "mask"])
+    return {"task": meta["task"], "num_classes": meta["num_classes"], "class_names": meta["class_names"],
+            "channel_names": meta["channel_names"], "raw_channels": raw, "static_features": static,
+            "normalisation": meta["normalisation"], "T_window": meta["T_window"]}
+
+
+# --------------------------------------------------------------------------- export.py
+
+
+def export(config: Config, ckpt: Path, out: Path, overwrite: bool, pgm_path: Optional[Path]) -> dict:
+    """Calibrate on val, measure on test, and write the bundle into `out` (all files or none)."""
+    started = time.time()
+    _check_out(out, overwrite)
+    config, data, stack = load_evaluated(config, ckpt, pgm_path)
+    device = resolve_device(config.device)
+    bundle = Bundle(stack, Calibrator("none"), preparation(data.meta), config.training.batch_size)
+    val_ece = {}
+    if data.task != "regression":
+        val = bundle.predict(data.splits["val"]["x"], normalized=True, calibrated=False, device=device)
+        bundle.calibrator, val_ece = choose_calibrator(val["probs"].reshape(-1, data.num_classes),
+                                                       data.splits["val"]["y"].numpy().ravel(),
+                                                       config.evaluation.calibration, config.evaluation.bins)
+        log.info("calibration: %s (val ECE %s)", bundle.calibrator.method,
+                 ", ".join(f"{k} {v:.4f}" for k, v in val_ece.items()))
+    test = bundle.report(data, "test", config.evaluation, device)
+    stack.cpu()
+    metrics = {"export": {
+        "task": data.task, "metric": MAIN_METRIC[data.task][0],
+        "pgm": None if stack.head is None else stack.head.type, "checkpoint": str(ckpt),
+        "calibration": {"method": bundle.calibrator.method, "fitted_on": "val", "val_ece": val_ece},
+        "test": test,
+        "provenance": runs.provenance(config_hash(config), config.seed, data.meta, str(device), started, time.time()),
+    }}
+    model = {"kind": "model", "dataset": data.identity, "net": dict(stack.spec),
+             "net_state": stack.net.state_dict(), "mixed_precision": stack.mixed_precision,
+             "preparation": bundle.preparation, "batch_size": bundle.batch_size}
+    files = {"model.pt": runs.checkpoint_bytes(model), "config.yaml": dump_config(config).encode(),
+             "calibration.npz": bundle.calibrator.to_npz(),
+             "metrics.json": (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode()}
+    if stack.head is not None:
+        files["pgm_params.pkl"] = runs.pgm_params_bytes(pgm_params(stack.head, data.identity))
+    manifest = {"files": {name: runs.sha256_bytes(payload) for name, payload in sorted(files.items())},
+                "config_hash": config_hash(config), "data_version": data.meta["data_version"],
+                "dataset": data.meta["name"], "git_commit": metrics["export"]["provenance"]["git_commit"],
+                "libraries": metrics["export"]["provenance"]["libraries"], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    files["MANIFEST.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    _write_all(Path(out), files)
+    return metrics["export"]
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; expected a folder for the bundle")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"--out {out}: already holds files; pass --overwrite to replace the bundle, "
+                        "or name another folder")
+
+
+def _write_all(out: Path, files: dict[str, bytes]) -> None:
+    """Write every file into a sibling temporary folder, then swap it in: a kill leaves the old
+    bundle or the new one, never a mix."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging, old = out.with_name(f".{out.name}.export-tmp"), out.with_name(f".{out.name}.export-old")
+    for leftover in (staging, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging.mkdir()
+    for name, payload in files.items():
+        (staging / name).write_bytes(payload)
+    if out.exists():
+        out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- loading and verifying
+
+
+def verify(folder: Path) -> dict:
+    """Check every file's sha256 against MANIFEST.json; a UserError names the first bad file."""
+    files = runs.BundleFolder(Path(folder))
+    if not files.root.is_dir():
+        raise UserError(f"{files.root}: not a folder; expected an export bundle")
+    if not files.manifest.is_file():
+        raise UserError(f"{files.manifest}: missing; {files.root} is not an export bundle")
+    try:
+        manifest = json.loads(files.manifest.read_text())
+        listed = dict(manifest["files"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise UserError(f"{files.manifest}: not a readable manifest (JSON with a 'files' table)") from None
+    for name in runs.BundleFolder.FILES:
+        if name not in listed and name != "pgm_params.pkl":
+            raise UserError(f"{files.manifest}: does not list {name}; the bundle is incomplete")
+    for name, digest in listed.items():
+        path = files.root / name
+        if name not in runs.BundleFolder.FILES:
+            raise UserError(f"{files.manifest}: lists an unknown file {name!r}")
+        if not path.is_file():
+            raise UserError(f"{path}: missing (listed in {files.manifest.name})")
+        actual = runs.sha256_file(path)
+        if actual != digest:
+            raise UserError(f"{path}: sha256 {actual[:16]}... differs from {files.manifest.name} "
+                            f"({digest[:16]}...); the file changed after export")
+    return manifest
+
+
+def load_bundle(folder: str | Path, check: bool = True) -> Bundle:
+    """Load an export bundle (after checking its hashes, unless `check=False`)."""
+    files = runs.BundleFolder(Path(folder))
+    manifest = verify(files.root) if check else json.loads(files.manifest.read_text())
+    model = runs.load_checkpoint(files.model, "bundle", ("model",))
+    stack = stack_from_checkpoint(model, str(files.model), model["mixed_precision"])
+    if "pgm_params.pkl" in manifest["files"]:
+        params = runs.load_pgm_params(files.pgm_params, "bundle")
+        if params["dataset"] != model["dataset"]:
+            raise UserError(f"{files.pgm_params}: fitted on other data than {files.model.name}")
+        stack.head = head_from_params(params, str(files.pgm_params))
+    return Bundle(stack, Calibrator.from_npz(files.calibration), model["preparation"], model["batch_size"])
+
+
+def predict(folder: str | Path, x, normalized: bool = False) -> dict:
+    """Load the bundle in `folder` and predict on `x` in one call (see `Bundle.predict`)."""
+    return load_bundle(folder).predict(x, normalized=normalized)
+

@@ -1,0 +1,234 @@
+"""evaluate.py: the full metric suite of a checkpoint on one split, with its pictures.
+
+A checkpoint of any phase is rebuilt from itself. Its PGM is the one it holds
+(phase 3), or the `pgm_params.pkl` next to it (phase 2), or `--pgm`. The
+unaries are reported alone and, when there is a PGM, after it. The final
+predictor is also calibrated on the validation split (`evaluation.calibration`),
+so the reliability diagram shows before and after.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from regimen import runs
+from regimen.builders import resolve_device
+from regimen.calibration import choose_calibrator
+from regimen.cli import UserError
+from regimen.config import Config, EvaluationConfig, config_hash, from_dict
+from regimen.losses import class_last
+from regimen.metrics import (MAIN_METRIC, boundary_f1, calibration, class_report, flicker,
+                             regression_report)
+from regimen.pgm import PGMHead, head_from_params
+from regimen.plots import plot_confusion, plot_learning_curve, plot_per_class_f1, plot_reliability
+from regimen.training import (Stack, TaskData, check_fits_data, check_same_data, decode,
+                              load_task_data, marginals, model_input, predict, stack_from_checkpoint)
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_KINDS = ("convlstm", "joint")
+
+
+@dataclass
+class Predictions:
+    """One predictor's output on a split: decoded labels `[N, T(, H, W)]` and class
+    probabilities with the class axis last `[N, T(, H, W), K]`; for regression the
+    predicted values `[N, T, H, W, C]` (labels None)."""
+
+    probs: np.ndarray
+    labels: Optional[np.ndarray] = None
+
+    def flat_probs(self) -> np.ndarray:
+        return self.probs.reshape(-1, self.probs.shape[-1])
+
+
+def predictions(unaries: torch.Tensor, task: str, head: Optional[PGMHead] = None) -> Predictions:
+    """The unaries' softmax and argmax, or the head's marginals and joint decoding."""
+    if task == "regression":
+        return Predictions(class_last(unaries).numpy())
+    if head is None:
+        probs = F.softmax(unaries.float(), dim=2)
+    else:
+        probs = marginals(head, unaries)
+    return Predictions(class_last(probs).numpy(), decode(head, unaries).numpy())
+
+
+def report(data: TaskData, split: str, predicted: Predictions, settings: EvaluationConfig) -> dict:
+    """Every metric of one predictor on one split (see `regimen.metrics`)."""
+    truth = data.splits[split]["y"].numpy()
+    if data.task == "regression":
+        return regression_report(truth, predicted.probs)
+    k = data.num_classes
+    soft = data.splits[split].get("p")
+    probs = predicted.flat_probs()
+    result = class_report(truth.ravel(), predicted.labels.ravel(), probs, k,
+                          None if soft is None else soft.numpy().reshape(-1, k))
+    result["calibration"] = calibration(probs.max(axis=1), probs.argmax(axis=1) == truth.ravel(), settings.bins)
+    axes = (2, 3) if data.task == "segmentation" else (1,)
+    result["boundary"] = boundary_f1(truth, predicted.labels, axes, settings.boundary_tolerance)
+    result["temporal"] = flicker(truth, predicted.labels)
+    return result
+
+
+def probability_report(data: TaskData, split: str, probs: np.ndarray, settings: EvaluationConfig) -> dict:
+    """The metrics that depend on the probabilities only: calibration, NLL, KL, AUROC."""
+    full = class_report(data.splits[split]["y"].numpy().ravel(), probs.argmax(axis=1), probs,
+                        data.num_classes, _soft(data, split))
+    truth = data.splits[split]["y"].numpy().ravel()
+    return {"calibration": calibration(probs.max(axis=1), probs.argmax(axis=1) == truth, settings.bins),
+            **{key: full[key] for key in ("nll", "kl", "auroc")}}
+
+
+def _soft(data: TaskData, split: str) -> Optional[np.ndarray]:
+    soft = data.splits[split].get("p")
+    return None if soft is None else soft.numpy().reshape(-1, data.num_classes)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_evaluated(config: Config, ckpt: Path, pgm_path: Optional[Path]) -> tuple[Config, TaskData, Stack]:
+    """The checkpoint's config (on today's device), the data it was made from, and its stack with a PGM."""
+    payload = runs.load_checkpoint(ckpt, "--ckpt", CHECKPOINT_KINDS)
+    if "config" in payload:
+        saved = from_dict(payload["config"], f"--ckpt {ckpt}")
+        saved.device, saved.evaluation = config.device, config.evaluation
+        saved.data.root = config.data.root
+        config = saved
+    data = load_task_data(config)
+    check_same_data(payload["dataset"], data.meta, f"--ckpt {ckpt}")
+    stack = stack_from_checkpoint(payload, f"--ckpt {ckpt}", config.training.mixed_precision)
+    check_fits_data(stack, data, f"--ckpt {ckpt}")
+    if pgm_path is not None or (stack.head is None and data.task != "regression"):
+        stack.head = _pgm_next_to(ckpt, pgm_path, data) or stack.head
+    return config, data, stack
+
+
+def _pgm_next_to(ckpt: Path, pgm_path: Optional[Path], data: TaskData) -> Optional[PGMHead]:
+    """Phase 2's PGM for a phase-1 checkpoint: `--pgm`, else `pgm_params.pkl` beside the checkpoint."""
+    path = pgm_path or runs.run_folder_of(ckpt).pgm_params
+    if pgm_path is None and not path.is_file():
+        log.info("no PGM in %s and no %s beside it: unaries only", ckpt, path.name)
+        return None
+    params = runs.load_pgm_params(path, "--pgm")
+    check_same_data(params["dataset"], data.meta, f"--pgm {path}")
+    head = head_from_params(params, f"--pgm {path}")
+    if head.settings["num_classes"] != data.num_classes or head.settings["task"] != data.task:
+        raise UserError(f"--pgm {path}: a {head.settings['task']} PGM with {head.settings['num_classes']} "
+                        f"classes, the data has {data.task} with {data.num_classes}")
+    log.info("PGM from %s", path)
+    return head
+
+
+# --------------------------------------------------------------------------- evaluate.py
+
+
+def evaluate(config: Config, ckpt: Path, split: str, out: Optional[Path], pgm_path: Optional[Path]) -> dict:
+    """Metrics of the unaries (and the PGM) on `split`, calibration before/after, plots; into `out`."""
+    started = time.time()
+    if split not in runs.SPLITS:
+        raise UserError(f"--split {split!r}: expected one of {', '.join(runs.SPLITS)}")
+    config, data, stack = load_evaluated(config, ckpt, pgm_path)
+    out = runs.RunFolder(runs.ensure_writable_dir(Path(out) if out else runs.run_folder_of(ckpt).root, "--out"))
+    device = resolve_device(config.device)
+    stack.to(device)
+    settings = config.evaluation
+    log.info("evaluating %s on the %s split (%s)", ckpt, split, "unaries + " + stack.head.type
+             if stack.head is not None else "unaries")
+
+    unaries = {s: predict(stack, data.splits[s]["x"], device, config.training.batch_size)[0]
+               for s in {split, "val"}}
+    predictors = {"unary": None} if stack.head is None else {"unary": None, "pgm": stack.head}
+    results = {name: report(data, split, predictions(unaries[split], data.task, head), settings)
+               for name, head in predictors.items()}
+    final = list(predictors)[-1]
+    result = {"split": split, "task": data.task, "metric": MAIN_METRIC[data.task][0], "final": final,
+              "pgm": None if stack.head is None else stack.head.type, **results}
+    if data.task != "regression":
+        head = predictors[final]
+        calibrator, val_ece = choose_calibrator(predictions(unaries["val"], data.task, head).flat_probs(),
+                                                data.splits["val"]["y"].numpy().ravel(),
+                                                settings.calibration, settings.bins)
+        calibrated = calibrator(predictions(unaries[split], data.task, head).flat_probs())
+        result["calibrated"] = {"method": calibrator.method, "val_ece": val_ece,
+                                **probability_report(data, split, calibrated, settings)}
+    result["model"] = model_cost(stack, data.splits[split]["x"], device, config.training.batch_size)
+    result["provenance"] = runs.provenance(config_hash(config), config.seed, data.meta, str(device),
+                                           started, time.time())
+    result["plots"] = write_plots(result, data, runs.run_folder_of(ckpt), out.plots, split)
+    runs.update_metrics(out.metrics, f"evaluate_{split}", result)
+    return result
+
+
+def write_plots(result: dict, data: TaskData, run: runs.RunFolder, folder: Path, split: str) -> list[str]:
+    """Confusion matrix, reliability before/after calibration, per-class F1, learning curve."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    if run.history.is_file():
+        history = runs.read_history(run.history)
+        path = folder / "learning_curve.png"
+        plot_learning_curve(history, MAIN_METRIC[data.task][0], path)
+        written.append(path)
+    if data.task != "regression":
+        final = result[result["final"]]
+        names = data.meta["class_names"]
+        paths = {kind: folder / f"{kind}_{split}.png" for kind in ("confusion", "reliability", "per_class_f1")}
+        plot_confusion(final["confusion"], names, paths["confusion"])
+        curves = {result["final"]: final["calibration"]}
+        if "calibrated" in result:
+            curves[f"{result['final']}, {result['calibrated']['method']}"] = result["calibrated"]["calibration"]
+        plot_reliability(curves, paths["reliability"])
+        plot_per_class_f1({name: result[name]["per_class"]["f1"] for name in ("unary", "pgm") if name in result},
+                          names, paths["per_class_f1"])
+        written += list(paths.values())
+    return [str(p) for p in written]
+
+
+@torch.no_grad()
+def model_cost(stack: Stack, x: torch.Tensor, device: torch.device, batch_size: int, repeats: int = 5) -> dict:
+    """Parameter count, median inference latency per window (network + PGM decoding) and peak memory."""
+    batch = model_input(x[:batch_size]).to(device)
+    stack.eval()
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        out = stack.unaries(batch)
+        if stack.head is not None:
+            stack.head.decode(out)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds.append(time.perf_counter() - started)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2 ** 20
+    else:  # the process's peak resident memory (Linux reports KiB)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"parameters": sum(p.numel() for p in stack.parameters()),
+            "latency_ms_per_window": 1000 * statistics.median(seconds) / len(batch),
+            "peak_memory_mb": round(peak, 1), "memory_kind": "cuda_allocated" if device.type == "cuda" else "process_rss"}
+
+
+def window_predictor(config: Config, ckpt: Path, pgm_path: Optional[Path] = None):
+    """`X [n, T, H, W, C]` (processed windows) -> predicted `labels` and top-label `confidence`
+    (or `values` for regression), through the checkpoint's PGM when it has one; for pictures."""
+    config, data, stack = load_evaluated(config, ckpt, pgm_path)
+    device = resolve_device(config.device)
+    stack.to(device)
+
+    def predict_windows(x: np.ndarray) -> dict:
+        unaries, _ = predict(stack, torch.from_numpy(x), device, config.training.batch_size)
+        predicted = predictions(unaries, data.task, stack.head)
+        if data.task == "regression":
+            return {"values": predicted.probs}
+        return {"labels": predicted.labels, "confidence": predicted.probs.max(axis=-1)}
+
+    return predict_windows
