@@ -115,7 +115,7 @@ def export(config: Config, ckpt: Path, out: Path, overwrite: bool, pgm_path: Opt
     """Calibrate on val, measure on test, and write the bundle into `out` (all files or none)."""
     started = time.time()
     _check_out(out, overwrite)
-    config, data, stack = load_evaluated(config, ckpt, pgm_path)
+    made_with, data, stack = load_evaluated(config, ckpt, pgm_path)
     device = resolve_device(config.device)
     bundle = Bundle(stack, Calibrator("none"), preparation(data.meta), config.training.batch_size)
     val_ece = {}
@@ -130,21 +130,21 @@ def export(config: Config, ckpt: Path, out: Path, overwrite: bool, pgm_path: Opt
     stack.cpu()
     metrics = {"export": {
         "task": data.task, "metric": MAIN_METRIC[data.task][0],
-        "pgm": None if stack.head is None else stack.head.type, "checkpoint": str(ckpt),
+        "pgm_type": None if stack.head is None else stack.head.type, "checkpoint": str(ckpt),
         "calibration": {"method": bundle.calibrator.method, "fitted_on": "val", "val_ece": val_ece},
         "test": test,
-        "provenance": runs.provenance(config_hash(config), config.seed, data.meta, str(device), started, time.time()),
+        "provenance": runs.provenance(config_hash(made_with), made_with.seed, data.meta, str(device), started, time.time()),
     }}
     model = {"kind": "model", "dataset": data.identity, "net": dict(stack.spec),
              "net_state": stack.net.state_dict(), "mixed_precision": stack.mixed_precision,
              "preparation": bundle.preparation, "batch_size": bundle.batch_size}
-    files = {"model.pt": runs.checkpoint_bytes(model), "config.yaml": dump_config(config).encode(),
+    files = {"model.pt": runs.checkpoint_bytes(model), "config.yaml": dump_config(made_with).encode(),
              "calibration.npz": bundle.calibrator.to_npz(),
              "metrics.json": (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode()}
     if stack.head is not None:
         files["pgm_params.pkl"] = runs.pgm_params_bytes(pgm_params(stack.head, data.identity))
     manifest = {"files": {name: runs.sha256_bytes(payload) for name, payload in sorted(files.items())},
-                "config_hash": config_hash(config), "data_version": data.meta["data_version"],
+                "config_hash": config_hash(made_with), "data_version": data.meta["data_version"],
                 "dataset": data.meta["name"], "git_commit": metrics["export"]["provenance"]["git_commit"],
                 "libraries": metrics["export"]["provenance"]["libraries"], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     files["MANIFEST.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()

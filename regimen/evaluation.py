@@ -98,20 +98,23 @@ def _soft(data: TaskData, split: str) -> Optional[np.ndarray]:
 
 
 def load_evaluated(config: Config, ckpt: Path, pgm_path: Optional[Path]) -> tuple[Config, TaskData, Stack]:
-    """The checkpoint's config (on today's device), the data it was made from, and its stack with a PGM."""
+    """The config the checkpoint was made with, the configured data, and the checkpoint's stack
+    with its PGM. The data must be the data the checkpoint was trained on."""
     payload = runs.load_checkpoint(ckpt, "--ckpt", CHECKPOINT_KINDS)
-    if "config" in payload:
-        saved = from_dict(payload["config"], f"--ckpt {ckpt}")
-        saved.device, saved.evaluation = config.device, config.evaluation
-        saved.data.root = config.data.root
-        config = saved
     data = load_task_data(config)
-    check_same_data(payload["dataset"], data.meta, f"--ckpt {ckpt}")
+    made = payload["dataset"]
+    if (made["task"], made["num_classes"]) != (data.task, data.num_classes):
+        raise UserError(f"--ckpt {ckpt}: a {made['task']} model for {made['num_classes']} classes "
+                        f"({made['name']}), the configured data is {data.task} with {data.num_classes} "
+                        f"classes ({data.meta['name']})")
+    check_same_data(made, data.meta, f"--ckpt {ckpt}")
     stack = stack_from_checkpoint(payload, f"--ckpt {ckpt}", config.training.mixed_precision)
     check_fits_data(stack, data, f"--ckpt {ckpt}")
     if pgm_path is not None or (stack.head is None and data.task != "regression"):
         stack.head = _pgm_next_to(ckpt, pgm_path, data) or stack.head
-    return config, data, stack
+    made_with = from_dict(payload["config"], f"--ckpt {ckpt}") if "config" in payload else config
+    made_with.evaluation = config.evaluation
+    return made_with, data, stack
 
 
 def _pgm_next_to(ckpt: Path, pgm_path: Optional[Path], data: TaskData) -> Optional[PGMHead]:
@@ -138,8 +141,11 @@ def evaluate(config: Config, ckpt: Path, split: str, out: Optional[Path], pgm_pa
     started = time.time()
     if split not in runs.SPLITS:
         raise UserError(f"--split {split!r}: expected one of {', '.join(runs.SPLITS)}")
-    config, data, stack = load_evaluated(config, ckpt, pgm_path)
-    out = runs.RunFolder(runs.ensure_writable_dir(Path(out) if out else runs.run_folder_of(ckpt).root, "--out"))
+    out = Path(out) if out else runs.run_folder_of(ckpt).root
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; expected a folder")
+    _, data, stack = load_evaluated(config, ckpt, pgm_path)
+    out = runs.RunFolder(runs.ensure_writable_dir(out, "--out"))
     device = resolve_device(config.device)
     stack.to(device)
     settings = config.evaluation
@@ -153,7 +159,7 @@ def evaluate(config: Config, ckpt: Path, split: str, out: Optional[Path], pgm_pa
                for name, head in predictors.items()}
     final = list(predictors)[-1]
     result = {"split": split, "task": data.task, "metric": MAIN_METRIC[data.task][0], "final": final,
-              "pgm": None if stack.head is None else stack.head.type, **results}
+              "pgm_type": None if stack.head is None else stack.head.type, **results}
     if data.task != "regression":
         head = predictors[final]
         calibrator, val_ece = choose_calibrator(predictions(unaries["val"], data.task, head).flat_probs(),
@@ -220,7 +226,7 @@ def model_cost(stack: Stack, x: torch.Tensor, device: torch.device, batch_size: 
 def window_predictor(config: Config, ckpt: Path, pgm_path: Optional[Path] = None):
     """`X [n, T, H, W, C]` (processed windows) -> predicted `labels` and top-label `confidence`
     (or `values` for regression), through the checkpoint's PGM when it has one; for pictures."""
-    config, data, stack = load_evaluated(config, ckpt, pgm_path)
+    _, data, stack = load_evaluated(config, ckpt, pgm_path)
     device = resolve_device(config.device)
     stack.to(device)
 

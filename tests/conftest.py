@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,30 @@ def merge(base: dict, extra: dict) -> dict:
     for key, value in extra.items():
         out[key] = merge(out.get(key, {}), value) if isinstance(value, dict) else value
     return out
+
+
+# Phases 1-3 in seconds on the tiny grid.
+FAST = {"model": {"convlstm": {"hidden_sizes": [6, 6]}, "pgm": {"fit_steps": 20}},
+        "training": {"epochs": 2, "joint": {"epochs": 2}}}
+
+
+def tiny_config(folder: Path, extra: dict | None = None, name: str = "config.yaml") -> str:
+    """A tiny, fast config with its data under `folder`; returns its path."""
+    raw = merge(merge(merge(TINY, FAST), {"data": {"root": str(folder / "data")}}), extra or {})
+    path = folder / name
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def ok(*args: str) -> subprocess.CompletedProcess:
+    """Run a script and insist that it succeeds."""
+    done = run_script(*args)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def metrics_of(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
 
 
 @pytest.fixture

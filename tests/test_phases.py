@@ -12,30 +12,8 @@ import time
 
 import pytest
 import torch
-import yaml
 
-from conftest import ROOT, TINY, merge, run_script, snapshot
-
-FAST = {"model": {"convlstm": {"hidden_sizes": [6, 6]}, "pgm": {"fit_steps": 20}},
-        "training": {"epochs": 2, "joint": {"epochs": 2}}}
-
-
-def tiny_config(folder, extra=None, name="config.yaml"):
-    raw = merge(merge(merge(TINY, FAST), {"data": {"root": str(folder / "data")}}), extra or {})
-    path = folder / name
-    path.write_text(yaml.safe_dump(raw))
-    return str(path)
-
-
-def ok(*args):
-    done = run_script(*args)
-    assert done.returncode == 0, done.stderr
-    return done
-
-
-def metrics_of(folder):
-    return json.loads((folder / "metrics.json").read_text())
-
+from conftest import ROOT, metrics_of, ok, run_script, snapshot, tiny_config
 
 @pytest.fixture(scope="module")
 def storms(tmp_path_factory):

@@ -1,0 +1,183 @@
+"""evaluate.py and export.py as a user runs them on a tiny grid: metrics, plots, the bundle, bad inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, metrics_of, ok, run_script, snapshot, tiny_config
+
+
+@pytest.fixture(scope="module")
+def phase2(tmp_path_factory):
+    """Phases 0-2 on tiny storms, once: (config path, run folder with best.pt and pgm_params.pkl)."""
+    folder = tmp_path_factory.mktemp("evaluate")
+    config = tiny_config(folder)
+    ok("tools/preprocess.py", "--config", config)
+    ok("train_convlstm.py", "--config", config, "--save", str(folder / "base"))
+    ok("fit_pgm.py", "--config", config, "--features", str(folder / "base" / "features.pt"))
+    return config, folder / "base"
+
+
+@pytest.fixture(scope="module")
+def bundle(phase2, tmp_path_factory):
+    config, base = phase2
+    out = tmp_path_factory.mktemp("export") / "artifacts"
+    ok("export.py", "--config", config, "--ckpt", str(base / "best.pt"), "--out", str(out))
+    return out
+
+
+def test_evaluate_reports_unaries_and_pgm_with_plots(phase2, tmp_path):
+    config, base = phase2
+    done = ok("evaluate.py", "--config", config, "--ckpt", str(base / "best.pt"), "--out", str(tmp_path))
+    assert "test pgm: miou" in done.stderr
+    result = metrics_of(tmp_path)["evaluate_test"]
+    assert result["final"] == "pgm" and result["pgm_type"] == "crf"
+    nodes = 0
+    for name in ("unary", "pgm"):
+        metrics = result[name]
+        assert {"accuracy", "miou", "macro_precision", "macro_recall", "macro_f1", "auroc", "kl", "nll",
+                "calibration", "boundary", "temporal"} <= set(metrics)
+        nodes = sum(metrics["per_class"]["support"])
+        assert sum(map(sum, metrics["confusion"])) == nodes == sum(metrics["calibration"]["reliability"]["count"])
+        assert 0 <= metrics["calibration"]["ece"] <= metrics["calibration"]["mce"] <= 1
+    assert result["calibrated"]["method"] in ("temperature", "isotonic")
+    assert result["model"]["parameters"] > 0 and result["model"]["latency_ms_per_window"] > 0
+    assert {"seed", "config_hash", "data_version", "git_commit"} <= set(result["provenance"])
+    for name in ("learning_curve.png", "confusion_test.png", "reliability_test.png", "per_class_f1_test.png"):
+        assert (tmp_path / "plots" / name).stat().st_size > 1000
+
+
+def test_visualize_draws_a_checkpoints_predictions(phase2, tmp_path):
+    config, base = phase2
+    ok("tools/visualize.py", "--config", config, "--split", "test", "--count", "1", "--ckpt",
+       str(base / "best.pt"), "--out", str(tmp_path))
+    assert {p.name for p in tmp_path.iterdir()} == {"storms_test_predicted.png", "storms_test_predicted.gif"}
+
+
+def test_the_bundle_verifies_and_reproduces_its_metrics_in_a_fresh_process(phase2, bundle):
+    config, _ = phase2
+    assert {p.name for p in bundle.iterdir()} == {"model.pt", "pgm_params.pkl", "config.yaml",
+                                                   "calibration.npz", "metrics.json", "MANIFEST.json"}
+    manifest = json.loads((bundle / "MANIFEST.json").read_text())
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256((bundle / name).read_bytes()).hexdigest() == digest
+    assert "files match MANIFEST.json and the bundle loads" in ok("export.py", "--verify", str(bundle)).stderr
+    exported = metrics_of(bundle)["export"]
+    test = exported["test"]
+    assert test["calibrated"]["calibration"]["ece"] <= test["uncalibrated"]["calibration"]["ece"] + 1e-9
+    code = (
+        "import json, sys\n"
+        "from regimen.bundle import load_bundle\n"
+        "from regimen.config import load_config\n"
+        "from regimen.training import load_task_data\n"
+        "bundle = load_bundle(sys.argv[1])\n"
+        "config = load_config(sys.argv[2])\n"
+        "print(json.dumps(bundle.report(load_task_data(config), 'test', config.evaluation)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(bundle), config], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == test  # exactly, every number
+
+
+def test_predict_on_raw_windows_in_one_call(phase2, bundle):
+    import numpy as np
+
+    from regimen.bundle import predict
+    x = np.random.default_rng(0).normal(size=(2, 4, 12, 12, 1))
+    out = predict(bundle, x)
+    assert out["labels"].shape == (2, 4, 12, 12) and out["probs"].shape == (2, 4, 12, 12, 3)
+    assert np.allclose(out["probs"].sum(-1), 1, atol=1e-5)
+
+
+def test_verify_names_a_changed_byte_and_a_missing_file(bundle, tmp_path):
+    for name in ("model.pt", "calibration.npz", "config.yaml"):
+        copy = tmp_path / name.replace(".", "_")
+        shutil.copytree(bundle, copy)
+        data = bytearray((copy / name).read_bytes())
+        data[len(data) // 2] ^= 1
+        (copy / name).write_bytes(bytes(data))
+        done = run_script("export.py", "--verify", str(copy))
+        assert done.returncode == 2 and f"{copy / name}: sha256" in done.stderr
+        assert "differs from MANIFEST.json" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    missing = tmp_path / "missing"
+    shutil.copytree(bundle, missing)
+    (missing / "calibration.npz").unlink()
+    done = run_script("export.py", "--verify", str(missing))
+    assert done.returncode == 2 and f"{missing / 'calibration.npz'}: missing" in done.stderr
+
+
+class RunsACommand:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_malicious_pgm_params_in_a_bundle_runs_nothing(bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps({"type": "crf", "params": RunsACommand(marker)})
+    (copy / "pgm_params.pkl").write_bytes(payload)
+    manifest = json.loads((copy / "MANIFEST.json").read_text())  # a forger fixes the hash too
+    manifest["files"]["pgm_params.pkl"] = hashlib.sha256(payload).hexdigest()
+    (copy / "MANIFEST.json").write_text(json.dumps(manifest))
+    done = run_script("export.py", "--verify", str(copy))
+    assert done.returncode == 2 and "refusing to load posix.system" in done.stderr
+    assert not marker.exists()
+
+
+@pytest.fixture(scope="module")
+def digits_config(phase2, tmp_path_factory):
+    """Tiny digits (11 classes) next to the storms data."""
+    config, _ = phase2
+    ok("tools/preprocess.py", "--config", config, "--set", "data.dataset=digits", "--set",
+       "data.generator.digits.digit_scale=1")
+    return ["--set", "data.dataset=digits", "--set", "data.generator.digits.digit_scale=1"]
+
+
+BAD = {
+    "missing checkpoint": (["evaluate.py", "--ckpt", "{tmp}/nowhere.pt"], "--ckpt {tmp}/nowhere.pt: file not found"),
+    "export of a missing checkpoint": (["export.py", "--ckpt", "{tmp}/nowhere.pt", "--out", "{tmp}/art"],
+                                       "--ckpt {tmp}/nowhere.pt: file not found"),
+    "another dataset's class count": (["evaluate.py", "--ckpt", "{base}/best.pt", "DIGITS"],
+                                      "a segmentation model for 3 classes (storms), the configured data is "
+                                      "segmentation with 11 classes (digits)"),
+    "unknown split": (["evaluate.py", "--ckpt", "{base}/best.pt", "--split", "dev"],
+                      "--split 'dev': expected one of train, val, test"),
+    "evaluate --out a file": (["evaluate.py", "--ckpt", "{base}/best.pt", "--out", "{tmp}/file.txt"],
+                              "--out {tmp}/file.txt: is a file; expected a folder"),
+    "export --out a file": (["export.py", "--ckpt", "{base}/best.pt", "--out", "{tmp}/file.txt"],
+                            "--out {tmp}/file.txt: is a file; expected a folder"),
+    "export over a bundle": (["export.py", "--ckpt", "{base}/best.pt", "--out", "{tmp}/full"],
+                             "--out {tmp}/full: already holds files; pass --overwrite"),
+    "verify a folder without a manifest": (["export.py", "--verify", "{tmp}/full"],
+                                           "{tmp}/full/MANIFEST.json: missing"),
+    "export without --ckpt": (["export.py"], "give --ckpt PATH to export, or --verify FOLDER"),
+}
+
+
+@pytest.mark.parametrize("case", BAD, ids=list(BAD))
+def test_bad_inputs_exit_2_with_one_line_and_write_nothing(case, phase2, digits_config, tmp_path):
+    config, base = phase2
+    args, expected = BAD[case]
+    (tmp_path / "file.txt").write_text("not a folder")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    fill = {"tmp": tmp_path, "base": base}
+    argv = [a.format(**fill) for a in args if a != "DIGITS"] + (digits_config if "DIGITS" in args else [])
+    before, run_before = snapshot(tmp_path), snapshot(base)
+    done = run_script(argv[0], "--config", config, *argv[1:])
+    assert done.returncode == 2, done.stderr
+    assert expected.format(**fill) in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert snapshot(tmp_path) == before and snapshot(base) == run_before
