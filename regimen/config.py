@@ -35,6 +35,11 @@ PGM_TYPES = ("crf", "hmm", "chain_crf")
 JOINT_MODES = ("alternating", "end_to_end")
 UNARY_LOSSES = ("auto", "ce", "kl", "mse")
 CALIBRATIONS = ("auto", "temperature", "isotonic", "none")
+# What a trial can be selected on (evaluate.py's validation metrics), and whether higher is better;
+# `metric` is the task's main metric (mIoU, accuracy or RMSE).
+OBJECTIVES = {"metric": None, "ece": False, "nll": False, "boundary_f1": True, "flicker": False,
+              "latency": False, "memory": False, "parameters": False}
+CMAES_OBJECTIVES = ("kl", "nll", "metric")
 
 
 @dataclass
@@ -157,8 +162,27 @@ class LossConfig:
 
 @dataclass
 class LowFidelityConfig:
+    generations: int = 1  # the first generations run at low fidelity; 0: never
     downsample_factor: int = 2
     max_epochs: int = 2
+
+
+@dataclass
+class StagnationConfig:
+    generations: int = 3  # generations without a better best fitness that count as stagnation
+    mutation_boost: float = 2.0  # the mutation rate is multiplied by this while stagnating
+    immigrants: int = 1  # worst individuals per island replaced by random ones
+
+
+@dataclass
+class CMAESConfig:
+    groups: list[str] = field(default_factory=lambda: ["all"])  # all | head | pgm | a parameter-name prefix
+    objective: str = "kl"  # kl (against soft targets, else one-hot) | nll | metric
+    population_size: int = 16
+    generations: int = 30
+    sigma: float = 0.1
+    diagonal: bool = False  # separable CMA-ES (pycma's CMA_diagonal) for large weight counts
+    batch_windows: int = 8  # validation windows per evaluation (the same ones every generation)
 
 
 @dataclass
@@ -170,7 +194,18 @@ class EvolutionaryConfig:
     tournament_k: int = 3
     mutation_rate: float = 0.15
     crossover_rate: float = 0.7
+    n_islands: int = 1
+    migration_interval: int = 2
+    migrants: int = 1
+    objectives: list[str] = field(default_factory=lambda: ["metric"])
+    trial_joint: bool = False
+    trial_timeout_s: float = 1800.0
+    trial_retries: int = 1
+    devices: Optional[list[int]] = None
+    scheduler: Optional[str] = None
     low_fidelity: LowFidelityConfig = field(default_factory=LowFidelityConfig)
+    stagnation: StagnationConfig = field(default_factory=StagnationConfig)
+    cmaes: CMAESConfig = field(default_factory=CMAESConfig)
     search_space: dict[str, dict] = field(default_factory=dict)
 
 
@@ -494,6 +529,25 @@ def _validate_evolutionary(check: _Checker) -> None:
     check.require(evo.elitism < evo.population_size, "evolutionary.elitism",
                   f"must be < evolutionary.population_size ({evo.population_size})")
     check.rate("evolutionary.mutation_rate", "evolutionary.crossover_rate")
+    check.positive("evolutionary.n_islands", "evolutionary.migration_interval", "evolutionary.trial_timeout_s",
+                   "evolutionary.stagnation.generations", "evolutionary.stagnation.mutation_boost",
+                   "evolutionary.cmaes.population_size", "evolutionary.cmaes.generations",
+                   "evolutionary.cmaes.sigma", "evolutionary.cmaes.batch_windows")
+    check.non_negative("evolutionary.migrants", "evolutionary.trial_retries", "evolutionary.low_fidelity.generations",
+                       "evolutionary.stagnation.immigrants")
+    check.require(evo.migrants < evo.population_size, "evolutionary.migrants",
+                  f"must be < evolutionary.population_size ({evo.population_size})")
+    check.require(evo.stagnation.immigrants < evo.population_size, "evolutionary.stagnation.immigrants",
+                  f"must be < evolutionary.population_size ({evo.population_size})")
+    check.require(1 <= len(evo.objectives) <= 5 and len(set(evo.objectives)) == len(evo.objectives),
+                  "evolutionary.objectives", "expected 1 to 5 different objectives")
+    for i, name in enumerate(evo.objectives):
+        check.require(name in OBJECTIVES, "evolutionary.objectives",
+                      f"item {i} {name!r} is not one of {', '.join(OBJECTIVES)}")
+    check.require(evo.devices is None or (len(evo.devices) > 0 and all(d >= 0 for d in evo.devices)),
+                  "evolutionary.devices", "expected null (every visible GPU) or a list of GPU indices")
+    check.one_of("evolutionary.cmaes.objective", CMAES_OBJECTIVES)
+    check.require(len(evo.cmaes.groups) > 0, "evolutionary.cmaes.groups", "expected at least one group")
     for key, spec in evo.search_space.items():
         _validate_gene(check.source, str(key), spec)
 

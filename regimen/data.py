@@ -15,19 +15,13 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from regimen import runs
+from regimen.runs import dataset_name
 from regimen.cli import UserError
 from regimen.config import Config
 from regimen.datasets import load_dataset
 
 # Derivative along H, smoothing along W; its transpose the other way round.
 SOBEL_H = np.array([[-1.0, -2.0, -1.0], [0.0, 0.0, 0.0], [1.0, 2.0, 1.0]], dtype=np.float32)
-
-
-def dataset_name(config: Config) -> str:
-    """The processed folder's name: the built-in dataset's, or the npz file's stem."""
-    if config.data.dataset == "npz":
-        return Path(config.data.path).stem
-    return config.data.dataset
 
 
 def split_sequences(num_sequences: int, fractions: list[float], seed: int) -> dict[str, np.ndarray]:

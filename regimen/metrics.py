@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
-from scipy.special import xlogy
-from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support,
-                             r2_score, roc_auc_score)
+
+# The training loop's metrics (`label_metrics`, `mean_iou`) use numpy only: phase scripts start
+# again for every evolution trial, and importing scikit-learn and SciPy costs about 0.5 s there.
+# evaluate.py's suite imports them where it needs them.
 
 TINY = 1e-12  # probabilities are clipped here before a log
+
+
+def confusion(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts `[true class, predicted class]` (scikit-learn's `confusion_matrix` with all labels)."""
+    pairs = truth.ravel().astype(np.int64) * num_classes + predicted.ravel().astype(np.int64)
+    return np.bincount(pairs, minlength=num_classes ** 2).reshape(num_classes, num_classes)
 
 
 def mean_iou(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> float:
@@ -16,7 +22,7 @@ def mean_iou(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> floa
 
     Classes absent from both truth and prediction are left out of the mean.
     """
-    matrix = confusion_matrix(truth.ravel(), predicted.ravel(), labels=np.arange(num_classes))
+    matrix = confusion(truth, predicted, num_classes)
     intersection = np.diag(matrix).astype(np.float64)
     union = matrix.sum(0) + matrix.sum(1) - intersection
     present = union > 0
@@ -30,12 +36,15 @@ MAIN_METRIC = {"segmentation": ("miou", True), "tagging": ("accuracy", True), "r
 def label_metrics(truth: np.ndarray, predicted: np.ndarray, num_classes: int, task: str) -> dict:
     """Accuracy and mIoU (segmentation) or macro F1 (tagging), as fractions."""
     truth, predicted = truth.ravel(), predicted.ravel()
-    metrics = {"accuracy": float(accuracy_score(truth, predicted))}
+    metrics = {"accuracy": float(np.mean(truth == predicted))}
     if task == "segmentation":
         metrics["miou"] = mean_iou(truth, predicted, num_classes)
-    else:
-        metrics["macro_f1"] = float(f1_score(truth, predicted, labels=np.arange(num_classes),
-                                             average="macro", zero_division=0))
+    else:  # F1 = 2 tp / (2 tp + fp + fn), 0 for a class never true nor predicted (zero_division=0)
+        matrix = confusion(truth, predicted, num_classes)
+        tp = np.diag(matrix).astype(np.float64)
+        denominator = matrix.sum(0) + matrix.sum(1)
+        metrics["macro_f1"] = float(np.mean(np.divide(2 * tp, denominator, out=np.zeros(num_classes),
+                                                      where=denominator > 0)))
     return metrics
 
 
@@ -56,6 +65,9 @@ def class_report(truth: np.ndarray, predicted: np.ndarray, probs: np.ndarray, nu
         probs: the predictor's class probabilities `[N, K]` (rows sum to 1).
         soft: target distributions `[N, K]` for the KL divergence; one-hot of `truth` when None.
     """
+    from scipy.special import xlogy
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
     labels = np.arange(num_classes)
     precision, recall, f1, support = precision_recall_fscore_support(
         truth, predicted, labels=labels, zero_division=0)
@@ -72,7 +84,7 @@ def class_report(truth: np.ndarray, predicted: np.ndarray, probs: np.ndarray, nu
         # batchmean: summed over classes, averaged over nodes (torch's kl_div(reduction="batchmean")).
         "kl": float((xlogy(target, target) - target * log_q).sum(axis=1).mean()),
         "nll": float(-log_q[np.arange(len(truth)), truth].mean()),
-        "confusion": confusion_matrix(truth, predicted, labels=labels).tolist(),
+        "confusion": confusion(truth, predicted, num_classes).tolist(),
     }
 
 
@@ -83,6 +95,8 @@ def auroc_ovr(truth: np.ndarray, probs: np.ndarray) -> float | None:
     unlike it, a class absent from `truth` is left out rather than an error. None
     when no class can be scored.
     """
+    from sklearn.metrics import roc_auc_score
+
     scores = [roc_auc_score(truth == k, probs[:, k]) for k in range(probs.shape[1])
               if 0 < np.count_nonzero(truth == k) < len(truth)]
     return float(np.mean(scores)) if scores else None
@@ -126,6 +140,8 @@ def boundary_f1(truth: np.ndarray, predicted: np.ndarray, axes: tuple[int, ...],
     tolerance (a square window), and the other way round for recall. Both without
     any boundary: F1 = 1.
     """
+    from scipy import ndimage
+
     true_edge, pred_edge = boundaries(truth, axes), boundaries(predicted, axes)
     size = [2 * tolerance + 1 if axis in axes else 1 for axis in range(truth.ndim)]
     near_true = ndimage.maximum_filter(true_edge, size=size, mode="constant")
@@ -155,6 +171,8 @@ def regression_report(truth: np.ndarray, predicted: np.ndarray) -> dict:
         truth, predicted: `[N, T, ...]`. OpenSTL sums the errors over a frame's
             values and averages over frames, so those numbers compare with its tables.
     """
+    from sklearn.metrics import r2_score
+
     error = predicted.astype(np.float64) - truth.astype(np.float64)
     frames = error.reshape(error.shape[0] * error.shape[1], -1)
     return {**regression_metrics(truth, predicted),

@@ -234,3 +234,39 @@ def plot_per_class_f1(f1_by_predictor: dict[str, list[float]], class_names: list
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     _save(fig, path, lambda target: fig.savefig(target, dpi=90))
+
+
+def plot_fitness(logbook: list[dict], objective: str, path: Path) -> None:
+    """Best and mean fitness over generations, one line pair per island; low fidelity shaded."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    islands = sorted({r["island"] for r in logbook})
+    for island in islands:
+        rows = [r for r in logbook if r["island"] == island and r["max"] is not None]
+        label = f" (island {island})" if len(islands) > 1 else ""
+        ax.plot([r["generation"] for r in rows], [r["max"] for r in rows], marker="o", label=f"max{label}")
+        ax.plot([r["generation"] for r in rows], [r["mean"] for r in rows], linestyle="--", label=f"mean{label}")
+    low = [r["generation"] for r in logbook if r["fidelity"] == "low"]
+    if low:
+        ax.axvspan(min(low) - 0.5, max(low) + 0.5, color="grey", alpha=0.15, label="low fidelity")
+    ax.set(xlabel="generation", ylabel=f"val {objective}", title="fitness over generations")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path, lambda target: fig.savefig(target, dpi=90))
+
+
+def plot_pareto(trials: list[dict], front: list[dict], objectives: list[str], path: Path) -> None:
+    """Every full-fidelity trial on the first two objectives, the Pareto front highlighted."""
+    first, second = objectives[:2]
+    fig, ax = plt.subplots(figsize=(4.6, 3.8))
+    ax.scatter([t[f"objective_{first}"] for t in trials], [t[f"objective_{second}"] for t in trials],
+               s=14, color="grey", alpha=0.6, label="trials")
+    points = sorted((entry["objectives"][first], entry["objectives"][second]) for entry in front
+                    if entry["objectives"])
+    if points:
+        ax.plot(*zip(*points), marker="o", color="tab:red", label="Pareto front")
+    ax.set(xlabel=f"val {first}", ylabel=f"val {second}", title="trade-off")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path, lambda target: fig.savefig(target, dpi=90))

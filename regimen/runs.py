@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from regimen.cli import UserError
+from regimen.config import Config
 
 SPLITS = ("train", "val", "test")
 META_FILE = "meta.json"
@@ -34,6 +35,13 @@ LIBRARIES = ("torch", "numpy", "scikit-learn", "deap", "cma", "pyyaml")
 
 
 # --------------------------------------------------------------------------- processed data (phase 0)
+
+
+def dataset_name(config: Config) -> str:
+    """The processed folder's name: the built-in dataset's, or the npz file's stem."""
+    if config.data.dataset == "npz":
+        return Path(config.data.path).stem
+    return config.data.dataset
 
 
 def processed_dir(root: str | Path, name: str) -> Path:

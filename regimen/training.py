@@ -28,7 +28,6 @@ from regimen.builders import (autocast_for, build_net, load_state_checked, needs
                               net_spec)
 from regimen.cli import UserError
 from regimen.config import Config
-from regimen.data import dataset_name
 from regimen.losses import class_last
 from regimen.metrics import MAIN_METRIC, label_metrics, regression_metrics
 from regimen.pgm import PGMHead
@@ -77,7 +76,7 @@ def data_identity(meta: dict) -> dict:
 
 def load_checked_meta(config: Config) -> dict:
     """The processed data's meta.json, checked against the config that asks for it."""
-    folder = runs.processed_dir(config.data.root, dataset_name(config))
+    folder = runs.processed_dir(config.data.root, runs.dataset_name(config))
     meta = runs.load_meta(folder)
     made = {"task": meta["task"], "T_window": meta["T_window"], "stride": meta["stride"],
             "static_features": meta["static_features"]}
@@ -318,6 +317,7 @@ class Trainer:
 
     def fit(self, resume: Optional[dict] = None) -> dict:
         """Train to the end (or early stop); returns a summary for metrics.json."""
+        fit_started = time.time()
         if resume is not None:
             self._restore(resume["train_state"])
             log.info("resumed after epoch %d of %d", self.epoch, self.schedule.epochs)
@@ -342,7 +342,7 @@ class Trainer:
             log.info("early stop after epoch %d: no better val %s for %d epochs",
                      self.epoch, self.metric, self.since_best)
         return {"epochs_run": self.epoch, "stopped_early": stopped_early,
-                f"best_val_{self.metric}": self.best}
+                f"best_val_{self.metric}": self.best, "started_unix": fit_started}
 
     # ------------------------------------------------------------------ epochs
 

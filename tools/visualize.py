@@ -17,7 +17,6 @@ from pathlib import Path
 
 from regimen import cli, runs
 from regimen.config import load_config
-from regimen.data import dataset_name
 from regimen.evaluation import window_predictor
 from regimen.plots import visualize_split
 
@@ -35,7 +34,7 @@ def main(argv=None) -> None:
     if args.count < 1:
         raise cli.UserError(f"--count {args.count}: must be >= 1")
     config = load_config(args.config, args.overrides)
-    folder = runs.processed_dir(config.data.root, dataset_name(config))
+    folder = runs.processed_dir(config.data.root, runs.dataset_name(config))
     predict = window_predictor(config, Path(args.ckpt)) if args.ckpt else None
     png, gif = visualize_split(folder, args.split, args.count, args.out, predict)
     log.info("wrote %s and %s", png, gif)

@@ -1,0 +1,70 @@
+"""Phase 4: evolve the whole stack (DEAP), or fine-tune a trained model's weights (CMA-ES).
+
+    python evolve.py --config config.yaml --out runs/evo_search --parallel 8
+    python evolve.py --out runs/evo_search --resume                      # after a crash or a kill
+    python evolve.py --out runs/evo_search --scheduler tcp://host:8786   # trials on a Dask cluster
+    python evolve.py --strategy cmaes --ckpt runs/joint/best.pt --out runs/cmaes
+
+GA (default): genomes from evolutionary.search_space, decoded to full configs
+(inconsistent ones repaired); each trial runs train_convlstm.py, fit_pgm.py
+(and train_joint.py with evolutionary.trial_joint), then evaluate.py --split val
+as subprocesses in <out>/trials/g<gen>/i<idx>/, and its fitness is the validation
+objective(s). A genome never trains twice at the same fidelity. Tournament
+selection with elitism (NSGA-II for two or more objectives), islands with ring
+migration, low-fidelity first generations, stagnation handling. --parallel N
+trials run at once, one GPU or a share of the CPU cores each; a trial that
+crashes, hangs past evolutionary.trial_timeout_s or yields NaN gets the worst
+fitness and its reason in trials.csv. Writes state.json after every generation
+(--resume continues it exactly), logbook.csv, trials.csv, hall_of_fame.json,
+pareto.json (multi-objective), fitness.png and best/ (the winner's config,
+ckpt.pt, pgm_params.pkl, metrics.json).
+
+CMA-ES (--strategy cmaes): pycma over the flattened weights of
+evolutionary.cmaes.groups of --ckpt, on evolutionary.cmaes.objective, every
+generation's candidates scored in one batched forward. Writes the improved
+checkpoint, cmaes.csv and a loss-per-generation plot into --out.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from regimen import cli
+from regimen.config import load_config
+
+log = logging.getLogger("evolve")
+
+
+def main(argv=None) -> None:
+    parser = cli.make_parser(__doc__)
+    parser.add_argument("--out", default="runs/evo_search", metavar="FOLDER",
+                        help="output folder (default: runs/evo_search)")
+    parser.add_argument("--strategy", default="ga", choices=("ga", "cmaes"), help="ga (default) or cmaes")
+    parser.add_argument("--parallel", type=int, default=1, metavar="N", help="trials run at once (default: 1)")
+    parser.add_argument("--resume", action="store_true", help="continue the search in --out from state.json")
+    parser.add_argument("--overwrite", action="store_true", help="start again in an --out that holds a search")
+    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="Dask scheduler address (default: evolutionary.scheduler; none: local slots)")
+    parser.add_argument("--ckpt", default=None, metavar="PATH", help="cmaes: the checkpoint to fine-tune")
+    args = parser.parse_args(argv)
+    cli.setup_logging()
+    config = load_config(args.config, args.overrides)
+    if args.strategy == "cmaes":
+        from regimen.cmaes import fine_tune
+
+        if not args.ckpt:
+            raise cli.UserError("--strategy cmaes needs --ckpt PATH (a checkpoint to fine-tune)")
+        result = fine_tune(config, Path(args.ckpt), Path(args.out), args.overwrite)
+        log.info("CMA-ES: %s %.6f -> %.6f over %d generations; wrote %s", result["objective"],
+                 result["start_loss"], result["final_loss"], result["generations"], result["checkpoint"])
+        return
+    from regimen.evolution import evolve
+
+    result = evolve(config, Path(args.out), args.parallel, args.resume, args.overwrite, args.scheduler)
+    log.info("best: %s -> %s (%d trials, %d failed); best/ is %s", result["best"]["values"],
+             result["best"]["objectives"], result["trials"], result["failures"], result["best_folder"])
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,166 @@
+"""One trial of evolve.py: a genome's config run through the phase scripts, in its own folder.
+
+`run_trial(spec)` is what the local slots and the Dask workers execute. It
+writes the trial's `config.yaml`, runs `train_convlstm.py`, `fit_pgm.py`
+(when the task has a PGM), optionally `train_joint.py`, then `evaluate.py
+--split val` as subprocesses (argument lists, no shell), each in its own
+process group with the time left of the trial's timeout, and reads the
+objectives from the trial's `metrics.json`. It never raises for the trial's
+sake: a crash, a timeout or a NaN becomes a result with a `status` and a
+`reason`, and the search goes on. The finished result is also written to the
+folder's `result.json`, so a resumed search reuses it instead of training
+again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from regimen import runs
+from regimen.config import OBJECTIVES
+from regimen.metrics import MAIN_METRIC
+
+PROJECT = Path(__file__).resolve().parents[1]  # the phase scripts live here
+# The phase scripts of a trial; tests point this at fault-injecting stand-ins.
+SCRIPTS = {"train": "train_convlstm.py", "pgm": "fit_pgm.py", "joint": "train_joint.py", "evaluate": "evaluate.py"}
+RESULT = "result.json"
+LOG_TAIL = 400  # characters of a failed phase's stderr kept as its reason
+
+
+def trial_commands(folder: Path, has_pgm: bool, joint: bool) -> list[list[str]]:
+    """The phase commands of a trial folder, in order."""
+    config, python = str(folder / "config.yaml"), sys.executable
+    script = {name: str(PROJECT / path) for name, path in SCRIPTS.items()}
+    commands = [[python, script["train"], "--config", config, "--save", str(folder), "--overwrite"]]
+    ckpt = folder / "best.pt"
+    if has_pgm:
+        commands.append([python, script["pgm"], "--config", config, "--features", str(folder / "features.pt")])
+        if joint:
+            commands.append([python, script["joint"], "--config", config, "--resume", str(folder / "ckpt.pt"),
+                             "--save", str(folder / "joint"), "--overwrite"])
+            ckpt = folder / "joint" / "best.pt"
+    commands.append([python, script["evaluate"], "--config", config, "--ckpt", str(ckpt), "--split", "val",
+                     "--out", str(folder)])
+    return commands
+
+
+def run_trial(spec: dict) -> dict:
+    """Run one trial (see the module docstring) and return its result.
+
+    Args:
+        spec: `folder`, `key` (cache key), `config_yaml` (the resolved config),
+            `has_pgm`, `joint`, `objectives`, `task`, `timeout_s`, `retries` and `env`
+            (extra environment of the slot: devices, threads).
+    """
+    folder = Path(spec["folder"])
+    done = read_result(folder, spec["key"])
+    if done is not None:
+        return done
+    attempts, started = [], time.time()
+    for attempt in range(spec["retries"] + 1):
+        result = _attempt(spec, folder)
+        attempts.append(result["reason"])
+        if result["status"] == "ok":
+            break
+    result.update(key=spec["key"], attempts=len(attempts), seconds=round(time.time() - started, 3),
+                  reasons=attempts if result["status"] != "ok" else [])
+    runs.atomic_write_json(folder / RESULT, result)
+    return result
+
+
+def read_result(folder: Path, key: str) -> Optional[dict]:
+    """A finished trial's result in `folder`, when it is the same genome and fidelity."""
+    path = Path(folder) / RESULT
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return result if result.get("key") == key else None
+
+
+def _attempt(spec: dict, folder: Path) -> dict:
+    if folder.exists():  # a killed attempt's leftovers (this trial has no result yet)
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(spec["config_yaml"])
+    env = {**os.environ, **spec["env"]}
+    deadline = time.monotonic() + spec["timeout_s"]
+    launched = time.time()
+    for command in trial_commands(folder, spec["has_pgm"], spec["joint"]):
+        phase = Path(command[1]).stem
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return _failed("timeout", f"{phase}: no time left of {spec['timeout_s']:g} s")
+        with open(folder / f"{phase}.log", "w") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=folder,
+                                       start_new_session=True, preexec_fn=_die_with_parent)
+            try:
+                code = process.wait(timeout=left)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                return _failed("timeout", f"{phase}: still running after the trial's {spec['timeout_s']:g} s")
+        if code != 0:
+            tail = (folder / f"{phase}.log").read_text(errors="replace")[-LOG_TAIL:].strip().splitlines()
+            kind = "out_of_memory" if any("out of memory" in line.lower() for line in tail) else "crashed"
+            return _failed(kind, f"{phase} exited {code}: {tail[-1] if tail else ''}")
+    return _read_objectives(spec, folder, launched)
+
+
+def _read_objectives(spec: dict, folder: Path, launched: float) -> dict:
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        evaluation = metrics["evaluate_val"]
+        values = [objective_value(name, evaluation) for name in spec["objectives"]]
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as error:
+        return _failed("crashed", f"no validation metrics in metrics.json ({type(error).__name__}: {error})")
+    if any(v is None or not math.isfinite(v) for v in values):
+        return _failed("nan", f"objectives {dict(zip(spec['objectives'], values))} are not finite")
+    training = metrics.get("train_convlstm", {}).get("training", {})
+    overhead = training["started_unix"] - launched if "started_unix" in training else None
+    return {"status": "ok", "reason": "", "objectives": values, "overhead_s": overhead,
+            "metrics": {name: objective_value(name, evaluation) for name in OBJECTIVES}}
+
+
+def objective_value(name: str, evaluation: dict) -> Optional[float]:
+    """One objective from evaluate.py's section of metrics.json (its final predictor)."""
+    final = evaluation[evaluation["final"]]
+    if name == "metric":
+        return final[evaluation["metric"]]
+    if name in ("latency", "memory", "parameters"):
+        field = {"latency": "latency_ms_per_window", "memory": "peak_memory_mb", "parameters": "parameters"}[name]
+        return float(evaluation["model"][field])
+    if evaluation["task"] == "regression":
+        return None  # calibration, boundaries and flicker need classes
+    return {"ece": lambda: final["calibration"]["ece"], "nll": lambda: final["nll"],
+            "boundary_f1": lambda: final["boundary"]["f1"],
+            "flicker": lambda: final["temporal"]["flicker"]}[name]()
+
+
+def higher_is_better(name: str, task: str) -> bool:
+    return MAIN_METRIC[task][1] if name == "metric" else bool(OBJECTIVES[name])
+
+
+def _failed(status: str, reason: str) -> dict:
+    return {"status": status, "reason": reason, "objectives": None, "overhead_s": None, "metrics": {}}
+
+
+def _die_with_parent() -> None:
+    """Linux: the phase process gets SIGKILL when the process that started it dies (a killed
+    evolve.py or Dask worker leaves no orphan training on)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
