@@ -406,7 +406,8 @@ class Search:
             if (source / name).is_file():
                 shutil.copy2(source / name, staging / name)
         shutil.copy2(trial / "config.yaml", staging / "config.yaml")
-        shutil.copy2(staging / "best.pt", staging / "ckpt.pt")  # evaluate.py / export.py --ckpt best/ckpt.pt
+        if (staging / "best.pt").is_file():  # evaluate.py / export.py --ckpt best/ckpt.pt
+            shutil.copy2(staging / "best.pt", staging / "ckpt.pt")
         shutil.rmtree(self.files.best, ignore_errors=True)
         staging.rename(self.files.best)
 

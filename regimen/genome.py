@@ -43,8 +43,12 @@ class Gene:
         if self.kind == "int":
             return rng.randint(int(self.low), int(self.high))
         if self.log:
-            return math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+            return self._clip(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
         return rng.uniform(self.low, self.high)
+
+    def _clip(self, value: float) -> float:
+        """Inside [low, high] also after the rounding of exp(log(x))."""
+        return min(self.high, max(self.low, value))
 
     def mutate(self, value: Any, rng: random.Random) -> Any:
         """A nearby value (a Gaussian step of a fifth of the range, in log space when `log`),
@@ -57,8 +61,8 @@ class Gene:
             return int(min(self.high, max(self.low, value + rng.choice((-1, 1)) * step)))
         if self.log:
             low, high = math.log(self.low), math.log(self.high)
-            return math.exp(min(high, max(low, math.log(value) + rng.gauss(0.0, 0.2 * (high - low)))))
-        return min(self.high, max(self.low, value + rng.gauss(0.0, 0.2 * (self.high - self.low))))
+            return self._clip(math.exp(min(high, max(low, math.log(value) + rng.gauss(0.0, 0.2 * (high - low))))))
+        return self._clip(value + rng.gauss(0.0, 0.2 * (self.high - self.low)))
 
     def decode(self, value: Any) -> Any:
         return self.options[value] if self.kind == "choice" else value

@@ -32,26 +32,26 @@ from regimen.metrics import MAIN_METRIC
 
 PROJECT = Path(__file__).resolve().parents[1]  # the phase scripts live here
 # The phase scripts of a trial; tests point this at fault-injecting stand-ins.
-SCRIPTS = {"train": "train_convlstm.py", "pgm": "fit_pgm.py", "joint": "train_joint.py", "evaluate": "evaluate.py"}
+SCRIPTS = {"train_convlstm": "train_convlstm.py", "fit_pgm": "fit_pgm.py", "train_joint": "train_joint.py",
+           "evaluate": "evaluate.py"}
 RESULT = "result.json"
 LOG_TAIL = 400  # characters of a failed phase's stderr kept as its reason
 
 
-def trial_commands(folder: Path, has_pgm: bool, joint: bool) -> list[list[str]]:
-    """The phase commands of a trial folder, in order."""
-    config, python = str(folder / "config.yaml"), sys.executable
-    script = {name: str(PROJECT / path) for name, path in SCRIPTS.items()}
-    commands = [[python, script["train"], "--config", config, "--save", str(folder), "--overwrite"]]
+def trial_commands(folder: Path, has_pgm: bool, joint: bool) -> list[tuple[str, list[str]]]:
+    """The (phase, command) pairs of a trial folder, in order."""
+    config = str(folder / "config.yaml")
+    phases = [("train_convlstm", ["--save", str(folder), "--overwrite"])]
     ckpt = folder / "best.pt"
     if has_pgm:
-        commands.append([python, script["pgm"], "--config", config, "--features", str(folder / "features.pt")])
+        phases.append(("fit_pgm", ["--features", str(folder / "features.pt")]))
         if joint:
-            commands.append([python, script["joint"], "--config", config, "--resume", str(folder / "ckpt.pt"),
-                             "--save", str(folder / "joint"), "--overwrite"])
+            phases.append(("train_joint", ["--resume", str(folder / "ckpt.pt"), "--save", str(folder / "joint"),
+                                           "--overwrite"]))
             ckpt = folder / "joint" / "best.pt"
-    commands.append([python, script["evaluate"], "--config", config, "--ckpt", str(ckpt), "--split", "val",
-                     "--out", str(folder)])
-    return commands
+    phases.append(("evaluate", ["--ckpt", str(ckpt), "--split", "val", "--out", str(folder)]))
+    return [(phase, [sys.executable, str(PROJECT / SCRIPTS[phase]), "--config", config, *args])
+            for phase, args in phases]
 
 
 def run_trial(spec: dict) -> dict:
@@ -98,8 +98,7 @@ def _attempt(spec: dict, folder: Path) -> dict:
     env = {**os.environ, **spec["env"]}
     deadline = time.monotonic() + spec["timeout_s"]
     launched = time.time()
-    for command in trial_commands(folder, spec["has_pgm"], spec["joint"]):
-        phase = Path(command[1]).stem
+    for phase, command in trial_commands(folder, spec["has_pgm"], spec["joint"]):
         left = deadline - time.monotonic()
         if left <= 0:
             return _failed("timeout", f"{phase}: no time left of {spec['timeout_s']:g} s")

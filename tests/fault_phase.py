@@ -1,0 +1,29 @@
+"""A stand-in for every phase script of an evolution trial, failing on purpose by the genome's lr.
+
+training.lr 0.002: exits 1; 0.003: hangs; 0.004: reports NaN; anything else: a valid result
+whose metric is the lr itself. Imports nothing heavy, so fault tests run in seconds.
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+args = sys.argv[1:]
+config = yaml.safe_load(Path(args[args.index("--config") + 1]).read_text())
+lr = config["training"]["lr"]
+if lr == 0.002:
+    print("injected failure", file=sys.stderr)
+    sys.exit(1)
+if lr == 0.003:
+    time.sleep(120)
+if "--split" in args:  # the evaluate step
+    out = Path(args[args.index("--out") + 1])
+    value = float("nan") if lr == 0.004 else lr
+    final = {"miou": value, "calibration": {"ece": 0.1}, "nll": 1.0, "boundary": {"f1": 0.5},
+             "temporal": {"flicker": 0.1}}
+    evaluation = {"final": "pgm", "metric": "miou", "task": "segmentation", "pgm": final,
+                  "model": {"latency_ms_per_window": 1.0, "peak_memory_mb": 1.0, "parameters": 10}}
+    (out / "metrics.json").write_text(json.dumps({"evaluate_val": evaluation}))

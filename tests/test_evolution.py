@@ -1,0 +1,192 @@
+"""evolve.py: genes and repairs, a whole tiny search, SIGKILL and resume, injected faults, bad inputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, merge, ok, run_script, snapshot, tiny_config
+from regimen import trials
+from regimen.config import from_dict, load_config
+from regimen.evolution import evolve
+from regimen.genome import Gene, crossover, decode, diversity, genes_of, mutate
+
+SPACE = {"model.convlstm.num_layers": {"type": "int", "low": 1, "high": 3},
+         "model.convlstm.kernel_size": {"choice": [3, 5]},
+         "training.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+         "model.pgm.pairwise_weight": {"type": "float", "low": 0.1, "high": 2.0}}
+
+
+def test_random_mutated_and_crossed_genomes_stay_inside_their_genes():
+    genes = genes_of(from_dict({"evolutionary": {"search_space": SPACE}}))
+    rng = random.Random(0)
+    for _ in range(300):
+        a, b = [g.random(rng) for g in genes], [g.random(rng) for g in genes]
+        crossover(a, b, rng)
+        mutate(genes, a, 1.0, rng)
+        for gene, value in zip(genes, a):
+            if gene.kind == "choice":
+                assert value in range(len(gene.options))
+            else:
+                assert gene.low <= value <= gene.high and isinstance(value, int if gene.kind == "int" else float)
+    assert diversity(genes, [a, list(a)]) == 0.0 and diversity(genes, [a, b]) >= 0.0
+
+
+def test_crossover_swaps_whole_genes():
+    a, b = [1, 2, 3, 4, 5, 6], [10, 20, 30, 40, 50, 60]
+    crossover(a, b, random.Random(3))
+    assert sorted(a + b) == [1, 2, 3, 4, 5, 6, 10, 20, 30, 40, 50, 60]
+    assert all({x, y} == {v, 10 * v} for x, y, v in zip(a, b, range(1, 7)))
+
+
+def test_decode_repairs_layers_against_hidden_sizes_and_even_kernels():
+    base = from_dict({"model": {"convlstm": {"num_layers": 2, "hidden_sizes": [16, 8]}}})
+    genes = [Gene("model.convlstm.num_layers", "int", 1, 3), Gene("model.convlstm.kernel_size", "int", 2, 6)]
+    config, values, repairs = decode(genes, [3, 4], base)
+    assert config.model.convlstm.hidden_sizes == [16, 8, 8] and config.model.convlstm.kernel_size == 5
+    assert values == {"model.convlstm.num_layers": 3, "model.convlstm.kernel_size": 4} and len(repairs) == 2
+    config, _, _ = decode(genes, [1, 3], base)
+    assert config.model.convlstm.hidden_sizes == [16]
+
+
+def search_config(folder, extra):
+    evo = {"population_size": 4, "generations": 2, "elitism": 1, "low_fidelity": {"generations": 0},
+           "search_space": {"training.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+                            "model.pgm.pairwise_weight": {"type": "float", "low": 0.1, "high": 2.0}}}
+    space = extra.get("evolutionary", {}).pop("search_space", None)
+    raw = merge({"training": {"epochs": 1}, "evolutionary": evo}, extra)
+    if space is not None:  # replaced whole, not merged gene by gene
+        raw["evolutionary"]["search_space"] = space
+    return tiny_config(folder, raw)
+
+
+def rows(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def without_seconds(table):
+    return [{k: v for k, v in row.items() if k not in ("seconds", "overhead_s")} for row in table]
+
+
+def test_a_tiny_search_leaves_every_output(tmp_path):
+    """Population 6, 3 generations (the first at low fidelity), 2 islands, 2 slots, NSGA-II on two objectives."""
+    config = search_config(tmp_path, {"evolutionary": {
+        "population_size": 6, "generations": 3, "n_islands": 2, "migration_interval": 1,
+        "low_fidelity": {"generations": 1, "max_epochs": 1}, "objectives": ["metric", "parameters"],
+        "search_space": SPACE}})
+    out = tmp_path / "search"
+    done = ok("evolve.py", "--config", config, "--out", str(out), "--parallel", "2")
+    assert "best:" in done.stderr
+    for name in ("state.json", "logbook.csv", "trials.csv", "hall_of_fame.json", "pareto.json", "fitness.png",
+                 "pareto.png", "config.yaml"):
+        assert (out / name).stat().st_size > 0, name
+    assert {"ckpt.pt", "best.pt", "config.yaml", "metrics.json"} <= {p.name for p in (out / "best").iterdir()}
+    logbook = rows(out / "logbook.csv")
+    assert [(r["generation"], r["island"], r["fidelity"]) for r in logbook] == [
+        ("0", "0", "low"), ("0", "1", "low"), ("1", "0", "full"), ("1", "1", "full"),
+        ("2", "0", "full"), ("2", "1", "full")]
+    assert "migration" in logbook[-1]["event"]
+    table = rows(out / "trials.csv")
+    assert all(r["status"] == "ok" for r in table)
+    keys = [(r["key"], r["fidelity"]) for r in table]
+    assert len(keys) == len(set(keys))  # no genome trained twice at one fidelity
+    for row in table:
+        trial = out / "trials" / f"g{row['generation']}" / f"i{row['index']}"
+        assert {"config.yaml", "metrics.json", "result.json", "train_convlstm.log"} <= {p.name for p in trial.iterdir()}
+    pareto = json.loads((out / "pareto.json").read_text())
+    assert pareto["objectives"] == ["metric", "parameters"] and pareto["front"]
+    front = [(e["objectives"]["metric"], e["objectives"]["parameters"]) for e in pareto["front"]]
+    for m, p in front:  # no member of the front is dominated by another
+        assert not any(m2 >= m and p2 <= p and (m2, p2) != (m, p) for m2, p2 in front)
+    state = json.loads((out / "state.json").read_text())
+    assert state["generation"] == 3 and len(state["islands"]) == 2 and {"random", "numpy", "torch"} <= set(state["rng"])
+
+
+def test_resume_after_sigkill_ends_like_an_uninterrupted_run(tmp_path):
+    config = search_config(tmp_path, {})
+    ok("evolve.py", "--config", config, "--out", str(tmp_path / "straight"), "--parallel", "2")
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, str(ROOT / "evolve.py"), "--config", config, "--out", str(killed),
+                                "--parallel", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first_of_gen1 = killed / "trials" / "g1" / "i0" / "result.json"
+    deadline = time.time() + 240
+    while not first_of_gen1.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert first_of_gen1.exists() and json.loads((killed / "state.json").read_text())["generation"] == 1
+    finished_before = {p.parent: p.stat().st_mtime_ns for p in killed.glob("trials/*/*/result.json")}
+
+    refused = run_script("evolve.py", "--config", config, "--out", str(killed))
+    assert refused.returncode == 2 and "pass --resume" in refused.stderr
+    ok("evolve.py", "--config", config, "--out", str(killed), "--parallel", "2", "--resume")
+    for folder, mtime in finished_before.items():  # no finished trial ran again
+        assert (folder / "result.json").stat().st_mtime_ns == mtime
+    straight = tmp_path / "straight"
+    assert json.loads((killed / "hall_of_fame.json").read_text()) == json.loads(
+        (straight / "hall_of_fame.json").read_text().replace(str(straight), str(killed)))
+    assert without_seconds(rows(killed / "logbook.csv")) == without_seconds(rows(straight / "logbook.csv"))
+
+
+def test_faulty_trials_get_the_worst_fitness_and_a_reason(tmp_path, monkeypatch):
+    for phase in trials.SCRIPTS:
+        monkeypatch.setitem(trials.SCRIPTS, phase, str(ROOT / "tests" / "fault_phase.py"))
+    path = search_config(tmp_path, {"evolutionary": {
+        "population_size": 12, "generations": 1, "trial_timeout_s": 3, "trial_retries": 1,
+        "search_space": {"training.lr": {"choice": [0.001, 0.002, 0.003, 0.004]}}}})
+    result = evolve(load_config(path), tmp_path / "search", parallel=4, resume=False, overwrite=False)
+    assert result["best"]["values"] == {"training.lr": 0.001}
+    reasons = {json.loads(r["values"])["training.lr"]: r for r in rows(tmp_path / "search" / "trials.csv")}
+    assert reasons[0.001]["status"] == "ok"
+    assert reasons[0.002]["status"] == "crashed" and "train_convlstm exited 1" in reasons[0.002]["reason"]
+    assert reasons[0.002]["attempts"] == "2"  # one retry
+    assert reasons[0.003]["status"] == "timeout" and "after the trial's 3 s" in reasons[0.003]["reason"]
+    assert reasons[0.004]["status"] == "nan" and "not finite" in reasons[0.004]["reason"]
+    logbook = rows(tmp_path / "search" / "logbook.csv")  # counts individuals, duplicates included
+    population = json.loads((tmp_path / "search" / "state.json").read_text())["islands"][0]
+    assert int(logbook[0]["failures"]) == sum(ind["fitness"] == [None] for ind in population) >= 3
+
+
+BAD = {
+    "empty search space": ({"evolutionary": {"search_space": {}}}, [], "evolutionary.search_space is empty"),
+    "malformed gene": ({"evolutionary": {"search_space": {"training.lr": 0.1}}}, [],
+                       "evolutionary.search_space.training.lr = 0.1: expected {choice: [...]}"),
+    "key not in the config": ({"evolutionary": {"search_space": {"training.rate": {"choice": [1]}}}}, [],
+                              "'training.rate' is not a config key; did you mean 'training.lr'?"),
+    "low above high": ({"evolutionary": {"search_space": {"training.lr": {"type": "float", "low": 0.1,
+                                                                          "high": 0.01}}}}, [],
+                       "low (0.1) is greater than high (0.01)"),
+    "choice without options": ({"evolutionary": {"search_space": {"training.lr": {"choice": []}}}}, [],
+                               "expected a non-empty list"),
+    "no slots": ({}, ["--parallel", "0"], "--parallel 0: must be >= 1"),
+    "resume without a state": ({}, ["--resume"], "state.json not found"),
+    "resume a state of another config": ({}, ["--resume", "--set", "seed=7"], "was made with another config"),
+}
+
+
+@pytest.mark.parametrize("case", BAD, ids=list(BAD))
+def test_bad_inputs_exit_2_with_one_line_and_overwrite_nothing(case, tmp_path):
+    extra, args, expected = BAD[case]
+    config = search_config(tmp_path, json.loads(json.dumps(extra)))
+    out = tmp_path / "search"
+    out.mkdir()
+    if "another config" in case:
+        state = {"format": 1, "config_hash": "0" * 64, "generation": 1}
+        (out / "state.json").write_text(json.dumps(state))
+    if "without a state" in case:
+        out = tmp_path / "empty"
+        out.mkdir()
+    before = snapshot(tmp_path)
+    done = run_script("evolve.py", "--config", config, "--out", str(out), *args)
+    assert done.returncode == 2, done.stderr
+    assert expected in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert snapshot(tmp_path) == before
