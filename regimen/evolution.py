@@ -104,6 +104,7 @@ class Search:
         self.cache: dict[str, dict] = {}
         self.trial_rows: list[dict] = []
         self.best_so_far, self.stagnant, self.mutation_rate = None, 0, self.evo.mutation_rate
+        self.immigrants_due = 0
 
     @property
     def multi_objective(self) -> bool:
@@ -160,14 +161,19 @@ class Search:
                  f" [{event}]" if event else "")
 
     def _breed(self) -> None:
-        """The next generation of each island: elites, then selection, crossover and mutation."""
+        """The next generation of each island: elites, then selection, crossover and mutation, and
+        random immigrants in place of the worst when the search stagnates."""
+        immigrants, self.immigrants_due = self.immigrants_due, 0
         for i, island in enumerate(self.islands):
             n = len(island)
+            newcomers = [self._random_individual() for _ in range(immigrants)]
             if self.multi_objective:  # after evaluation selNSGA2 keeps n of parents + offspring
-                self.islands[i] = island + self._vary(tools.selRandom(island, n))
+                self.islands[i] = island + self._vary(tools.selRandom(island, n - immigrants)) + newcomers
             else:
-                elites = [self.toolbox.clone(ind) for ind in tools.selBest(island, self.evo.elitism)]
-                self.islands[i] = elites + self._vary(self.toolbox.select(island, n - len(elites)))
+                parents = tools.selBest(island, n - immigrants)  # the worst make room for the immigrants
+                elites = [self.toolbox.clone(ind) for ind in parents[:self.evo.elitism]]
+                chosen = self.toolbox.select(parents, n - len(elites) - immigrants)
+                self.islands[i] = elites + self._vary(chosen) + newcomers
 
     def _vary(self, parents: list) -> list:
         """Copies of `parents` after crossover and mutation; a changed genome loses its fitness."""
@@ -286,12 +292,9 @@ class Search:
         if self.stagnant < self.evo.stagnation.generations:
             return ""
         self.mutation_rate = min(1.0, self.mutation_rate * self.evo.stagnation.mutation_boost)
-        count = self.evo.stagnation.immigrants
-        for island in self.islands:
-            island.sort(key=lambda ind: ind.fitness.values[0])
-            island[:count] = [self._random_individual() for _ in range(count)]
+        self.immigrants_due = min(self.evo.stagnation.immigrants, self.evo.population_size - self.evo.elitism)
         self.stagnant = 0
-        return f"stagnation: mutation rate {self.mutation_rate:.3f}, {count} immigrants per island"
+        return f"stagnation: mutation rate {self.mutation_rate:.3f}, {self.immigrants_due} immigrants per island next"
 
     def _random_individual(self):
         return self.individual(gene.random(self.rng) for gene in self.genes)
@@ -330,7 +333,7 @@ class Search:
             "hall_of_fame": [self._individual_record(ind) for ind in self.hall],
             "logbook": list(self.logbook), "cache": self.cache, "trials": self.trial_rows,
             "stagnation": {"best": self.best_so_far, "stagnant": self.stagnant,
-                           "mutation_rate": self.mutation_rate},
+                           "mutation_rate": self.mutation_rate, "immigrants_due": self.immigrants_due},
             "rng": {"search": _state_to_json(self.rng.getstate()), "random": _state_to_json(random.getstate()),
                     "numpy": _numpy_state_to_json(), "torch": torch.get_rng_state().tolist()},
         }
@@ -360,6 +363,7 @@ class Search:
         self.cache, self.trial_rows = dict(state["cache"]), list(state["trials"])
         self.best_so_far = state["stagnation"]["best"]
         self.stagnant, self.mutation_rate = state["stagnation"]["stagnant"], state["stagnation"]["mutation_rate"]
+        self.immigrants_due = state["stagnation"]["immigrants_due"]
         rng = state["rng"]
         self.rng.setstate(_state_from_json(rng["search"]))
         random.setstate(_state_from_json(rng["random"]))

@@ -1,7 +1,8 @@
-"""A stand-in for every phase script of an evolution trial, failing on purpose by the genome's lr.
+"""A stand-in for every phase script of an evolution trial: fast, deterministic, faulty on purpose.
 
 training.lr 0.002: exits 1; 0.003: hangs; 0.004: reports NaN; anything else: a valid result
-whose metric is the lr itself. Imports nothing heavy, so fault tests run in seconds.
+whose metric is `lr + pairwise_weight / 100` (evaluate takes 0.3 s, so a search can be killed
+mid-generation). Imports nothing heavy, so searches over it run in seconds.
 """
 
 import json
@@ -21,7 +22,8 @@ if lr == 0.003:
     time.sleep(120)
 if "--split" in args:  # the evaluate step
     out = Path(args[args.index("--out") + 1])
-    value = float("nan") if lr == 0.004 else lr
+    time.sleep(0.3)
+    value = float("nan") if lr == 0.004 else lr + config["model"]["pgm"]["pairwise_weight"] / 100
     final = {"miou": value, "calibration": {"ece": 0.1}, "nll": 1.0, "boundary": {"f1": 0.5},
              "temporal": {"flicker": 0.1}}
     evaluation = {"final": "pgm", "metric": "miou", "task": "segmentation", "pgm": final,

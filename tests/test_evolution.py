@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import csv
+import multiprocessing
+import os
 import json
 import random
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
 from conftest import ROOT, merge, ok, run_script, snapshot, tiny_config
 from regimen import trials
+from regimen.cli import UserError
 from regimen.config import from_dict, load_config
 from regimen.evolution import evolve
 from regimen.genome import Gene, crossover, decode, diversity, genes_of, mutate
@@ -110,36 +111,50 @@ def test_a_tiny_search_leaves_every_output(tmp_path):
     assert state["generation"] == 3 and len(state["islands"]) == 2 and {"random", "numpy", "torch"} <= set(state["rng"])
 
 
-def test_resume_after_sigkill_ends_like_an_uninterrupted_run(tmp_path):
-    config = search_config(tmp_path, {})
-    ok("evolve.py", "--config", config, "--out", str(tmp_path / "straight"), "--parallel", "2")
+@pytest.fixture
+def stand_in_phases(monkeypatch):
+    """Trials run tests/fault_phase.py for every phase instead of training."""
+    for phase in trials.SCRIPTS:
+        monkeypatch.setitem(trials.SCRIPTS, phase, str(ROOT / "tests" / "fault_phase.py"))
 
-    killed = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, str(ROOT / "evolve.py"), "--config", config, "--out", str(killed),
-                                "--parallel", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first_of_gen1 = killed / "trials" / "g1" / "i0" / "result.json"
-    deadline = time.time() + 240
-    while not first_of_gen1.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert first_of_gen1.exists() and json.loads((killed / "state.json").read_text())["generation"] == 1
-    finished_before = {p.parent: p.stat().st_mtime_ns for p in killed.glob("trials/*/*/result.json")}
 
-    refused = run_script("evolve.py", "--config", config, "--out", str(killed))
-    assert refused.returncode == 2 and "pass --resume" in refused.stderr
-    ok("evolve.py", "--config", config, "--out", str(killed), "--parallel", "2", "--resume")
-    for folder, mtime in finished_before.items():  # no finished trial ran again
+def test_resume_after_sigkill_ends_like_an_uninterrupted_run(tmp_path, stand_in_phases):
+    """Killed mid-generation (a forked evolve with stand-in phases, SIGKILL), then resumed."""
+    path = search_config(tmp_path, {"evolutionary": {
+        "population_size": 6, "generations": 4, "n_islands": 2, "migration_interval": 1,
+        "low_fidelity": {"generations": 1}, "stagnation": {"generations": 1},
+        "search_space": {"training.lr": {"choice": [0.001, 0.005, 0.006, 0.007]},
+                         "model.pgm.pairwise_weight": {"type": "float", "low": 0.1, "high": 0.3}}}})
+    config = load_config(path)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    evolve(config, straight, parallel=2, resume=False, overwrite=False)
+
+    child = multiprocessing.get_context("fork").Process(target=evolve, args=(config, killed, 2, False, False))
+    child.start()
+    first_of_gen2 = killed / "trials" / "g2" / "i0" / "result.json"
+    deadline = time.time() + 120
+    while not first_of_gen2.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.join()
+    assert json.loads((killed / "state.json").read_text())["generation"] == 2  # generation 2 was cut short
+    finished = {p.parent: p.stat().st_mtime_ns for p in killed.glob("trials/*/*/result.json")}
+    assert any(folder.parent.name == "g2" for folder in finished)
+
+    with pytest.raises(UserError, match="pass --resume"):
+        evolve(config, killed, parallel=2, resume=False, overwrite=False)
+    evolve(config, killed, parallel=2, resume=True, overwrite=False)
+    for folder, mtime in finished.items():  # no finished trial ran again
         assert (folder / "result.json").stat().st_mtime_ns == mtime
-    straight = tmp_path / "straight"
     assert json.loads((killed / "hall_of_fame.json").read_text()) == json.loads(
         (straight / "hall_of_fame.json").read_text().replace(str(straight), str(killed)))
     assert without_seconds(rows(killed / "logbook.csv")) == without_seconds(rows(straight / "logbook.csv"))
+    assert "stagnation" in "".join(r["event"] for r in rows(straight / "logbook.csv"))
+    assert without_seconds(rows(killed / "trials.csv")) == without_seconds(
+        [{k: v.replace(str(straight), str(killed)) for k, v in r.items()} for r in rows(straight / "trials.csv")])
 
 
-def test_faulty_trials_get_the_worst_fitness_and_a_reason(tmp_path, monkeypatch):
-    for phase in trials.SCRIPTS:
-        monkeypatch.setitem(trials.SCRIPTS, phase, str(ROOT / "tests" / "fault_phase.py"))
+def test_faulty_trials_get_the_worst_fitness_and_a_reason(tmp_path, stand_in_phases):
     path = search_config(tmp_path, {"evolutionary": {
         "population_size": 12, "generations": 1, "trial_timeout_s": 3, "trial_retries": 1,
         "search_space": {"training.lr": {"choice": [0.001, 0.002, 0.003, 0.004]}}}})
