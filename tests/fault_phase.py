@@ -1,7 +1,7 @@
 """A stand-in for every phase script of an evolution trial: fast, deterministic, faulty on purpose.
 
 training.lr 0.002: exits 1; 0.003: hangs; 0.004: reports NaN; anything else: a valid result
-whose metric is `lr + pairwise_weight / 100` (evaluate takes 0.3 s, so a search can be killed
+whose metric is `lr + pairwise_weight / 100` and latency `pairwise_weight` (evaluate takes 0.3 s, so a search can be killed
 mid-generation). Imports nothing heavy, so searches over it run in seconds.
 """
 
@@ -27,5 +27,6 @@ if "--split" in args:  # the evaluate step
     final = {"miou": value, "calibration": {"ece": 0.1}, "nll": 1.0, "boundary": {"f1": 0.5},
              "temporal": {"flicker": 0.1}}
     evaluation = {"final": "pgm", "metric": "miou", "task": "segmentation", "pgm": final,
-                  "model": {"latency_ms_per_window": 1.0, "peak_memory_mb": 1.0, "parameters": 10}}
+                  "model": {"latency_ms_per_window": config["model"]["pgm"]["pairwise_weight"],
+                            "peak_memory_mb": 1.0, "parameters": 10}}
     (out / "metrics.json").write_text(json.dumps({"evaluate_val": evaluation}))
