@@ -181,7 +181,7 @@ class CMAESConfig:
     population_size: int = 16
     generations: int = 30
     sigma: float = 0.1
-    diagonal: bool = False  # separable CMA-ES (pycma's CMA_diagonal) for large weight counts
+    covariance: str = "auto"  # full | diagonal (separable, pycma's CMA_diagonal) | auto (diagonal above 1000 weights)
     batch_windows: int = 8  # validation windows per evaluation (the same ones every generation)
 
 
@@ -547,6 +547,7 @@ def _validate_evolutionary(check: _Checker) -> None:
     check.require(evo.devices is None or (len(evo.devices) > 0 and all(d >= 0 for d in evo.devices)),
                   "evolutionary.devices", "expected null (every visible GPU) or a list of GPU indices")
     check.one_of("evolutionary.cmaes.objective", CMAES_OBJECTIVES)
+    check.one_of("evolutionary.cmaes.covariance", ("auto", "full", "diagonal"))
     check.require(len(evo.cmaes.groups) > 0, "evolutionary.cmaes.groups", "expected at least one group")
     for key, spec in evo.search_space.items():
         _validate_gene(check.source, str(key), spec)

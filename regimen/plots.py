@@ -270,3 +270,17 @@ def plot_pareto(trials: list[dict], front: list[dict], objectives: list[str], pa
     ax.grid(alpha=0.3)
     fig.tight_layout()
     _save(fig, path, lambda target: fig.savefig(target, dpi=90))
+
+
+def plot_cmaes(records: list[dict], objective: str, path: Path) -> None:
+    """CMA-ES loss per generation: the generation's best and median, and the best so far."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    generations = [r["generation"] for r in records]
+    ax.plot(generations, [r["median"] for r in records], label="median", color="tab:grey")
+    ax.plot(generations, [r["best"] for r in records], label="best of generation", color="tab:blue")
+    ax.plot(generations, [r["best_so_far"] for r in records], label="best so far", color="tab:red")
+    ax.set(xlabel="generation", ylabel=f"{objective} loss", title="CMA-ES")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path, lambda target: fig.savefig(target, dpi=90))
