@@ -121,7 +121,7 @@ def _pgm_next_to(ckpt: Path, pgm_path: Optional[Path], data: TaskData) -> Option
     """Phase 2's PGM for a phase-1 checkpoint: `--pgm`, else `pgm_params.pkl` beside the checkpoint."""
     path = pgm_path or runs.run_folder_of(ckpt).pgm_params
     if pgm_path is None and not path.is_file():
-        log.info("no PGM in %s and no %s beside it: unaries only", ckpt, path.name)
+        log.debug("no PGM in %s and no %s beside it: unaries only", ckpt, path.name)
         return None
     params = runs.load_pgm_params(path, "--pgm")
     check_same_data(params["dataset"], data.meta, f"--pgm {path}")

@@ -236,6 +236,8 @@ class Search:
         if fidelity == "low":
             self._lower_fidelity(config)
         config.data.root = str(self._data_root(config))
+        if config.data.path:
+            config.data.path = str(Path(config.data.path).resolve())
         config.evolutionary.search_space = {}  # a trial's config is a plain run
         return {**spec, "config": config, "config_yaml": dump_config(config),
                 "has_pgm": config.data.task != "regression", "joint": self.evo.trial_joint}
@@ -433,7 +435,9 @@ def evolve(config: Config, out: Path, parallel: int, resume: bool, overwrite: bo
     """Run (or resume) the search; returns a summary."""
     if parallel < 1:
         raise UserError(f"--parallel {parallel}: must be >= 1 (the number of trials run at once)")
-    files = SearchFolder(out)
+    if not config.evolutionary.enabled:
+        raise UserError("evolutionary.enabled is false: set it to true to run the search")
+    files = SearchFolder(Path(out).resolve())  # trials and Dask workers run elsewhere: absolute paths
     genes_of(config)  # an empty search space is refused before anything is written
     state = load_state(files, config) if resume else None
     if not resume and files.state.exists() and not overwrite:

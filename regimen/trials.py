@@ -103,7 +103,7 @@ def _attempt(spec: dict, folder: Path) -> dict:
         if left <= 0:
             return _failed("timeout", f"{phase}: no time left of {spec['timeout_s']:g} s")
         with open(folder / f"{phase}.log", "w") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=folder,
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                        start_new_session=True, preexec_fn=_die_with_parent)
             try:
                 code = process.wait(timeout=left)

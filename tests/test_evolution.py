@@ -8,11 +8,12 @@ import os
 import json
 import random
 import signal
+import threading
 import time
 
 import pytest
 
-from conftest import ROOT, merge, ok, run_script, snapshot, tiny_config
+from conftest import ROOT, merge, run_script, snapshot, tiny_config
 from regimen import trials
 from regimen.cli import UserError
 from regimen.config import from_dict, load_config
@@ -90,8 +91,8 @@ def test_a_tiny_search_leaves_every_output(tmp_path):
         "population_size": 6, "generations": 3, "n_islands": 2, "migration_interval": 1,
         "low_fidelity": {"generations": 1, "max_epochs": 1}, "search_space": SPACE}})
     out = tmp_path / "search"
-    done = ok("evolve.py", "--config", config, "--out", str(out), "--parallel", "2")
-    assert "best:" in done.stderr
+    done = run_script("evolve.py", "--config", config, "--out", "search", "--parallel", "2", cwd=tmp_path)
+    assert done.returncode == 0 and "best:" in done.stderr, done.stderr
     for name in ("state.json", "logbook.csv", "trials.csv", "hall_of_fame.json", "fitness.png", "config.yaml"):
         assert (out / name).stat().st_size > 0, name
     assert {"ckpt.pt", "best.pt", "config.yaml", "metrics.json"} <= {p.name for p in (out / "best").iterdir()}
@@ -218,3 +219,31 @@ def test_bad_inputs_exit_2_with_one_line_and_overwrite_nothing(case, tmp_path):
     assert done.returncode == 2, done.stderr
     assert expected in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert snapshot(tmp_path) == before
+
+
+def test_a_dask_cluster_runs_the_same_search_and_survives_a_killed_worker(tmp_path):
+    """Two Dask workers; one is killed while a trial runs; results equal the local pool's."""
+    distributed = pytest.importorskip("distributed")
+    path = search_config(tmp_path, {"evolutionary": {"population_size": 4, "generations": 1}})
+    config = load_config(path)
+    evolve(config, tmp_path / "local", parallel=2, resume=False, overwrite=False)
+
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  env={"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}) as cluster:
+        outcome = {}
+        search = threading.Thread(target=lambda: outcome.update(
+            result=evolve(config, tmp_path / "dask", 2, False, False, scheduler=cluster.scheduler_address)))
+        search.start()
+        with distributed.Client(cluster) as client:
+            deadline = time.time() + 120
+            while not list((tmp_path / "dask").glob("trials/g0/*/train_convlstm.log")) and time.time() < deadline:
+                time.sleep(0.1)
+            victim = next(iter(client.run(os.getpid).values()))
+            os.kill(victim, signal.SIGKILL)
+        search.join(timeout=600)
+    assert "result" in outcome  # the search completed
+    local, dask = rows(tmp_path / "local" / "trials.csv"), rows(tmp_path / "dask" / "trials.csv")
+    assert [(r["key"], r["status"], r["objective_metric"]) for r in dask] == [
+        (r["key"], r["status"], r["objective_metric"]) for r in local]
+    assert json.loads((tmp_path / "dask" / "hall_of_fame.json").read_text()) == json.loads(
+        (tmp_path / "local" / "hall_of_fame.json").read_text().replace(str(tmp_path / "local"), str(tmp_path / "dask")))
