@@ -535,6 +535,9 @@ def _validate_evolutionary(check: _Checker) -> None:
                    "evolutionary.cmaes.sigma", "evolutionary.cmaes.batch_windows")
     check.non_negative("evolutionary.migrants", "evolutionary.trial_retries", "evolutionary.low_fidelity.generations",
                        "evolutionary.stagnation.immigrants")
+    check.require(evo.low_fidelity.generations < evo.generations, "evolutionary.low_fidelity.generations",
+                  f"must be < evolutionary.generations ({evo.generations}): the last generations run at "
+                  "full fidelity")
     check.require(evo.migrants < evo.population_size, "evolutionary.migrants",
                   f"must be < evolutionary.population_size ({evo.population_size})")
     check.require(evo.stagnation.immigrants < evo.population_size, "evolutionary.stagnation.immigrants",

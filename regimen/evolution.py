@@ -37,7 +37,7 @@ from regimen import runs
 from regimen.cli import UserError
 from regimen.config import Config, dump_config, to_dict
 from regimen.data import preprocess
-from regimen.genome import Gene, crossover, decode, diversity, genes_of, mutate
+from regimen.genome import Gene, crossover, decode, diversity, genes_of, incumbent, mutate
 from regimen.plots import plot_fitness, plot_pareto
 from regimen.trials import higher_is_better, run_trial
 
@@ -117,6 +117,7 @@ class Search:
             self._seed_random_states()
             self.islands = [[self._random_individual() for _ in range(self.evo.population_size)]
                             for _ in range(self.evo.n_islands)]
+            self.islands[0][0] = self.individual(incumbent(self.genes, self.config, self.rng))
             self._evaluate_generation(0)
         bar = tqdm(total=self.evo.generations, initial=self.generation, desc="generations", unit="gen",
                    disable=None)

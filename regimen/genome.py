@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from regimen.cli import UserError
-from regimen.config import Config, from_dict, to_dict, validate
+from regimen.config import Config, from_dict, get_key, to_dict, validate
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,15 @@ class Gene:
     def decode(self, value: Any) -> Any:
         return self.options[value] if self.kind == "choice" else value
 
+    def encode(self, value: Any, rng: random.Random) -> Any:
+        """The gene value nearest to a config value (a random option when it is not one)."""
+        if self.kind == "choice":
+            return self.options.index(value) if value in self.options else rng.randrange(len(self.options))
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return self.random(rng)
+        value = self._clip(value)
+        return int(round(value)) if self.kind == "int" else float(value)
+
     def position(self, value: Any) -> float:
         """The value as a fraction of the gene's range, for diversity."""
         if self.kind == "choice":
@@ -85,6 +94,11 @@ def genes_of(config: Config) -> list[Gene]:
         raise UserError("evolutionary.search_space is empty: add at least one key to evolve, e.g. "
                         "training.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}")
     return [Gene.from_spec(key, spec) for key, spec in space.items()]
+
+
+def incumbent(genes: list[Gene], base: Config, rng: random.Random) -> list:
+    """The base config's own values as a genome, so the search starts from what the user has."""
+    return [gene.encode(get_key(base, gene.key), rng) for gene in genes]
 
 
 def decode(genes: list[Gene], genome: list, base: Config) -> tuple[Config, dict, list[str]]:

@@ -75,12 +75,14 @@ def test_the_bundle_verifies_and_reproduces_its_metrics_in_a_fresh_process(phase
     assert test["calibrated"]["calibration"]["ece"] <= test["uncalibrated"]["calibration"]["ece"] + 1e-9
     code = (
         "import json, sys\n"
+        "from regimen.builders import resolve_device\n"
         "from regimen.bundle import load_bundle\n"
         "from regimen.config import load_config\n"
         "from regimen.training import load_task_data\n"
         "bundle = load_bundle(sys.argv[1])\n"
         "config = load_config(sys.argv[2])\n"
-        "print(json.dumps(bundle.report(load_task_data(config), 'test', config.evaluation)))\n"
+        "device = resolve_device(config.device)  # the export's device: cuda:0 where there is one\n"
+        "print(json.dumps(bundle.report(load_task_data(config), 'test', config.evaluation, device)))\n"
     )
     done = subprocess.run([sys.executable, "-c", code, str(bundle), config], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)

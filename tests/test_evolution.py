@@ -247,3 +247,14 @@ def test_a_dask_cluster_runs_the_same_search_and_survives_a_killed_worker(tmp_pa
         (r["key"], r["status"], r["objective_metric"]) for r in local]
     assert json.loads((tmp_path / "dask" / "hall_of_fame.json").read_text()) == json.loads(
         (tmp_path / "local" / "hall_of_fame.json").read_text().replace(str(tmp_path / "local"), str(tmp_path / "dask")))
+
+
+def test_the_first_individual_is_the_base_configs_own():
+    config = from_dict({"training": {"lr": 2e-3}, "model": {"convlstm": {"kernel_size": 5}},
+                        "evolutionary": {"search_space": SPACE}})
+    from regimen.genome import incumbent
+    genome = incumbent(genes_of(config), config, random.Random(0))
+    assert genome == [2, 1, 2e-3, 0.7]  # num_layers, index of kernel 5, lr, pairwise_weight
+    decoded, values, repairs = decode(genes_of(config), genome, config)
+    assert values == {"model.convlstm.num_layers": 2, "model.convlstm.kernel_size": 5, "training.lr": 2e-3,
+                      "model.pgm.pairwise_weight": 0.7} and repairs == []
