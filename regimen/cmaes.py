@@ -13,8 +13,6 @@ be minimised).
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import time
 from pathlib import Path
@@ -223,10 +221,10 @@ def fine_tune(config: Config, ckpt: Path, out: Path, overwrite: bool) -> dict:
     x0 = objective.start()
     log.info("CMA-ES over %d weights (%s), objective %s on %d validation windows", len(x0),
              ", ".join(settings.groups), settings.objective, len(x))
-    start_loss = float(objective(x0[None])[0])
     diagonal = diagonal_for(settings.covariance, len(x0))
     best_x, best_loss, records = run_cmaes(objective, x0, settings.sigma, settings.population_size,
                                            settings.generations, config.seed, diagonal)
+    start_loss = float(objective(x0[None])[0])  # after the first generation chose the evaluation mode
     improved = best_loss < start_loss
     if improved:
         weights = objective.unflatten(torch.as_tensor(best_x[None], dtype=torch.float32, device=device))
@@ -248,7 +246,7 @@ def fine_tune(config: Config, ckpt: Path, out: Path, overwrite: bool) -> dict:
     kept = {key: value for key, value in payload.items() if key not in ("format", "train_state")}
     runs.save_checkpoint(folder.checkpoint, {**kept, **stack.payload(), "cmaes": {
         key: result[key] for key in ("objective", "groups", "start_loss", "final_loss")}})
-    runs.atomic_write_text(folder.root / "cmaes.csv", _csv(records))
+    runs.atomic_write_text(folder.root / "cmaes.csv", runs.csv_text(records))
     plot_cmaes(records, settings.objective, folder.root / "cmaes_loss.png")
     runs.update_metrics(folder.metrics, "cmaes", result)
     return result
@@ -274,11 +272,3 @@ def _objective(kind: str, task: str, num_classes: Optional[int], y: torch.Tensor
         return torch.tensor(-value if higher else value)
 
     return negated_metric, False
-
-
-def _csv(records: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(records[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(records)
-    return buffer.getvalue()

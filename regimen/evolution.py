@@ -14,9 +14,7 @@ Fitness values are stored maximising: an objective where lower is better
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import math
@@ -344,8 +342,8 @@ class Search:
         runs.atomic_write_json(self.files.state, state)  # last: it vouches for the tables
 
     def _write_tables(self) -> None:
-        runs.atomic_write_text(self.files.trials_csv, _csv(self.trial_rows))
-        runs.atomic_write_text(self.files.logbook, _csv(list(self.logbook)))
+        runs.atomic_write_text(self.files.trials_csv, runs.csv_text(self.trial_rows))
+        runs.atomic_write_text(self.files.logbook, runs.csv_text(list(self.logbook)))
         runs.atomic_write_json(self.files.hall_of_fame, [self._hall_entry(ind) for ind in self.hall])
         plot_fitness(list(self.logbook), self.objectives[0], self.files.fitness_plot)
 
@@ -520,16 +518,6 @@ def slot_environment(parallel: int, config: Config, scheduler: Optional[str]) ->
 
 
 # --------------------------------------------------------------------------- JSON helpers
-
-
-def _csv(rows: list[dict]) -> str:
-    if not rows:
-        return ""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def _state_to_json(state: tuple) -> list:

@@ -7,6 +7,7 @@ killed at any moment leaves the last good file, never a torn one.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -316,6 +317,17 @@ def load_pgm_params(path: Path, flag: str) -> dict:
 
 
 # --------------------------------------------------------------------------- metrics, history, provenance
+
+
+def csv_text(rows: list[dict]) -> str:
+    """Rows of equal keys as CSV text with a header ("" for no rows)."""
+    if not rows:
+        return ""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def read_history(path: Path) -> list[dict]:

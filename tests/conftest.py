@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +50,14 @@ def ok(*args: str) -> subprocess.CompletedProcess:
     return done
 
 
+def phase_one(folder: Path) -> tuple[str, Path]:
+    """Phases 0 and 1 on tiny storms in `folder`: (config path, the phase-1 run folder)."""
+    config = tiny_config(folder)
+    ok("tools/preprocess.py", "--config", config)
+    ok("train_convlstm.py", "--config", config, "--save", str(folder / "base"))
+    return config, folder / "base"
+
+
 def metrics_of(folder: Path) -> dict:
     return json.loads((folder / "metrics.json").read_text())
 
@@ -69,6 +79,16 @@ def run_script(script: str, *args: str, cwd: Path | None = None) -> subprocess.C
     """Run a project script in a fresh interpreter, from another directory than the repo."""
     return subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True,
                           text=True, cwd=cwd or ROOT.parent, timeout=300)
+
+
+def malicious_pickle(marker: Path) -> bytes:
+    """A pgm_params.pkl whose unpickling would run `touch marker`."""
+
+    class RunsACommand:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    return pickle.dumps({"type": "crf", "params": RunsACommand()})
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

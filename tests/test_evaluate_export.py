@@ -4,26 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import pickle
 import shutil
 import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT, metrics_of, ok, run_script, snapshot, tiny_config
+from conftest import ROOT, malicious_pickle, metrics_of, ok, phase_one, run_script, snapshot
 
 
 @pytest.fixture(scope="module")
 def phase2(tmp_path_factory):
     """Phases 0-2 on tiny storms, once: (config path, run folder with best.pt and pgm_params.pkl)."""
-    folder = tmp_path_factory.mktemp("evaluate")
-    config = tiny_config(folder)
-    ok("tools/preprocess.py", "--config", config)
-    ok("train_convlstm.py", "--config", config, "--save", str(folder / "base"))
-    ok("fit_pgm.py", "--config", config, "--features", str(folder / "base" / "features.pt"))
-    return config, folder / "base"
+    config, base = phase_one(tmp_path_factory.mktemp("evaluate"))
+    ok("fit_pgm.py", "--config", config, "--features", str(base / "features.pt"))
+    return config, base
 
 
 @pytest.fixture(scope="module")
@@ -117,19 +112,11 @@ def test_verify_names_a_changed_byte_and_a_missing_file(bundle, tmp_path):
     assert done.returncode == 2 and f"{missing / 'calibration.npz'}: missing" in done.stderr
 
 
-class RunsACommand:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
 def test_a_malicious_pgm_params_in_a_bundle_runs_nothing(bundle, tmp_path):
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)
     marker = tmp_path / "pwned"
-    payload = pickle.dumps({"type": "crf", "params": RunsACommand(marker)})
+    payload = malicious_pickle(marker)
     (copy / "pgm_params.pkl").write_bytes(payload)
     manifest = json.loads((copy / "MANIFEST.json").read_text())  # a forger fixes the hash too
     manifest["files"]["pgm_params.pkl"] = hashlib.sha256(payload).hexdigest()

@@ -18,7 +18,7 @@ from regimen import trials
 from regimen.cli import UserError
 from regimen.config import from_dict, load_config
 from regimen.evolution import evolve
-from regimen.genome import Gene, crossover, decode, diversity, genes_of, mutate
+from regimen.genome import Gene, crossover, decode, diversity, genes_of, incumbent, mutate
 
 SPACE = {"model.convlstm.num_layers": {"type": "int", "low": 1, "high": 3},
          "model.convlstm.kernel_size": {"choice": [3, 5]},
@@ -252,7 +252,6 @@ def test_a_dask_cluster_runs_the_same_search_and_survives_a_killed_worker(tmp_pa
 def test_the_first_individual_is_the_base_configs_own():
     config = from_dict({"training": {"lr": 2e-3}, "model": {"convlstm": {"kernel_size": 5}},
                         "evolutionary": {"search_space": SPACE}})
-    from regimen.genome import incumbent
     genome = incumbent(genes_of(config), config, random.Random(0))
     assert genome == [2, 1, 2e-3, 0.7]  # num_layers, index of kernel 5, lr, pairwise_weight
     decoded, values, repairs = decode(genes_of(config), genome, config)

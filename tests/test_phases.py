@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -13,16 +12,12 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, metrics_of, ok, run_script, snapshot, tiny_config
+from conftest import ROOT, malicious_pickle, metrics_of, ok, phase_one, run_script, snapshot, tiny_config
 
 @pytest.fixture(scope="module")
 def storms(tmp_path_factory):
     """Phases 0 and 1 on tiny storms, once for the module: (config path, phase-1 folder)."""
-    folder = tmp_path_factory.mktemp("storms")
-    config = tiny_config(folder)
-    ok("tools/preprocess.py", "--config", config)
-    ok("train_convlstm.py", "--config", config, "--save", str(folder / "base"))
-    return config, folder / "base"
+    return phase_one(tmp_path_factory.mktemp("storms"))
 
 
 def test_phases_1_to_3_leave_their_run_folders(storms, tmp_path):
@@ -118,19 +113,11 @@ def test_resume_after_sigkill_ends_like_an_uninterrupted_run(storms, tmp_path):
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4, 5]
 
 
-class RunsACommand:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
 def test_a_malicious_pgm_params_file_runs_nothing(storms, tmp_path):
     config, base = storms
     marker = tmp_path / "pwned"
     bad = tmp_path / "pgm_params.pkl"
-    bad.write_bytes(pickle.dumps({"type": "crf", "params": RunsACommand(marker)}))
+    bad.write_bytes(malicious_pickle(marker))
     before = snapshot(tmp_path)
     done = run_script("train_joint.py", "--config", config, "--resume", str(base / "ckpt.pt"), "--pgm", str(bad),
                       "--save", str(tmp_path / "joint"))
