@@ -75,7 +75,8 @@ class Search:
     Args:
         config: the base config; genomes overwrite its `search_space` keys.
         out: the output folder.
-        mapper: `map(function, specs)` that runs trials (local slots or a Dask client), in order.
+        mapper: `map(function, specs)` that runs trials (local slots or a Dask client) and yields
+            their results in order.
         slot_env: `i -> environment` of parallel slot i (devices, threads).
     """
 
@@ -211,7 +212,9 @@ class Search:
         work = list(specs.values())
         for slot, spec in enumerate(work):
             spec["env"] = self.slot_env(slot)
-        finished = self.map(run_trial, [{k: v for k, v in s.items() if k != "config"} for s in work])
+        finished = tqdm(self.map(run_trial, [{k: v for k, v in s.items() if k != "config"} for s in work]),
+                        total=len(work), desc=f"generation {generation} trials", unit="trial", leave=False,
+                        disable=None)
         for (index, spec), result in zip(specs.items(), finished):
             result = {**result, "folder": spec["folder"]}
             self.cache[spec["key"]] = result
@@ -473,7 +476,8 @@ def load_state(files: SearchFolder, config: Config) -> dict:
 
 
 class trial_mapper:
-    """A context giving `map(function, items)` over `parallel` local slots, or a Dask cluster."""
+    """A context giving `map(function, items)` over `parallel` local slots, or a Dask cluster: an
+    iterator of the results in the order of `items`, each as soon as it and those before it are done."""
 
     def __init__(self, parallel: int, scheduler: Optional[str]):
         self.parallel, self.scheduler = parallel, scheduler
@@ -489,11 +493,11 @@ class trial_mapper:
                 self.client = Client(self.scheduler, timeout=30)
             except OSError as error:
                 raise UserError(f"--scheduler {self.scheduler}: cannot connect ({error})") from None
-            # Gathered in submission order, so results (and resume) do not depend on which worker ran what.
-            return lambda fn, items: self.client.gather(self.client.map(fn, items, pure=False)) if items else []
+            # Results in submission order, so they (and a resume) do not depend on which worker ran what.
+            return lambda fn, items: (future.result() for future in self.client.map(fn, items, pure=False))
         # Each slot only waits on its trial's subprocesses, so threads are enough to run N trials at once.
         self.pool = ThreadPool(self.parallel)
-        return lambda fn, items: self.pool.map(fn, items, chunksize=1)
+        return lambda fn, items: self.pool.imap(fn, items, chunksize=1)
 
     def __exit__(self, *exc):
         if self.pool is not None:
