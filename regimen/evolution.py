@@ -142,7 +142,7 @@ class Search:
             failures[island] += result["status"] != "ok"
             evaluated[island] += 1
         if self.multi_objective:  # NSGA-II keeps the best n of parents and offspring
-            self.islands = [tools.selNSGA2(island, self.evo.population_size) for island in self.islands]
+            self.islands = [self.toolbox.select(island, self.evo.population_size) for island in self.islands]
         if fidelity == "full":
             self.hall.update([ind for island in self.islands for ind in island
                               if ind.fidelity == "full" and ind.fitness.values[0] > WORST])
@@ -198,7 +198,7 @@ class Search:
         specs, results = {}, {}
         for index, ind in enumerate(individuals):
             spec = self._trial_spec(generation, index, list(ind), fidelity)
-            if spec["config"] is None:  # a genome no repair makes valid
+            if spec["config"] is None and spec["key"] not in self.cache:  # a genome no repair makes valid
                 self.cache[spec["key"]] = {"status": "invalid", "reason": spec["repairs"][-1], "objectives": None,
                                            "folder": "", "key": spec["key"]}
                 self._log_trial(generation, index, spec, self.cache[spec["key"]])
@@ -348,7 +348,7 @@ class Search:
         runs.atomic_write_text(self.files.trials_csv, runs.csv_text(self.trial_rows))
         runs.atomic_write_text(self.files.logbook, runs.csv_text(list(self.logbook)))
         runs.atomic_write_json(self.files.hall_of_fame, [self._hall_entry(ind) for ind in self.hall])
-        plot_fitness(list(self.logbook), self.objectives[0], self.files.fitness_plot)
+        plot_fitness(list(self.logbook), self.objectives[0], self.signs[0] > 0, self.files.fitness_plot)
 
     def _hall_entry(self, ind) -> dict:
         key = self._trial_spec(0, 0, list(ind), "full")["key"]

@@ -236,14 +236,15 @@ def plot_per_class_f1(f1_by_predictor: dict[str, list[float]], class_names: list
     _save(fig, path, lambda target: fig.savefig(target, dpi=90))
 
 
-def plot_fitness(logbook: list[dict], objective: str, path: Path) -> None:
+def plot_fitness(logbook: list[dict], objective: str, higher_is_better: bool, path: Path) -> None:
     """Best and mean fitness over generations, one line pair per island; low fidelity shaded."""
     fig, ax = plt.subplots(figsize=(6, 3.4))
     islands = sorted({r["island"] for r in logbook})
+    best = "max" if higher_is_better else "min"
     for island in islands:
-        rows = [r for r in logbook if r["island"] == island and r["max"] is not None]
+        rows = [r for r in logbook if r["island"] == island and r[best] is not None]
         label = f" (island {island})" if len(islands) > 1 else ""
-        ax.plot([r["generation"] for r in rows], [r["max"] for r in rows], marker="o", label=f"max{label}")
+        ax.plot([r["generation"] for r in rows], [r[best] for r in rows], marker="o", label=f"best{label}")
         ax.plot([r["generation"] for r in rows], [r["mean"] for r in rows], linestyle="--", label=f"mean{label}")
     low = [r["generation"] for r in logbook if r["fidelity"] == "low"]
     if low:

@@ -111,6 +111,8 @@ def _attempt(spec: dict, folder: Path) -> dict:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
                 return _failed("timeout", f"{phase}: still running after the trial's {spec['timeout_s']:g} s")
+        if code < 0:  # the kernel's out-of-memory killer sends SIGKILL
+            return _failed("killed", f"{phase} was killed by signal {-code} (9: often out of memory)")
         if code != 0:
             tail = (folder / f"{phase}.log").read_text(errors="replace")[-LOG_TAIL:].strip().splitlines()
             kind = "out_of_memory" if any("out of memory" in line.lower() for line in tail) else "crashed"
