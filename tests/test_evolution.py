@@ -238,8 +238,9 @@ def test_a_dask_cluster_runs_the_same_search_and_survives_a_killed_worker(tmp_pa
             deadline = time.time() + 120
             while not list((tmp_path / "dask").glob("trials/g0/*/train_convlstm.log")) and time.time() < deadline:
                 time.sleep(0.1)
-            victim = next(iter(client.run(os.getpid).values()))
-            os.kill(victim, signal.SIGKILL)
+            busy = [address for address, tasks in client.processing().items() if tasks]
+            assert busy  # a worker is running a trial right now
+            os.kill(client.run(os.getpid)[busy[0]], signal.SIGKILL)
         search.join(timeout=600)
     assert "result" in outcome  # the search completed
     local, dask = rows(tmp_path / "local" / "trials.csv"), rows(tmp_path / "dask" / "trials.csv")
