@@ -126,9 +126,11 @@ def main() -> None:
     repeats = 1 if args.quick else 3
     deap_generations = 5 if args.quick else GENERATIONS
     model, x, loss = problem(PROBLEMS["small"], device)
+    with torch.no_grad():
+        start = float(loss(model(x)))
     print(f"ConvLSTM 1->{HIDDEN}, 3x3: {sum(p.numel() for p in model.parameters())} weights; "
           f"population {POPULATION}, {GENERATIONS} generations, sigma {SIGMA}; device {device}; "
-          f"start KL small {float(loss(model(x))):.6f}")
+          f"start KL small {start:.6f}")
     print(f"{'problem':<8} {'method':<11} {'evals/s':>9} {'final KL':>10} {'evals/s vs pycma':>17}")
     for name, size in PROBLEMS.items():
         rows = {}
