@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
+from collections import OrderedDict
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import malicious_pickle
 from regimen import runs
 from regimen.cli import UserError
 
@@ -46,22 +47,14 @@ def test_pgm_params_round_trip_through_the_restricted_unpickler(tmp_path):
     assert loaded["params"]["counts"].dtype == np.int64
 
 
-class Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
 def test_a_pickle_that_would_run_a_command_runs_nothing(tmp_path):
     marker = tmp_path / "ran"
-    (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"type": "crf", "params": Payload(marker)}))
+    (tmp_path / "evil.pkl").write_bytes(malicious_pickle(marker))
     with pytest.raises(UserError, match=r"evil.pkl: not a plain PGM parameter file \(refusing to load posix.system\)"):
         runs.load_pgm_params(tmp_path / "evil.pkl", "--pgm")
     assert not marker.exists()
-    (tmp_path / "class.pkl").write_bytes(pickle.dumps({"type": "crf", "params": UserError("x")}))
-    with pytest.raises(UserError, match="refusing to load regimen.cli.UserError"):
+    (tmp_path / "class.pkl").write_bytes(pickle.dumps({"type": "crf", "params": OrderedDict(a=1)}))
+    with pytest.raises(UserError, match="refusing to load collections.OrderedDict"):
         runs.load_pgm_params(tmp_path / "class.pkl", "--pgm")
 
 
