@@ -145,6 +145,7 @@ def train_joint(config: Config, resume: Path, pgm_path: Optional[Path], save: Op
     check_fits_data(stack, data, f"--resume {resume}")
     if not continuing:
         stack.head = _initial_head(config, data, resume, pgm_path)
+        torch.manual_seed(config.seed)  # dropout draws from the global generator (a resume restores it)
     mode = config.training.joint.mode
     if mode == "alternating":
         stack.head.requires_grad_(False)  # fitted between network epochs, not by its gradient

@@ -54,6 +54,11 @@ def test_phases_1_to_3_leave_their_run_folders(storms, tmp_path):
         history = [json.loads(line) for line in (joint / "history.jsonl").read_text().splitlines()]
         assert history[0]["epoch"] == 0
         assert result["val"]["pgm"]["miou"] == pytest.approx(max(r["val"]["miou"] for r in history))
+    # same seed, same weights: dropout in joint training is seeded too
+    ok("train_joint.py", "--config", config, "--resume", str(base / "ckpt.pt"), "--save", str(tmp_path / "again"))
+    first, again = (torch.load(tmp_path / name / "ckpt.pt", weights_only=True)["net_state"]
+                    for name in ("alternating", "again"))
+    assert all(torch.equal(first[name], again[name]) for name in first)
 
 
 @pytest.fixture(scope="module")
