@@ -68,11 +68,8 @@ def report(data: TaskData, split: str, predicted: Predictions, settings: Evaluat
     truth = data.splits[split]["y"].numpy()
     if data.task == "regression":
         return regression_report(truth, predicted.probs)
-    k = data.num_classes
-    soft = data.splits[split].get("p")
     probs = predicted.flat_probs()
-    result = class_report(truth.ravel(), predicted.labels.ravel(), probs, k,
-                          None if soft is None else soft.numpy().reshape(-1, k))
+    result = class_report(truth.ravel(), predicted.labels.ravel(), probs, data.num_classes, _soft(data, split))
     result["calibration"] = calibration(probs.max(axis=1), probs.argmax(axis=1) == truth.ravel(), settings.bins)
     axes = (2, 3) if data.task == "segmentation" else (1,)
     result["boundary"] = boundary_f1(truth, predicted.labels, axes, settings.boundary_tolerance)
@@ -82,9 +79,8 @@ def report(data: TaskData, split: str, predicted: Predictions, settings: Evaluat
 
 def probability_report(data: TaskData, split: str, probs: np.ndarray, settings: EvaluationConfig) -> dict:
     """The metrics that depend on the probabilities only: calibration, NLL, KL, AUROC."""
-    full = class_report(data.splits[split]["y"].numpy().ravel(), probs.argmax(axis=1), probs,
-                        data.num_classes, _soft(data, split))
     truth = data.splits[split]["y"].numpy().ravel()
+    full = class_report(truth, probs.argmax(axis=1), probs, data.num_classes, _soft(data, split))
     return {"calibration": calibration(probs.max(axis=1), probs.argmax(axis=1) == truth, settings.bins),
             **{key: full[key] for key in ("nll", "kl", "auroc")}}
 
