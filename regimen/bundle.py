@@ -133,7 +133,8 @@ def export(config: Config, ckpt: Path, out: Path, overwrite: bool, pgm_path: Opt
         "pgm_type": None if stack.head is None else stack.head.type, "checkpoint": str(ckpt),
         "calibration": {"method": bundle.calibrator.method, "fitted_on": "val", "val_ece": val_ece},
         "test": test,
-        "provenance": runs.provenance(config_hash(made_with), made_with.seed, data.meta, str(device), started, time.time()),
+        "provenance": runs.provenance(config_hash(made_with), made_with.seed, data.meta, str(device), started,
+                                      time.time()),
     }}
     model = {"kind": "model", "dataset": data.identity, "net": dict(stack.spec),
              "net_state": stack.net.state_dict(), "mixed_precision": stack.mixed_precision,
@@ -146,7 +147,8 @@ def export(config: Config, ckpt: Path, out: Path, overwrite: bool, pgm_path: Opt
     manifest = {"files": {name: runs.sha256_bytes(payload) for name, payload in sorted(files.items())},
                 "config_hash": config_hash(made_with), "data_version": data.meta["data_version"],
                 "dataset": data.meta["name"], "git_commit": metrics["export"]["provenance"]["git_commit"],
-                "libraries": metrics["export"]["provenance"]["libraries"], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                "libraries": metrics["export"]["provenance"]["libraries"],
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     files["MANIFEST.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     _write_all(Path(out), files)
     return metrics["export"]

@@ -216,7 +216,8 @@ def model_cost(stack: Stack, x: torch.Tensor, device: torch.device, batch_size: 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"parameters": sum(p.numel() for p in stack.parameters()),
             "latency_ms_per_window": 1000 * statistics.median(seconds) / len(batch),
-            "peak_memory_mb": round(peak, 1), "memory_kind": "cuda_allocated" if device.type == "cuda" else "process_rss"}
+            "peak_memory_mb": round(peak, 1),
+            "memory_kind": "cuda_allocated" if device.type == "cuda" else "process_rss"}
 
 
 def window_predictor(config: Config, ckpt: Path, pgm_path: Optional[Path] = None):

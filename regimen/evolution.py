@@ -228,11 +228,9 @@ class Search:
             config, values, repairs = decode(self.genes, genome, self.config)
         except UserError as error:
             config, values, repairs = None, {g.key: g.decode(v) for g, v in zip(self.genes, genome)}, [str(error)]
-        key = hashlib.sha256(json.dumps({"values": values, "fidelity": fidelity}, sort_keys=True,
-                                        default=str).encode()).hexdigest()[:16]
-        spec = {"folder": str(self.files.trial(generation, index)), "key": key, "values": values,
-                "repairs": repairs, "fidelity": fidelity, "objectives": self.objectives, "task": self.task,
-                "timeout_s": self.evo.trial_timeout_s, "retries": self.evo.trial_retries}
+        spec = {"folder": str(self.files.trial(generation, index)), "key": self._key(genome, fidelity),
+                "values": values, "repairs": repairs, "fidelity": fidelity, "objectives": self.objectives,
+                "task": self.task, "timeout_s": self.evo.trial_timeout_s, "retries": self.evo.trial_retries}
         if config is None:
             return {**spec, "config": None, "config_yaml": "", "has_pgm": False, "joint": False}
         if fidelity == "low":
@@ -243,6 +241,12 @@ class Search:
         config.evolutionary.search_space = {}  # a trial's config is a plain run
         return {**spec, "config": config, "config_yaml": dump_config(config),
                 "has_pgm": config.data.task != "regression", "joint": self.evo.trial_joint}
+
+    def _key(self, genome: list, fidelity: str) -> str:
+        """The trial cache's key: the genome's config values and the fidelity."""
+        values = {gene.key: gene.decode(value) for gene, value in zip(self.genes, genome)}
+        return hashlib.sha256(json.dumps({"values": values, "fidelity": fidelity}, sort_keys=True,
+                                         default=str).encode()).hexdigest()[:16]
 
     def _lower_fidelity(self, config: Config) -> None:
         low = self.evo.low_fidelity
@@ -351,7 +355,7 @@ class Search:
         plot_fitness(list(self.logbook), self.objectives[0], self.signs[0] > 0, self.files.fitness_plot)
 
     def _hall_entry(self, ind) -> dict:
-        key = self._trial_spec(0, 0, list(ind), "full")["key"]
+        key = self._key(list(ind), "full")
         result = self.cache.get(key, {})
         return {"values": {g.key: g.decode(v) for g, v in zip(self.genes, ind)}, "genome": list(ind),
                 "objectives": dict(zip(self.objectives, result.get("objectives") or [])),

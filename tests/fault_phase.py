@@ -1,8 +1,9 @@
 """A stand-in for every phase script of an evolution trial: fast, deterministic, faulty on purpose.
 
 training.lr 0.002: exits 1; 0.003: hangs; 0.004: reports NaN; anything else: a valid result
-whose metric is `lr + pairwise_weight / 100` and latency `pairwise_weight` (evaluate takes 0.3 s, so a search can be killed
-mid-generation). Imports nothing heavy, so searches over it run in seconds.
+whose metric is `lr + pairwise_weight / 100` and latency `pairwise_weight` (evaluate takes
+0.3 s, so a search can be killed mid-generation). Imports nothing heavy: searches over it
+run in seconds.
 """
 
 import json

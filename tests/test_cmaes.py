@@ -1,4 +1,5 @@
-"""CMA-ES fine-tuning: batched population losses equal one-at-a-time ones, pycma improves, the script writes its files."""
+"""CMA-ES fine-tuning: batched population losses equal one-at-a-time ones, pycma improves,
+the script writes its files."""
 
 from __future__ import annotations
 
