@@ -28,7 +28,7 @@ from regimen.cli import UserError
 from regimen.config import Config, EvaluationConfig, config_hash, from_dict
 from regimen.losses import class_last
 from regimen.metrics import (MAIN_METRIC, boundary_f1, calibration, class_report, flicker,
-                             regression_report)
+                             probability_metrics, regression_report)
 from regimen.pgm import PGMHead, head_from_params
 from regimen.plots import plot_confusion, plot_learning_curve, plot_per_class_f1, plot_reliability
 from regimen.training import (Stack, TaskData, check_fits_data, check_same_data, decode,
@@ -56,11 +56,13 @@ def predictions(unaries: torch.Tensor, task: str, head: Optional[PGMHead] = None
     """The unaries' softmax and argmax, or the head's marginals and joint decoding."""
     if task == "regression":
         return Predictions(class_last(unaries).numpy())
-    if head is None:
-        probs = F.softmax(unaries.float(), dim=2)
-    else:
-        probs = marginals(head, unaries)
-    return Predictions(class_last(probs).numpy(), decode(head, unaries).numpy())
+    return Predictions(class_probs(unaries, head), decode(head, unaries).numpy())
+
+
+def class_probs(unaries: torch.Tensor, head: Optional[PGMHead]) -> np.ndarray:
+    """Class probabilities, class axis last: the unaries' softmax, or the head's marginals."""
+    probs = F.softmax(unaries.float(), dim=2) if head is None else marginals(head, unaries)
+    return class_last(probs).numpy()
 
 
 def report(data: TaskData, split: str, predicted: Predictions, settings: EvaluationConfig) -> dict:
@@ -80,9 +82,8 @@ def report(data: TaskData, split: str, predicted: Predictions, settings: Evaluat
 def probability_report(data: TaskData, split: str, probs: np.ndarray, settings: EvaluationConfig) -> dict:
     """The metrics that depend on the probabilities only: calibration, NLL, KL, AUROC."""
     truth = data.splits[split]["y"].numpy().ravel()
-    full = class_report(truth, probs.argmax(axis=1), probs, data.num_classes, _soft(data, split))
     return {"calibration": calibration(probs.max(axis=1), probs.argmax(axis=1) == truth, settings.bins),
-            **{key: full[key] for key in ("nll", "kl", "auroc")}}
+            **probability_metrics(truth, probs, data.num_classes, _soft(data, split))}
 
 
 def _soft(data: TaskData, split: str) -> Optional[np.ndarray]:
@@ -151,17 +152,17 @@ def evaluate(config: Config, ckpt: Path, split: str, out: Optional[Path], pgm_pa
     unaries = {s: predict(stack, data.splits[s]["x"], device, config.training.batch_size)[0]
                for s in {split, "val"}}
     predictors = {"unary": None} if stack.head is None else {"unary": None, "pgm": stack.head}
-    results = {name: report(data, split, predictions(unaries[split], data.task, head), settings)
-               for name, head in predictors.items()}
+    predicted = {name: predictions(unaries[split], data.task, head) for name, head in predictors.items()}
     final = list(predictors)[-1]
     result = {"split": split, "task": data.task, "metric": MAIN_METRIC[data.task][0], "final": final,
-              "pgm_type": None if stack.head is None else stack.head.type, **results}
+              "pgm_type": None if stack.head is None else stack.head.type,
+              **{name: report(data, split, p, settings) for name, p in predicted.items()}}
     if data.task != "regression":
-        head = predictors[final]
-        calibrator, val_ece = choose_calibrator(predictions(unaries["val"], data.task, head).flat_probs(),
+        val_probs = class_probs(unaries["val"], predictors[final])  # no decoding needed for calibration
+        calibrator, val_ece = choose_calibrator(val_probs.reshape(-1, data.num_classes),
                                                 data.splits["val"]["y"].numpy().ravel(),
                                                 settings.calibration, settings.bins)
-        calibrated = calibrator(predictions(unaries[split], data.task, head).flat_probs())
+        calibrated = calibrator(predicted[final].flat_probs())
         result["calibrated"] = {"method": calibrator.method, "val_ece": val_ece,
                                 **probability_report(data, split, calibrated, settings)}
     result["model"] = model_cost(stack, data.splits[split]["x"], device, config.training.batch_size)

@@ -58,21 +58,18 @@ def regression_metrics(truth: np.ndarray, predicted: np.ndarray) -> dict:
 
 def class_report(truth: np.ndarray, predicted: np.ndarray, probs: np.ndarray, num_classes: int,
                  soft: np.ndarray | None = None) -> dict:
-    """Accuracy, per-class and macro precision/recall/F1, mIoU, one-vs-rest AUROC, KL and NLL.
+    """Accuracy, per-class and macro precision/recall/F1, mIoU, the confusion matrix and the
+    `probability_metrics` (AUROC, KL, NLL).
 
     Args:
         truth, predicted: labels `[N]` (nodes: pixels or frames).
         probs: the predictor's class probabilities `[N, K]` (rows sum to 1).
         soft: target distributions `[N, K]` for the KL divergence; one-hot of `truth` when None.
     """
-    from scipy.special import xlogy
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
-    labels = np.arange(num_classes)
     precision, recall, f1, support = precision_recall_fscore_support(
-        truth, predicted, labels=labels, zero_division=0)
-    target = soft if soft is not None else np.eye(num_classes)[truth]
-    log_q = np.log(np.clip(probs, TINY, None))
+        truth, predicted, labels=np.arange(num_classes), zero_division=0)
     return {
         "accuracy": float(accuracy_score(truth, predicted)),
         "miou": mean_iou(truth, predicted, num_classes),
@@ -80,11 +77,23 @@ def class_report(truth: np.ndarray, predicted: np.ndarray, probs: np.ndarray, nu
         "macro_f1": float(f1.mean()),
         "per_class": {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
                       "support": support.tolist()},
+        "confusion": confusion(truth, predicted, num_classes).tolist(),
+        **probability_metrics(truth, probs, num_classes, soft),
+    }
+
+
+def probability_metrics(truth: np.ndarray, probs: np.ndarray, num_classes: int,
+                        soft: np.ndarray | None = None) -> dict:
+    """One-vs-rest AUROC, KL divergence (against `soft`, else one-hot) and NLL of probabilities `[N, K]`."""
+    from scipy.special import xlogy
+
+    target = soft if soft is not None else np.eye(num_classes)[truth]
+    log_q = np.log(np.clip(probs, TINY, None))
+    return {
         "auroc": auroc_ovr(truth, probs),
         # batchmean: summed over classes, averaged over nodes (torch's kl_div(reduction="batchmean")).
         "kl": float((xlogy(target, target) - target * log_q).sum(axis=1).mean()),
         "nll": float(-log_q[np.arange(len(truth)), truth].mean()),
-        "confusion": confusion(truth, predicted, num_classes).tolist(),
     }
 
 
