@@ -155,9 +155,7 @@ def export(config: Config, ckpt: Path, out: Path, overwrite: bool, pgm_path: Opt
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file; expected a folder for the bundle")
+    out = runs.refuse_file(out, "--out")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UserError(f"--out {out}: already holds files; pass --overwrite to replace the bundle, "
                         "or name another folder")

@@ -30,7 +30,7 @@ from regimen import runs
 from regimen.builders import resolve_device
 from regimen.cli import UserError
 from regimen.config import CMAESConfig, Config, config_hash
-from regimen.evaluation import load_evaluated
+from regimen.evaluation import CHECKPOINT_KINDS, load_evaluated
 from regimen.losses import class_last
 from regimen.metrics import MAIN_METRIC, label_metrics, regression_metrics
 from regimen.plots import plot_cmaes
@@ -196,14 +196,12 @@ def fine_tune(config: Config, ckpt: Path, out: Path, overwrite: bool) -> dict:
     """CMA-ES on the checkpoint's chosen weights against a validation objective; writes into `out`."""
     started = time.time()
     settings: CMAESConfig = config.evolutionary.cmaes
-    folder = runs.RunFolder(Path(out))
-    if folder.root.exists() and not folder.root.is_dir():
-        raise UserError(f"--out {folder.root}: is a file; expected a folder")
+    folder = runs.RunFolder(runs.refuse_file(out, "--out"))
     if folder.checkpoint.exists() and not overwrite:
         raise UserError(f"--out {folder.root} already holds {folder.checkpoint.name}; pass --overwrite "
                         "or another --out")
-    payload = runs.load_checkpoint(ckpt, "--ckpt", ("convlstm", "joint"))
-    _, data, stack = load_evaluated(config, ckpt, None)
+    payload = runs.load_checkpoint(ckpt, "--ckpt", CHECKPOINT_KINDS)
+    _, data, stack = load_evaluated(config, ckpt, None, payload)
     if data.task == "regression" and settings.objective != "metric":
         raise UserError(f"evolutionary.cmaes.objective = {settings.objective!r} needs class labels; "
                         "use metric (RMSE) for regression")

@@ -94,10 +94,12 @@ def _soft(data: TaskData, split: str) -> Optional[np.ndarray]:
 # --------------------------------------------------------------------------- loading
 
 
-def load_evaluated(config: Config, ckpt: Path, pgm_path: Optional[Path]) -> tuple[Config, TaskData, Stack]:
+def load_evaluated(config: Config, ckpt: Path, pgm_path: Optional[Path], payload: Optional[dict] = None
+                   ) -> tuple[Config, TaskData, Stack]:
     """The config the checkpoint was made with, the configured data, and the checkpoint's stack
-    with its PGM. The data must be the data the checkpoint was trained on."""
-    payload = runs.load_checkpoint(ckpt, "--ckpt", CHECKPOINT_KINDS)
+    with its PGM. The data must be the data the checkpoint was trained on. `payload`: the
+    checkpoint when the caller has read it already."""
+    payload = payload or runs.load_checkpoint(ckpt, "--ckpt", CHECKPOINT_KINDS)
     data = load_task_data(config)
     made = payload["dataset"]
     if (made["task"], made["num_classes"]) != (data.task, data.num_classes):
@@ -138,9 +140,7 @@ def evaluate(config: Config, ckpt: Path, split: str, out: Optional[Path], pgm_pa
     started = time.time()
     if split not in runs.SPLITS:
         raise UserError(f"--split {split!r}: expected one of {', '.join(runs.SPLITS)}")
-    out = Path(out) if out else runs.run_folder_of(ckpt).root
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file; expected a folder")
+    out = runs.refuse_file(out or runs.run_folder_of(ckpt).root, "--out")
     _, data, stack = load_evaluated(config, ckpt, pgm_path)
     out = runs.RunFolder(runs.ensure_writable_dir(out, "--out"))
     device = resolve_device(config.device)

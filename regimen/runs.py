@@ -79,9 +79,17 @@ def load_meta(folder: Path) -> dict:
 # --------------------------------------------------------------------------- atomic, reproducible writes
 
 
+def refuse_file(folder: Path, key: str) -> Path:
+    """A UserError when `folder` is an existing file; checked before any work, so nothing is written."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{key} {folder}: is a file; expected a folder")
+    return folder
+
+
 def ensure_writable_dir(folder: Path, key: str) -> Path:
     """Create `folder` (and parents) or raise a UserError naming the config key."""
-    folder = Path(folder)
+    folder = refuse_file(folder, key)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
