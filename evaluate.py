@@ -30,15 +30,15 @@ log = logging.getLogger("evaluate")
 
 def main(argv=None) -> None:
     parser = cli.make_parser(__doc__)
-    parser.add_argument("--ckpt", required=True, metavar="PATH", help="ckpt.pt or best.pt of phase 1 or 3")
+    parser.add_argument("--ckpt", required=True, type=Path, metavar="PATH",
+                        help="ckpt.pt or best.pt of phase 1 or 3")
     parser.add_argument("--split", default=None, help="train, val or test (default: evaluation.split)")
-    parser.add_argument("--pgm", default=None, metavar="PATH", help="pgm_params.pkl (default: beside --ckpt)")
-    parser.add_argument("--out", default=None, metavar="FOLDER", help="where metrics.json and plots/ go")
+    parser.add_argument("--pgm", type=Path, metavar="PATH", help="pgm_params.pkl (default: beside --ckpt)")
+    parser.add_argument("--out", type=Path, metavar="FOLDER", help="where metrics.json and plots/ go")
     args = parser.parse_args(argv)
     cli.setup_logging()
     config = load_config(args.config, args.overrides)
-    result = evaluate(config, Path(args.ckpt), args.split or config.evaluation.split,
-                      Path(args.out) if args.out else None, Path(args.pgm) if args.pgm else None)
+    result = evaluate(config, args.ckpt, args.split or config.evaluation.split, args.out, args.pgm)
     metric = result["metric"]
     for name in ("unary", "pgm"):
         if name in result:

@@ -38,7 +38,7 @@ log = logging.getLogger("evolve")
 
 def main(argv=None) -> None:
     parser = cli.make_parser(__doc__)
-    parser.add_argument("--out", default="runs/evo_search", metavar="FOLDER",
+    parser.add_argument("--out", default="runs/evo_search", type=Path, metavar="FOLDER",
                         help="output folder (default: runs/evo_search)")
     parser.add_argument("--strategy", default="ga", choices=("ga", "cmaes"), help="ga (default) or cmaes")
     parser.add_argument("--parallel", type=int, default=1, metavar="N", help="trials run at once (default: 1)")
@@ -46,7 +46,7 @@ def main(argv=None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="start again in an --out that holds a search")
     parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
                         help="Dask scheduler address (default: evolutionary.scheduler; none: local slots)")
-    parser.add_argument("--ckpt", default=None, metavar="PATH", help="cmaes: the checkpoint to fine-tune")
+    parser.add_argument("--ckpt", type=Path, metavar="PATH", help="cmaes: the checkpoint to fine-tune")
     args = parser.parse_args(argv)
     cli.setup_logging()
     config = load_config(args.config, args.overrides)
@@ -55,13 +55,13 @@ def main(argv=None) -> None:
 
         if not args.ckpt:
             raise cli.UserError("--strategy cmaes needs --ckpt PATH (a checkpoint to fine-tune)")
-        result = fine_tune(config, Path(args.ckpt), Path(args.out), args.overwrite)
+        result = fine_tune(config, args.ckpt, args.out, args.overwrite)
         log.info("CMA-ES: %s %.6f -> %.6f over %d generations; wrote %s", result["objective"],
                  result["start_loss"], result["final_loss"], result["generations"], result["checkpoint"])
         return
     from regimen.evolution import evolve
 
-    result = evolve(config, Path(args.out), args.parallel, args.resume, args.overwrite, args.scheduler)
+    result = evolve(config, args.out, args.parallel, args.resume, args.overwrite, args.scheduler)
     log.info("best: %s -> %s (%d trials, %d failed); best/ is %s", result["best"]["values"],
              result["best"]["objectives"], result["trials"], result["failures"], result["best_folder"])
 

@@ -29,23 +29,24 @@ log = logging.getLogger("export")
 
 def main(argv=None) -> None:
     parser = cli.make_parser(__doc__)
-    parser.add_argument("--ckpt", metavar="PATH", help="ckpt.pt or best.pt of phase 1 or 3")
-    parser.add_argument("--out", default="artifacts", metavar="FOLDER", help="bundle folder (default: artifacts)")
-    parser.add_argument("--pgm", default=None, metavar="PATH", help="pgm_params.pkl (default: beside --ckpt)")
+    parser.add_argument("--ckpt", type=Path, metavar="PATH", help="ckpt.pt or best.pt of phase 1 or 3")
+    parser.add_argument("--out", default="artifacts", type=Path, metavar="FOLDER",
+                        help="bundle folder (default: artifacts)")
+    parser.add_argument("--pgm", type=Path, metavar="PATH", help="pgm_params.pkl (default: beside --ckpt)")
     parser.add_argument("--overwrite", action="store_true", help="replace the bundle already in --out")
-    parser.add_argument("--verify", metavar="FOLDER", help="check a bundle's hashes and that it loads")
+    parser.add_argument("--verify", type=Path, metavar="FOLDER", help="check a bundle's hashes and that it loads")
     args = parser.parse_args(argv)
     cli.setup_logging()
     if args.verify:
-        manifest = verify(Path(args.verify))
-        load_bundle(Path(args.verify), check=False)
+        manifest = verify(args.verify)
+        load_bundle(args.verify, check=False)
         log.info("%s: %d files match MANIFEST.json and the bundle loads (data %s, commit %s)", args.verify,
                  len(manifest["files"]), manifest["data_version"][:12], manifest["git_commit"])
         return
     if not args.ckpt:
         raise cli.UserError("export.py: give --ckpt PATH to export, or --verify FOLDER")
     config = load_config(args.config, args.overrides)
-    result = export(config, Path(args.ckpt), Path(args.out), args.overwrite, Path(args.pgm) if args.pgm else None)
+    result = export(config, args.ckpt, args.out, args.overwrite, args.pgm)
     test = result["test"]
     if "calibrated" in test:
         log.info("test %s %.4f; ECE %.4f before, %.4f after %s calibration", result["metric"],

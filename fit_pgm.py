@@ -30,14 +30,14 @@ log = logging.getLogger("fit_pgm")
 
 def main(argv=None) -> None:
     parser = cli.make_parser(__doc__)
-    parser.add_argument("--features", required=True, metavar="PATH",
+    parser.add_argument("--features", required=True, type=Path, metavar="PATH",
                         help="features.pt written by train_convlstm.py")
-    parser.add_argument("--save", default=None, metavar="FOLDER",
+    parser.add_argument("--save", default=None, type=Path, metavar="FOLDER",
                         help="folder for pgm_params.pkl and metrics.json (default: the features' folder)")
     args = parser.parse_args(argv)
     cli.setup_logging()
     config = load_config(args.config, args.overrides)
-    metrics = fit_structure(config, Path(args.features), Path(args.save) if args.save else None)
+    metrics = fit_structure(config, args.features, args.save)
     metric = metrics["metric"]
     for split in ("val", "test"):
         log.info("%s %s: unaries %.4f -> %s %.4f (%+.2f points)", split, metric,

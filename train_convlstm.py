@@ -26,7 +26,7 @@ log = logging.getLogger("train_convlstm")
 
 def main(argv=None) -> None:
     parser = cli.make_parser(__doc__)
-    parser.add_argument("--save", default="runs/base_convlstm", metavar="FOLDER",
+    parser.add_argument("--save", default="runs/base_convlstm", type=Path, metavar="FOLDER",
                         help="run folder to write (default: runs/base_convlstm)")
     parser.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
                         help="continue from a ckpt.pt (alone: the --save folder's)")
@@ -36,8 +36,8 @@ def main(argv=None) -> None:
     config = load_config(args.config, args.overrides)
     resume = None
     if args.resume is not None:
-        resume = Path(args.resume) if args.resume else runs.RunFolder(Path(args.save)).checkpoint
-    metrics = pretrain(config, Path(args.save), resume, args.overwrite)
+        resume = Path(args.resume) if args.resume else runs.RunFolder(args.save).checkpoint
+    metrics = pretrain(config, args.save, resume, args.overwrite)
     metric = metrics["metric"]
     log.info("unaries: val %s %.4f, test %s %.4f", metric, metrics["val"][metric], metric,
              metrics["test"][metric])

@@ -32,17 +32,16 @@ log = logging.getLogger("train_joint")
 
 def main(argv=None) -> None:
     parser = cli.make_parser(__doc__)
-    parser.add_argument("--resume", required=True, metavar="CKPT",
+    parser.add_argument("--resume", required=True, type=Path, metavar="CKPT",
                         help="a phase-1 ckpt.pt/best.pt to start from, or a joint ckpt.pt to continue")
-    parser.add_argument("--pgm", default=None, metavar="PATH",
+    parser.add_argument("--pgm", default=None, type=Path, metavar="PATH",
                         help="pgm_params.pkl to start the PGM from (default: the one next to --resume)")
-    parser.add_argument("--save", default=None, metavar="FOLDER", help="run folder (default: runs/joint)")
+    parser.add_argument("--save", type=Path, metavar="FOLDER", help="run folder (default: runs/joint)")
     parser.add_argument("--overwrite", action="store_true", help="start again in a folder that holds a run")
     args = parser.parse_args(argv)
     cli.setup_logging()
     config = load_config(args.config, args.overrides)
-    metrics = train_joint(config, Path(args.resume), Path(args.pgm) if args.pgm else None,
-                          Path(args.save) if args.save else None, args.overwrite)
+    metrics = train_joint(config, args.resume, args.pgm, args.save, args.overwrite)
     metric = metrics["metric"]
     log.info("test %s: unaries %.4f, with the %s %.4f (%s)", metric, metrics["test"]["unary"][metric],
              metrics["pgm"], metrics["test"]["pgm"][metric], metrics["mode"])
