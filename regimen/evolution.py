@@ -54,6 +54,7 @@ class SearchFolder:
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self.config = self.root / "config.yaml"
         self.state = self.root / "state.json"
         self.trials = self.root / "trials"
         self.trials_csv = self.root / "trials.csv"
@@ -454,7 +455,7 @@ def evolve(config: Config, out: Path, parallel: int, resume: bool, overwrite: bo
         shutil.rmtree(files.best, ignore_errors=True)
         files.state.unlink(missing_ok=True)
     runs.ensure_writable_dir(files.root, "--out")
-    runs.atomic_write_text(files.root / "config.yaml", dump_config(config))
+    runs.atomic_write_text(files.config, dump_config(config))
     scheduler = scheduler or config.evolutionary.scheduler
     with trial_mapper(parallel, scheduler) as mapper:
         search = Search(config, files.root, mapper, slot_environment(parallel, config, scheduler))
@@ -475,7 +476,7 @@ def load_state(files: SearchFolder, config: Config) -> dict:
         raise UserError(f"--resume: {files.state} is not a regimen search state (format {STATE_FORMAT})")
     if state["config_hash"] != search_hash(config):
         raise UserError(f"--resume: {files.state} was made with another config; resume with the config in "
-                        f"{files.root / 'config.yaml'}, or start a new search with another --out")
+                        f"{files.config}, or start a new search with another --out")
     return state
 
 

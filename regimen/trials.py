@@ -131,8 +131,7 @@ def _read_objectives(spec: dict, folder: Path, launched: float) -> dict:
         return _failed("nan", f"objectives {dict(zip(spec['objectives'], values))} are not finite")
     training = metrics.get("train_convlstm", {}).get("training", {})
     overhead = training["started_unix"] - launched if "started_unix" in training else None
-    return {"status": "ok", "reason": "", "objectives": values, "overhead_s": overhead,
-            "metrics": {name: objective_value(name, evaluation) for name in OBJECTIVES}}
+    return {"status": "ok", "reason": "", "objectives": values, "overhead_s": overhead}
 
 
 def objective_value(name: str, evaluation: dict) -> Optional[float]:
@@ -155,7 +154,7 @@ def higher_is_better(name: str, task: str) -> bool:
 
 
 def _failed(status: str, reason: str) -> dict:
-    return {"status": status, "reason": reason, "objectives": None, "overhead_s": None, "metrics": {}}
+    return {"status": status, "reason": reason, "objectives": None, "overhead_s": None}
 
 
 def _die_with_parent() -> None:

@@ -48,16 +48,15 @@ def test_population_losses_equal_each_model_run_alone(mode):
             assert value == pytest.approx(float(loss(alone(x))), rel=1e-5)
 
 
-def test_pycma_lowers_the_readme_kl_and_prints_it(capsys):
+def test_pycma_lowers_the_readme_kl():
     model, x, loss = readme_problem()
     population = PopulationLoss(model, [name for name, _ in model.named_parameters()], loss, (x,))
     x0 = population.start()
     start = float(population(x0[None])[0])
     _, final, records = run_cmaes(population, x0, 0.1, 16, 30, seed=1, diagonal=diagonal_for("auto", len(x0)))
-    print(f"README objective: KL {start:.6f} -> {final:.6f} after 30 generations")
+    print(f"README objective: KL {start:.6f} -> {final:.6f} after 30 generations")  # pytest -s shows it
     assert final < start / 2 and len(records) == 30 and records[-1]["evaluations"] == 480
     assert [r["best_so_far"] for r in records] == sorted((r["best_so_far"] for r in records), reverse=True)
-    assert "README objective: KL" in capsys.readouterr().out
 
 
 def test_evolve_cmaes_fine_tunes_a_checkpoint(tmp_path):

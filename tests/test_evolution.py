@@ -38,7 +38,9 @@ def test_random_mutated_and_crossed_genomes_stay_inside_their_genes():
                 assert value in range(len(gene.options))
             else:
                 assert gene.low <= value <= gene.high and isinstance(value, int if gene.kind == "int" else float)
-    assert diversity(genes, [a, list(a)]) == 0.0 and diversity(genes, [a, b]) >= 0.0
+    corners = [[0 if g.kind == "choice" else g.low for g in genes],
+               [len(g.options) - 1 if g.kind == "choice" else g.high for g in genes]]
+    assert diversity(genes, [a, list(a)]) == 0.0 and diversity(genes, corners) == pytest.approx(1.0)
 
 
 def test_crossover_swaps_whole_genes():
