@@ -231,7 +231,7 @@ class Search:
             config, values, repairs = None, {g.key: g.decode(v) for g, v in zip(self.genes, genome)}, [str(error)]
         spec = {"folder": str(self.files.trial(generation, index)), "key": self._key(genome, fidelity),
                 "values": values, "repairs": repairs, "fidelity": fidelity, "objectives": self.objectives,
-                "task": self.task, "timeout_s": self.evo.trial_timeout_s, "retries": self.evo.trial_retries}
+                "timeout_s": self.evo.trial_timeout_s, "retries": self.evo.trial_retries}
         if config is None:
             return {**spec, "config": None, "config_yaml": "", "has_pgm": False, "joint": False}
         if fidelity == "low":

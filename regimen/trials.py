@@ -59,7 +59,7 @@ def run_trial(spec: dict) -> dict:
 
     Args:
         spec: `folder`, `key` (cache key), `config_yaml` (the resolved config),
-            `has_pgm`, `joint`, `objectives`, `task`, `timeout_s`, `retries` and `env`
+            `has_pgm`, `joint`, `objectives`, `timeout_s`, `retries` and `env`
             (extra environment of the slot: devices, threads).
     """
     folder = Path(spec["folder"])
@@ -67,7 +67,7 @@ def run_trial(spec: dict) -> dict:
     if done is not None:
         return done
     attempts, started = [], time.time()
-    for attempt in range(spec["retries"] + 1):
+    for _ in range(spec["retries"] + 1):
         result = _attempt(spec, folder)
         attempts.append(result["reason"])
         if result["status"] == "ok":
