@@ -19,7 +19,6 @@ per_class_f1_<split>.png and learning_curve.png.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from regimen import cli
 from regimen.config import load_config
@@ -30,11 +29,11 @@ log = logging.getLogger("evaluate")
 
 def main(argv=None) -> None:
     parser = cli.make_parser(__doc__)
-    parser.add_argument("--ckpt", required=True, type=Path, metavar="PATH",
+    parser.add_argument("--ckpt", required=True, type=cli.path_arg, metavar="PATH",
                         help="ckpt.pt or best.pt of phase 1 or 3")
     parser.add_argument("--split", default=None, help="train, val or test (default: evaluation.split)")
-    parser.add_argument("--pgm", type=Path, metavar="PATH", help="pgm_params.pkl (default: beside --ckpt)")
-    parser.add_argument("--out", type=Path, metavar="FOLDER", help="where metrics.json and plots/ go")
+    parser.add_argument("--pgm", type=cli.path_arg, metavar="PATH", help="pgm_params.pkl (default: beside --ckpt)")
+    parser.add_argument("--out", type=cli.path_arg, metavar="FOLDER", help="where metrics.json and plots/ go")
     args = parser.parse_args(argv)
     cli.setup_logging()
     config = load_config(args.config, args.overrides)

@@ -28,7 +28,6 @@ checkpoint, cmaes.csv and a loss-per-generation plot into --out.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from regimen import cli
 from regimen.config import load_config
@@ -38,7 +37,7 @@ log = logging.getLogger("evolve")
 
 def main(argv=None) -> None:
     parser = cli.make_parser(__doc__)
-    parser.add_argument("--out", default="runs/evo_search", type=Path, metavar="FOLDER",
+    parser.add_argument("--out", default="runs/evo_search", type=cli.path_arg, metavar="FOLDER",
                         help="output folder (default: runs/evo_search)")
     parser.add_argument("--strategy", default="ga", choices=("ga", "cmaes"), help="ga (default) or cmaes")
     parser.add_argument("--parallel", type=int, default=1, metavar="N", help="trials run at once (default: 1)")
@@ -46,7 +45,7 @@ def main(argv=None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="start again in an --out that holds a search")
     parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
                         help="Dask scheduler address (default: evolutionary.scheduler; none: local slots)")
-    parser.add_argument("--ckpt", type=Path, metavar="PATH", help="cmaes: the checkpoint to fine-tune")
+    parser.add_argument("--ckpt", type=cli.path_arg, metavar="PATH", help="cmaes: the checkpoint to fine-tune")
     args = parser.parse_args(argv)
     cli.setup_logging()
     config = load_config(args.config, args.overrides)

@@ -18,7 +18,6 @@ or not at all; a folder that holds files is replaced only with --overwrite.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from regimen import cli
 from regimen.bundle import export, load_bundle, verify
@@ -29,12 +28,12 @@ log = logging.getLogger("export")
 
 def main(argv=None) -> None:
     parser = cli.make_parser(__doc__)
-    parser.add_argument("--ckpt", type=Path, metavar="PATH", help="ckpt.pt or best.pt of phase 1 or 3")
-    parser.add_argument("--out", default="artifacts", type=Path, metavar="FOLDER",
+    parser.add_argument("--ckpt", type=cli.path_arg, metavar="PATH", help="ckpt.pt or best.pt of phase 1 or 3")
+    parser.add_argument("--out", default="artifacts", type=cli.path_arg, metavar="FOLDER",
                         help="bundle folder (default: artifacts)")
-    parser.add_argument("--pgm", type=Path, metavar="PATH", help="pgm_params.pkl (default: beside --ckpt)")
+    parser.add_argument("--pgm", type=cli.path_arg, metavar="PATH", help="pgm_params.pkl (default: beside --ckpt)")
     parser.add_argument("--overwrite", action="store_true", help="replace the bundle already in --out")
-    parser.add_argument("--verify", type=Path, metavar="FOLDER", help="check a bundle's hashes and that it loads")
+    parser.add_argument("--verify", type=cli.path_arg, metavar="FOLDER", help="check a bundle's hashes and that it loads")
     args = parser.parse_args(argv)
     cli.setup_logging()
     if args.verify:

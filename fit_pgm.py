@@ -19,7 +19,6 @@ the PGM, with provenance).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from regimen import cli
 from regimen.config import load_config
@@ -30,9 +29,9 @@ log = logging.getLogger("fit_pgm")
 
 def main(argv=None) -> None:
     parser = cli.make_parser(__doc__)
-    parser.add_argument("--features", required=True, type=Path, metavar="PATH",
+    parser.add_argument("--features", required=True, type=cli.path_arg, metavar="PATH",
                         help="features.pt written by train_convlstm.py")
-    parser.add_argument("--save", default=None, type=Path, metavar="FOLDER",
+    parser.add_argument("--save", default=None, type=cli.path_arg, metavar="FOLDER",
                         help="folder for pgm_params.pkl and metrics.json (default: the features' folder)")
     args = parser.parse_args(argv)
     cli.setup_logging()

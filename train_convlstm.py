@@ -8,12 +8,13 @@ Writes into --save: ckpt.pt (last epoch, resumable), best.pt (best validation
 metric), features.pt (the best model's unaries and labels per split, the input
 of fit_pgm.py), history.jsonl, learning_curve.png, log.txt, config.yaml and
 metrics.json (val/test metrics with provenance). Killed at any moment, rerun
-with --resume: it ends with the weights an uninterrupted run would have.
+with --resume: it ends with the weights an uninterrupted run would have (a run
+killed before its first checkpoint starts again from its beginning).
+--overwrite starts again in a folder that holds a run and nothing else: every
+file of the old run is removed first.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import logging
 
@@ -26,9 +27,9 @@ log = logging.getLogger("train_convlstm")
 
 def main(argv=None) -> None:
     parser = cli.make_parser(__doc__)
-    parser.add_argument("--save", default="runs/base_convlstm", type=Path, metavar="FOLDER",
+    parser.add_argument("--save", default="runs/base_convlstm", type=cli.path_arg, metavar="FOLDER",
                         help="run folder to write (default: runs/base_convlstm)")
-    parser.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
+    parser.add_argument("--resume", nargs="?", const=True, default=None, type=cli.path_arg, metavar="CKPT",
                         help="continue from a ckpt.pt (alone: the --save folder's)")
     parser.add_argument("--overwrite", action="store_true", help="start again in a folder that holds a run")
     args = parser.parse_args(argv)
@@ -36,7 +37,7 @@ def main(argv=None) -> None:
     config = load_config(args.config, args.overrides)
     resume = None
     if args.resume is not None:
-        resume = Path(args.resume) if args.resume else runs.RunFolder(args.save).checkpoint
+        resume = runs.RunFolder(args.save).checkpoint if args.resume is True else args.resume
     metrics = pretrain(config, args.save, resume, args.overwrite)
     metric = metrics["metric"]
     log.info("unaries: val %s %.4f, test %s %.4f", metric, metrics["val"][metric], metric,

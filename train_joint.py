@@ -21,7 +21,6 @@ learning_curve.png, log.txt, config.yaml and the train_joint section of metrics.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from regimen import cli
 from regimen.config import load_config
@@ -32,11 +31,11 @@ log = logging.getLogger("train_joint")
 
 def main(argv=None) -> None:
     parser = cli.make_parser(__doc__)
-    parser.add_argument("--resume", required=True, type=Path, metavar="CKPT",
+    parser.add_argument("--resume", required=True, type=cli.path_arg, metavar="CKPT",
                         help="a phase-1 ckpt.pt/best.pt to start from, or a joint ckpt.pt to continue")
-    parser.add_argument("--pgm", default=None, type=Path, metavar="PATH",
+    parser.add_argument("--pgm", default=None, type=cli.path_arg, metavar="PATH",
                         help="pgm_params.pkl to start the PGM from (default: the one next to --resume)")
-    parser.add_argument("--save", type=Path, metavar="FOLDER", help="run folder (default: runs/joint)")
+    parser.add_argument("--save", type=cli.path_arg, metavar="FOLDER", help="run folder (default: runs/joint)")
     parser.add_argument("--overwrite", action="store_true", help="start again in a folder that holds a run")
     args = parser.parse_args(argv)
     cli.setup_logging()

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from models.convlstm import ConvLSTMNet
-from regimen.cli import UserError
 from regimen.config import Config
+from regimen.errors import UserError
 
 
 def resolve_device(name: str) -> torch.device:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -27,12 +28,12 @@ from typing import Optional
 import numpy as np
 import torch
 
-from regimen import runs
+from regimen import folders, runs
 from regimen.builders import resolve_device
 from regimen.calibration import Calibrator, choose_calibrator
-from regimen.cli import UserError
 from regimen.config import Config, EvaluationConfig, config_hash, dump_config
 from regimen.data import add_static_features
+from regimen.errors import UserError
 from regimen.evaluation import Predictions, load_evaluated, predictions, probability_report, report
 from regimen.metrics import MAIN_METRIC
 from regimen.pgm import head_from_params, pgm_params
@@ -115,6 +116,7 @@ def export(config: Config, ckpt: Path, out: Path, overwrite: bool, pgm_path: Opt
     """Calibrate on val, measure on test, and write the bundle into `out` (all files or none)."""
     started = time.time()
     _check_out(out, overwrite)
+    folders.claim(out, "--out")
     made_with, data, stack = load_evaluated(config, ckpt, pgm_path)
     device = resolve_device(config.device)
     bundle = Bundle(stack, Calibrator("none"), preparation(data.meta), config.training.batch_size)
@@ -155,10 +157,16 @@ def export(config: Config, ckpt: Path, out: Path, overwrite: bool, pgm_path: Opt
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    out = runs.refuse_file(out, "--out")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    """A bundle replaces only a bundle (with --overwrite), and is swapped in beside it: the folder
+    above must be writable too."""
+    folders.check_output(out, runs.BUNDLE, "--out", overwrite)
+    if folders.contents(out) and not overwrite:
         raise UserError(f"--out {out}: already holds files; pass --overwrite to replace the bundle, "
                         "or name another folder")
+    parent = Path(os.path.abspath(out)).parent
+    if parent.is_dir() and not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {parent} is not writable (the bundle is written beside it, then "
+                        "swapped in)")
 
 
 def _write_all(out: Path, files: dict[str, bytes]) -> None:
@@ -171,6 +179,9 @@ def _write_all(out: Path, files: dict[str, bytes]) -> None:
     staging.mkdir()
     for name, payload in files.items():
         (staging / name).write_bytes(payload)
+    lock = out / folders.LOCK_FILE
+    if lock.exists():  # the held lock moves with the bundle, so the folder stays claimed
+        os.replace(lock, staging / folders.LOCK_FILE)
     if out.exists():
         out.rename(old)
     staging.rename(out)

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.isotonic import IsotonicRegression
 
-from regimen.cli import UserError
 from regimen.config import CALIBRATIONS
+from regimen.errors import UserError
 from regimen.metrics import TINY, calibration
 
 

@@ -11,18 +11,28 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
+from regimen import folders
 from regimen.allocator import keep_freed_memory
-
-
-class UserError(Exception):
-    """Bad input (arguments, config, data, files): reported in one line, exit 2."""
+from regimen.errors import UserError
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own usage errors exit 2 too
         raise UserError(f"{self.prog}: {message}")
+
+
+MAX_PATH = 4096  # Linux's PATH_MAX; one name at most NAME_MAX = 255 bytes
+
+
+def path_arg(text: str) -> Path:
+    """argparse `type` of every path option: a path the file system can take, or a usage error."""
+    if not text or len(text.encode()) > MAX_PATH or any(len(part.encode()) > 255 for part in text.split("/")):
+        raise argparse.ArgumentTypeError(f"expected a path of 1 to {MAX_PATH} bytes, each name at most 255 "
+                                         f"(got {len(text)} characters)")
+    return Path(text)
 
 
 def make_parser(doc: str | None) -> argparse.ArgumentParser:
@@ -38,7 +48,7 @@ def make_parser(doc: str | None) -> argparse.ArgumentParser:
         epilog="\n".join(lines[1:]).strip() or None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", default="config.yaml", metavar="PATH",
+    parser.add_argument("--config", default="config.yaml", type=path_arg, metavar="PATH",
                         help="the YAML config (default: config.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE",
@@ -59,6 +69,7 @@ def run(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None
     try:
         main(argv)
     except UserError as error:
+        folders.abandon()
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

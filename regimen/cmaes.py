@@ -26,10 +26,10 @@ from torch import nn
 from torch.func import functional_call
 from tqdm import tqdm
 
-from regimen import runs
+from regimen import folders, runs
 from regimen.builders import resolve_device
-from regimen.cli import UserError
 from regimen.config import CMAESConfig, Config, config_hash
+from regimen.errors import UserError
 from regimen.evaluation import CHECKPOINT_KINDS, load_evaluated
 from regimen.losses import class_last
 from regimen.metrics import MAIN_METRIC, label_metrics, regression_metrics
@@ -196,10 +196,12 @@ def fine_tune(config: Config, ckpt: Path, out: Path, overwrite: bool) -> dict:
     """CMA-ES on the checkpoint's chosen weights against a validation objective; writes into `out`."""
     started = time.time()
     settings: CMAESConfig = config.evolutionary.cmaes
-    folder = runs.RunFolder(runs.refuse_file(out, "--out"))
-    if folder.checkpoint.exists() and not overwrite:
-        raise UserError(f"--out {folder.root} already holds {folder.checkpoint.name}; pass --overwrite "
+    folder = runs.RunFolder(folders.check_output(out, runs.CMAES, "--out", overwrite))
+    held = folders.holds(folder.root, runs.CMAES)
+    if held and not overwrite:
+        raise UserError(f"--out {folder.root} already holds {', '.join(held[:3])}; pass --overwrite "
                         "or another --out")
+    folders.claim(folder.root, "--out")
     payload = runs.load_checkpoint(ckpt, "--ckpt", CHECKPOINT_KINDS)
     _, data, stack = load_evaluated(config, ckpt, None, payload)
     if data.task == "regression" and settings.objective != "metric":
@@ -220,6 +222,7 @@ def fine_tune(config: Config, ckpt: Path, out: Path, overwrite: bool) -> dict:
     log.info("CMA-ES over %d weights (%s), objective %s on %d validation windows", len(x0),
              ", ".join(settings.groups), settings.objective, len(x))
     diagonal = diagonal_for(settings.covariance, len(x0))
+    folders.clear(folder.root, runs.CMAES)
     best_x, best_loss, records = run_cmaes(objective, x0, settings.sigma, settings.population_size,
                                            settings.generations, config.seed, diagonal)
     start_loss = float(objective(x0[None])[0])  # after the first generation chose the evaluation mode
@@ -232,7 +235,6 @@ def fine_tune(config: Config, ckpt: Path, out: Path, overwrite: bool) -> dict:
                 params[name.removeprefix("stack.")].copy_(value[0])
     else:
         log.warning("no candidate beat the starting weights (%.6f); the checkpoint keeps them", start_loss)
-    folder.create("--out")
     result = {"objective": settings.objective, "groups": settings.groups, "weights": len(x0),
               "start_loss": start_loss, "final_loss": min(best_loss, start_loss), "improved": improved,
               "generations": settings.generations, "population_size": settings.population_size,
@@ -244,8 +246,8 @@ def fine_tune(config: Config, ckpt: Path, out: Path, overwrite: bool) -> dict:
     kept = {key: value for key, value in payload.items() if key not in ("format", "train_state")}
     runs.save_checkpoint(folder.checkpoint, {**kept, **stack.payload(), "cmaes": {
         key: result[key] for key in ("objective", "groups", "start_loss", "final_loss")}})
-    runs.atomic_write_text(folder.root / "cmaes.csv", runs.csv_text(records))
-    plot_cmaes(records, settings.objective, folder.root / "cmaes_loss.png")
+    runs.atomic_write_text(folder.root / runs.CMAES_TABLE, runs.csv_text(records))
+    plot_cmaes(records, settings.objective, folder.root / runs.CMAES_PLOT)
     runs.update_metrics(folder.metrics, "cmaes", result)
     return result
 

@@ -12,6 +12,8 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import logging
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,7 +22,10 @@ from typing import Any, Optional
 
 import yaml
 
-from regimen.cli import UserError
+from regimen.errors import UserError
+from regimen.machine import require_memory
+
+log = logging.getLogger(__name__)
 
 DATASETS = ("storms", "digits", "regimes", "npz")
 TASKS = ("segmentation", "tagging", "regression")
@@ -40,6 +45,12 @@ CALIBRATIONS = ("auto", "temperature", "isotonic", "none")
 OBJECTIVES = {"metric": None, "ece": False, "nll": False, "boundary_f1": True, "flicker": False,
               "latency": False, "memory": False, "parameters": False}
 CMAES_OBJECTIVES = ("kl", "nll", "metric")
+MAX_SEED = 2 ** 31 - 1  # numpy's legacy seeding takes < 2**32, and phases add small offsets to the seed
+MAX_YAML_NODES = 100_000  # a config is a few hundred; an alias bomb expands to billions
+MAX_PATH = 4096  # Linux's PATH_MAX; one name at most NAME_MAX = 255 bytes
+# Bytes per generated pixel of a built-in dataset while phase 0 runs: the clean field, noise, observation,
+# labels, soft targets and the normalised copy (float64 where numpy computes in it).
+GENERATOR_BYTES_PER_PIXEL = 64
 
 
 @dataclass
@@ -240,18 +251,16 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """
     path = Path(path)
     source = str(path)
+    if path.is_dir():
+        raise UserError(f"{source}: is a folder; expected a YAML config file")
     if not path.is_file():
         raise UserError(f"{source}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise UserError(f"{source}: malformed YAML{where}: {problem}") from None
+        raw = safe_yaml(path.read_text(), source)
     except UnicodeDecodeError:
         raise UserError(f"{source}: not a text file") from None
     if raw is None:
+        log.warning("%s is empty: every key takes its default", source)
         raw = {}
     if not isinstance(raw, dict):
         raise UserError(f"{source}: expected a mapping of sections at the top, got {type(raw).__name__}")
@@ -260,6 +269,56 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     config = from_dict(raw, source)
     validate(config, source)
     return config
+
+
+def safe_yaml(text: str, source: str) -> Any:
+    """`yaml.safe_load` that refuses a duplicate key (instead of keeping the last) and a document
+    whose aliases expand to more than `MAX_YAML_NODES` nodes (an alias bomb)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node, source)
+        return loader.construct_document(node)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise UserError(f"{source}: malformed YAML{where}: {problem}") from None
+    finally:
+        loader.dispose()
+
+
+def _check_nodes(root: yaml.Node, source: str) -> None:
+    """Count the nodes `root` expands to (aliases counted at every use) and find duplicate keys."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node, open_nodes: frozenset) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_nodes:
+            raise UserError(f"{source}: an alias at line {node.start_mark.line + 1} refers to itself")
+        inside = open_nodes | {id(node)}
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in seen:
+                        raise UserError(f"{source}: key '{key.value}' appears twice in one section (line "
+                                        f"{key.start_mark.line + 1}); keep one")
+                    seen.add(key.value)
+                total += size(key, inside) + size(value, inside)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(item, inside) for item in node.value)
+        if total > MAX_YAML_NODES:
+            raise UserError(f"{source}: the YAML expands to more than {MAX_YAML_NODES} values through its "
+                            "aliases (&/*); write the values out")
+        sizes[id(node)] = total
+        return total
+
+    size(root, frozenset())
 
 
 def from_dict(raw: dict, source: str = "config") -> Config:
@@ -307,10 +366,7 @@ def _apply_override(raw: dict, override: str) -> None:
     key = key.strip()
     if not sep or not key:
         raise UserError(f"--set {override!r}: expected dotted.key=value")
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise UserError(f"--set {key}: value {text!r} is not valid YAML") from None
+    value = safe_yaml(text, f"--set {key}")
     node = raw
     parts = key.split(".")
     for depth, part in enumerate(parts[:-1]):
@@ -365,17 +421,29 @@ def _convert(value: Any, hint: Any, key: str, source: str) -> Any:
         # PyYAML reads `1e-3` (no dot) as a string: accept any number written as text.
         if isinstance(value, str):
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{where} = {value!r}: expected a number")
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond any float
+            raise UserError(f"{where}: expected a finite number, got an integer of {len(str(value))} digits") from None
+        if not math.isfinite(value):
+            raise UserError(f"{where} = {value!r}: expected a finite number")
+        return value
     if hint is str:
         if not isinstance(value, str):
             raise UserError(f"{where} = {value!r}: expected a string")
         return value
     raise TypeError(f"unsupported config annotation {hint!r} for {key}")
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """A value's repr for a one-line message, cut when long."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 20]}... ({len(text)} characters)"
 
 
 def _join(prefix: str, name: Any) -> str:
@@ -399,8 +467,7 @@ class _Checker:
 
     def require(self, ok: bool, key: str, expected: str) -> None:
         if not ok:
-            value = get_key(self.config, key)
-            raise UserError(f"{self.source}: {key} = {value!r}: {expected}")
+            raise UserError(f"{self.source}: {key} = {_shown(get_key(self.config, key))}: {expected}")
 
     def one_of(self, key: str, allowed: tuple) -> None:
         value = get_key(self.config, key)
@@ -425,6 +492,7 @@ class _Checker:
 def validate(config: Config, source: str = "config") -> None:
     """Check ranges and consistency between keys; raise UserError on the first problem."""
     check = _Checker(config, source)
+    check.require(0 <= config.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}]")
     _validate_device(check)
     _validate_data(check)
     _validate_model(check)
@@ -455,7 +523,11 @@ def _validate_data(check: _Checker) -> None:
     if data.num_classes is not None:
         check.require(data.num_classes >= 2, "data.num_classes", "must be >= 2 (or null)")
     check.one_of("data.format", ("NTHWC", "NTCHW"))
-    check.positive("data.T_window", "data.stride")
+    for key in ("data.root", "data.path"):
+        _validate_path(check, key)
+    check.require(data.T_window >= 2, "data.T_window", "must be >= 2 (temporal links and the consistency "
+                  "term compare consecutive frames)")
+    check.positive("data.stride")
     check.require(len(data.splits) == 3 and all(f >= 0 for f in data.splits)
                   and abs(sum(data.splits) - 1.0) < 1e-6 and data.splits[0] > 0,
                   "data.splits", "expected three fractions [train, val, test] summing to 1, train > 0")
@@ -467,6 +539,11 @@ def _validate_data(check: _Checker) -> None:
 
     gen = "data.generator"
     check.positive(f"{gen}.num_sequences", f"{gen}.sequence_length", f"{gen}.height", f"{gen}.width")
+    if data.dataset != "npz":
+        g = data.generator
+        require_memory(g.num_sequences * g.sequence_length * g.height * g.width * GENERATOR_BYTES_PER_PIXEL,
+                       f"{check.source}: data.generator (num_sequences {g.num_sequences} x sequence_length "
+                       f"{g.sequence_length} x {g.height} x {g.width}): generating the {data.dataset} data")
     if data.dataset != "npz":
         check.require(data.T_window <= data.generator.sequence_length, "data.T_window",
                       f"must be <= data.generator.sequence_length "
@@ -488,6 +565,16 @@ def _validate_data(check: _Checker) -> None:
         check.require(degrees in (0, 90, 180, 270), f"{aug}.rotate_deg",
                       f"item {i} ({degrees}) must be one of 0, 90, 180, 270")
     check.non_negative(f"{aug}.temporal_jitter", f"{aug}.cutout_size", f"{aug}.gaussian_noise_std")
+
+
+def _validate_path(check: _Checker, key: str) -> None:
+    value = get_key(check.config, key)
+    if value is None:
+        return
+    check.require("\0" not in value, key, "holds a NUL character; expected a file system path")
+    check.require(0 < len(value.encode()) <= MAX_PATH, key, f"expected a path of 1 to {MAX_PATH} bytes")
+    check.require(all(len(part.encode()) <= 255 for part in value.split("/")), key,
+                  "has a name longer than 255 bytes; expected a file system path")
 
 
 def _validate_model(check: _Checker) -> None:

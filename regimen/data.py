@@ -14,9 +14,9 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from regimen import runs
+from regimen import folders, runs
+from regimen.errors import UserError
 from regimen.runs import dataset_name
-from regimen.cli import UserError
 from regimen.config import Config
 from regimen.datasets import load_dataset
 
@@ -106,6 +106,8 @@ def cut_windows(arrays: dict[str, np.ndarray], sequences: np.ndarray, window: in
 def preprocess(config: Config) -> tuple[Path, dict]:
     """Phase 0 from config to files. Returns the output folder and its meta."""
     data = config.data
+    folder = folders.check_output(runs.processed_dir(data.root, dataset_name(config)), runs.PROCESSED, "data.root")
+    folders.claim(folder, "data.root")
     dataset = load_dataset(data, config.seed)
     n, t = dataset.X.shape[:2]
     if data.T_window > t:
@@ -151,7 +153,6 @@ def preprocess(config: Config) -> tuple[Path, dict]:
         "baselines": dataset.baselines,
     }
 
-    folder = runs.ensure_writable_dir(runs.processed_dir(data.root, meta["name"]), "data.root")
     for split, payload in payloads.items():
         runs.atomic_write_bytes(runs.split_path(folder, split), payload)
     runs.atomic_write_json(runs.meta_path(folder), meta)  # last: it vouches for the splits

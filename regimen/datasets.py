@@ -17,8 +17,9 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from regimen.cli import UserError
 from regimen.config import DataConfig
+from regimen.errors import UserError
+from regimen.machine import require_memory
 from regimen.metrics import mean_iou
 
 STORM_THRESHOLDS = (0.3, 1.0)  # rain intensity separating none | light | heavy
@@ -274,6 +275,8 @@ def load_npz(data: DataConfig) -> Dataset:
     """
     path = Path(data.path)
     name = str(path)
+    if path.is_dir():
+        raise UserError(f"data.path: {name} is a folder; expected an .npz file with X and Y")
     if not path.is_file():
         raise UserError(f"data.path: {name} not found")
     try:
@@ -289,6 +292,9 @@ def load_npz(data: DataConfig) -> Dataset:
     x = _grid_features(name, "X", x, data.format)
     if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
         raise UserError(f"{name}: X has dtype {x.dtype}; expected real numbers")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise UserError(f"{name}: X has shape {arrays['X'].shape}, {x.shape[0]} sequences of {x.shape[1]} frames; "
+                        "expected at least one sequence and frame")
     x = x.astype(np.float32)
     _require_finite(name, "X", x)
     n, t, h, w, _ = x.shape
@@ -311,6 +317,9 @@ def load_npz(data: DataConfig) -> Dataset:
                             f"{expected} to match X {arrays['X'].shape}")
         y = _integer_labels(name, y)
         num_classes = data.num_classes or int(y.max()) + 1
+        # The unaries of every window hold K floats per node (each frame sits in T_window / stride windows).
+        require_memory(4.0 * y.size * num_classes * max(1.0, data.T_window / data.stride),
+                       f"{name}: Y's largest label {int(y.max())} means {num_classes} classes, and their unaries")
         if num_classes < 2:
             raise UserError(f"{name}: Y holds a single class; set data.num_classes (>= 2)")
         bad = (y < 0) | (y >= num_classes)

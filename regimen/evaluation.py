@@ -21,11 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from regimen import runs
+from regimen import folders, runs
 from regimen.builders import resolve_device
 from regimen.calibration import choose_calibrator
-from regimen.cli import UserError
 from regimen.config import Config, EvaluationConfig, config_hash, from_dict
+from regimen.errors import UserError
 from regimen.losses import class_last
 from regimen.metrics import (MAIN_METRIC, boundary_f1, calibration, class_report, flicker,
                              probability_metrics, regression_report)
@@ -140,9 +140,12 @@ def evaluate(config: Config, ckpt: Path, split: str, out: Optional[Path], pgm_pa
     started = time.time()
     if split not in runs.SPLITS:
         raise UserError(f"--split {split!r}: expected one of {', '.join(runs.SPLITS)}")
-    out = runs.refuse_file(out or runs.run_folder_of(ckpt).root, "--out")
+    out = runs.RunFolder(folders.check_output(out or runs.run_folder_of(ckpt).root, runs.RUN, "--out"))
+    out.check_metrics()
+    folders.claim(out.root, "--out")
+    history_file = runs.run_folder_of(ckpt).history
+    history = runs.read_history(history_file) if history_file.is_file() else None
     _, data, stack = load_evaluated(config, ckpt, pgm_path)
-    out = runs.RunFolder(runs.ensure_writable_dir(out, "--out"))
     device = resolve_device(config.device)
     stack.to(device)
     settings = config.evaluation
@@ -168,17 +171,18 @@ def evaluate(config: Config, ckpt: Path, split: str, out: Optional[Path], pgm_pa
     result["model"] = model_cost(stack, data.splits[split]["x"], device, config.training.batch_size)
     result["provenance"] = runs.provenance(config_hash(config), config.seed, data.meta, str(device),
                                            started, time.time())
-    result["plots"] = write_plots(result, data, runs.run_folder_of(ckpt), out.plots, split)
+    result["plots"] = write_plots(result, data, history, out.plots, split)
     runs.update_metrics(out.metrics, f"evaluate_{split}", result)
     return result
 
 
-def write_plots(result: dict, data: TaskData, run: runs.RunFolder, folder: Path, split: str) -> list[str]:
-    """Confusion matrix, reliability before/after calibration, per-class F1, learning curve."""
+def write_plots(result: dict, data: TaskData, history: Optional[list[dict]], folder: Path, split: str
+                ) -> list[str]:
+    """Confusion matrix, reliability before/after calibration, per-class F1, learning curve (of the
+    checkpoint's run `history`, when it has one)."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    if run.history.is_file():
-        history = runs.read_history(run.history)
+    if history is not None:
         path = folder / "learning_curve.png"
         plot_learning_curve(history, MAIN_METRIC[data.task][0], path)
         written.append(path)

@@ -15,6 +15,7 @@ Fitness values are stored maximising: an objective where lower is better
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import math
@@ -31,10 +32,10 @@ import torch
 from deap import base, creator, tools
 from tqdm import tqdm
 
-from regimen import runs
-from regimen.cli import UserError
-from regimen.config import Config, dump_config, to_dict
+from regimen import folders, runs, trials
+from regimen.config import Config, dump_config, load_config, to_dict
 from regimen.data import preprocess
+from regimen.errors import UserError
 from regimen.genome import Gene, crossover, decode, diversity, genes_of, incumbent, mutate
 from regimen.plots import plot_fitness, plot_pareto
 from regimen.trials import higher_is_better, run_trial
@@ -47,27 +48,6 @@ for _n in range(1, MAX_OBJECTIVES + 1):  # one fitness class per objective count
     creator.create(f"Fitness{_n}", base.Fitness, weights=(1.0,) * _n)
     creator.create(f"Individual{_n}", list, fitness=getattr(creator, f"Fitness{_n}"))
 WORST = -math.inf
-
-
-class SearchFolder:
-    """The files of an evolve.py output folder."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self.config = self.root / "config.yaml"
-        self.state = self.root / "state.json"
-        self.trials = self.root / "trials"
-        self.trials_csv = self.root / "trials.csv"
-        self.logbook = self.root / "logbook.csv"
-        self.hall_of_fame = self.root / "hall_of_fame.json"
-        self.pareto = self.root / "pareto.json"
-        self.best = self.root / "best"
-        self.data = self.root / "data"
-        self.fitness_plot = self.root / "fitness.png"
-        self.pareto_plot = self.root / "pareto.png"
-
-    def trial(self, generation: int, index: int) -> Path:
-        return self.trials / f"g{generation}" / f"i{index}"
 
 
 class Search:
@@ -83,7 +63,7 @@ class Search:
 
     def __init__(self, config: Config, out: Path, mapper: Callable, slot_env: Callable[[int], dict]):
         self.config, self.evo = config, config.evolutionary
-        self.files = SearchFolder(out)
+        self.files = runs.SearchFolder(out)
         self.genes: list[Gene] = genes_of(config)
         self.map, self.slot_env = mapper, slot_env
         self.objectives = list(self.evo.objectives)
@@ -411,14 +391,14 @@ class Search:
                 "failures": failures, "best_folder": str(self.files.best)}
 
     def _copy_best(self, trial: Path) -> None:
-        staging = self.files.root / ".best-tmp"
+        staging = self.files.best_staging
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
         source = trial / "joint" if (trial / "joint" / "best.pt").is_file() else trial
         for name in ("best.pt", "pgm_params.pkl", "config.yaml", "metrics.json", "history.jsonl"):
             if (source / name).is_file():
                 shutil.copy2(source / name, staging / name)
-        shutil.copy2(trial / "config.yaml", staging / "config.yaml")
+        shutil.copy2(trials.trial_config(trial), staging / "config.yaml")
         if (staging / "best.pt").is_file():  # evaluate.py / export.py --ckpt best/ckpt.pt
             shutil.copy2(staging / "best.pt", staging / "ckpt.pt")
         shutil.rmtree(self.files.best, ignore_errors=True)
@@ -444,19 +424,21 @@ def evolve(config: Config, out: Path, parallel: int, resume: bool, overwrite: bo
         raise UserError(f"--parallel {parallel}: must be >= 1 (the number of trials run at once)")
     if not config.evolutionary.enabled:
         raise UserError("evolutionary.enabled is false: set it to true to run the search")
-    files = SearchFolder(Path(out).resolve())  # trials and Dask workers run elsewhere: absolute paths
+    folders.check_output(out, runs.SEARCH, "--out", overwrite and not resume)
+    files = runs.SearchFolder(Path(out).resolve())  # trials and Dask workers run elsewhere: absolute paths
     genes_of(config)  # an empty search space is refused before anything is written
-    state = load_state(files, config) if resume else None
-    if not resume and files.state.exists() and not overwrite:
-        raise UserError(f"{files.root} already holds a search (state.json); pass --resume to continue it, "
-                        "--overwrite to start again, or another --out folder")
-    if not resume and overwrite:
-        shutil.rmtree(files.trials, ignore_errors=True)
-        shutil.rmtree(files.best, ignore_errors=True)
-        files.state.unlink(missing_ok=True)
-    runs.ensure_writable_dir(files.root, "--out")
-    runs.atomic_write_text(files.config, dump_config(config))
     scheduler = scheduler or config.evolutionary.scheduler
+    if scheduler:
+        require_dask()
+    state = load_state(files, config) if resume else None
+    held = folders.holds(files.root, runs.SEARCH)
+    if not resume and held and not overwrite:
+        raise UserError(f"{files.root} already holds a search ({', '.join(held[:3])}); pass --resume to "
+                        "continue it, --overwrite to start again, or another --out folder")
+    folders.claim(files.root, "--out")
+    if not resume:
+        folders.clear(files.root, runs.SEARCH)
+    runs.atomic_write_text(files.config, dump_config(config))
     with trial_mapper(parallel, scheduler) as mapper:
         search = Search(config, files.root, mapper, slot_environment(parallel, config, scheduler))
         if state is not None:
@@ -465,19 +447,31 @@ def evolve(config: Config, out: Path, parallel: int, resume: bool, overwrite: bo
         return search.run()
 
 
-def load_state(files: SearchFolder, config: Config) -> dict:
+def load_state(files: runs.SearchFolder, config: Config) -> Optional[dict]:
+    """The state to resume from; None when the search was killed before its first generation ended
+    (then it starts from the beginning, with its trials' finished results reused)."""
     if not files.state.is_file():
-        raise UserError(f"--resume: {files.state} not found; start the search without --resume")
-    try:
-        state = json.loads(files.state.read_text())
-    except json.JSONDecodeError:
-        raise UserError(f"--resume: {files.state} is not valid JSON") from None
-    if state.get("format") != STATE_FORMAT:
+        if not files.config.is_file():
+            raise UserError(f"--resume: {files.root} holds no search (no {files.config.name}); start the "
+                            "search without --resume")
+        if search_hash(load_config(files.config)) != search_hash(config):
+            raise UserError(f"--resume: {files.root} was started with another config; resume with the config "
+                            f"in {files.config}, or start a new search with another --out")
+        log.warning("%s has no %s yet (killed in generation 0): starting the search from its beginning",
+                    files.root, files.state.name)
+        return None
+    state = runs.read_json(files.state, "evolve.py --overwrite")
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise UserError(f"--resume: {files.state} is not a regimen search state (format {STATE_FORMAT})")
-    if state["config_hash"] != search_hash(config):
+    if state.get("config_hash") != search_hash(config):
         raise UserError(f"--resume: {files.state} was made with another config; resume with the config in "
                         f"{files.config}, or start a new search with another --out")
     return state
+
+
+def require_dask() -> None:
+    if importlib.util.find_spec("distributed") is None:
+        raise UserError("--scheduler needs Dask: pip install -r requirements-dask.txt")
 
 
 class trial_mapper:
@@ -490,10 +484,8 @@ class trial_mapper:
 
     def __enter__(self):
         if self.scheduler:
-            try:
-                from dask.distributed import Client
-            except ImportError:
-                raise UserError("--scheduler needs Dask: pip install -r requirements-dask.txt") from None
+            from dask.distributed import Client
+
             try:
                 self.client = Client(self.scheduler, timeout=30)
             except OSError as error:

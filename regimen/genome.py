@@ -16,8 +16,8 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from regimen.cli import UserError
 from regimen.config import Config, from_dict, get_key, to_dict, validate
+from regimen.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from regimen.cli import UserError
+from regimen.errors import UserError
 
 
 def resolve_unary_loss(name: str, task: str, has_soft_targets: bool) -> str:

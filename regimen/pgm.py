@@ -24,8 +24,8 @@ from models.chain_crf import ChainCRF
 from models.crf import MeanFieldCRF, inverse_softplus
 from models.hmm import HMM, forward_backward, viterbi
 from regimen.builders import load_state_checked
-from regimen.cli import UserError
 from regimen.config import PGMConfig
+from regimen.errors import UserError
 
 TASKS_OF_PGM = {"crf": ("segmentation",), "hmm": ("segmentation", "tagging"),
                 "chain_crf": ("segmentation", "tagging")}

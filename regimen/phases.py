@@ -15,10 +15,10 @@ from typing import Optional
 
 import torch
 
-from regimen import runs
+from regimen import folders, runs
 from regimen.builders import resolve_device
-from regimen.cli import UserError
-from regimen.config import Config, config_hash, dump_config, from_dict, get_key, leaf_keys, to_dict
+from regimen.config import Config, config_hash, dump_config, from_dict, get_key, leaf_keys, load_config, to_dict
+from regimen.errors import UserError
 from regimen.losses import consistency, resolve_unary_loss, unary_loss
 from regimen.metrics import MAIN_METRIC
 from regimen.pgm import (PGMHead, check_pgm_task, fit_pgm, head_from_params, pgm_params,
@@ -40,12 +40,13 @@ def pretrain(config: Config, save: Path, resume: Optional[Path], overwrite: bool
     started = time.time()
     payload = None
     if resume is not None:
-        payload = _resumable(resume, ("convlstm",))
-        config = _config_of(payload, config)
         run = runs.run_folder_of(resume)
+        run.check_metrics()  # before anything is said of the resume
+        payload, config = _resume_point(resume, run, config)
     else:
         run = runs.RunFolder(Path(save))
-        _refuse_to_overwrite(run, overwrite)
+    fresh = payload is None
+    _check_run_folder(run, "--save", fresh and resume is None, overwrite)
     data = load_task_data(config)
     device = resolve_device(config.device)
     unary = resolve_unary_loss(config.loss.unary, data.task, "p" in data.splits["train"])
@@ -55,7 +56,7 @@ def pretrain(config: Config, save: Path, resume: Optional[Path], overwrite: bool
     else:
         stack = new_stack(config, data)
 
-    _open_run(run, config, "--save")
+    _open_run(run, config, fresh)
     log.info("phase 1: %s on %s (%s loss, %d parameters) into %s", data.task, data.meta["name"], unary,
              sum(p.numel() for p in stack.parameters()), run.root)
 
@@ -99,6 +100,9 @@ def fit_structure(config: Config, features_path: Path, save: Optional[Path]) -> 
     task, k = meta["task"], meta["num_classes"]
     check_pgm_task(config.model.pgm.type, task)
     run = runs.RunFolder(Path(save)) if save else runs.run_folder_of(features_path)
+    folders.check_output(run.root, runs.RUN, "--save")
+    run.check_metrics()
+    folders.claim(run.root, "--save")
 
     head = PGMHead(pgm_settings(config.model.pgm, task, k))
     train = features["splits"]["train"]
@@ -108,7 +112,6 @@ def fit_structure(config: Config, features_path: Path, save: Optional[Path]) -> 
     metric = MAIN_METRIC[task][0]
     results = {split: _before_after(data, split, features["splits"][split]["unaries"], head)
                for split in ("val", "test")}
-    run.create("--save")
     runs.save_pgm_params(run.pgm_params, pgm_params(head, data_identity(meta)))
     metrics = {
         "task": task, "metric": metric, "pgm": head.type, "fit": report,
@@ -132,11 +135,12 @@ def train_joint(config: Config, resume: Path, pgm_path: Optional[Path], save: Op
     continuing = payload["kind"] == "joint"
     if continuing:
         payload = _resumable(resume, ("joint",), payload)
-        config = _config_of(payload, config)
         run = runs.RunFolder(Path(save)) if save else runs.run_folder_of(resume)
+        run.check_metrics()
+        config = _config_of(payload, config)
     else:
         run = runs.RunFolder(Path(save) if save else DEFAULT_JOINT_FOLDER)
-        _refuse_to_overwrite(run, overwrite)
+    _check_run_folder(run, "--save", not continuing, overwrite)
     data = load_task_data(config)
     device = resolve_device(config.device)
     unary = resolve_unary_loss(config.loss.unary, data.task, "p" in data.splits["train"])
@@ -150,7 +154,7 @@ def train_joint(config: Config, resume: Path, pgm_path: Optional[Path], save: Op
     if mode == "alternating":
         stack.head.requires_grad_(False)  # fitted between network epochs, not by its gradient
 
-    _open_run(run, config, "--save")
+    _open_run(run, config, not continuing)
     log.info("phase 3: %s joint training of the ConvLSTM and a %s into %s", mode, stack.head.type, run.root)
     train = data.splits["train"]
 
@@ -261,14 +265,47 @@ def _config_of(payload: dict, current: Config) -> Config:
     return saved
 
 
-def _refuse_to_overwrite(run: runs.RunFolder, overwrite: bool) -> None:
-    if run.checkpoint.exists() and not overwrite:
-        raise UserError(f"{run.root} already holds a run ({run.checkpoint.name}); pass --resume to "
+def _resume_point(resume: Path, run: runs.RunFolder, current: Config) -> tuple[Optional[dict], Config]:
+    """The checkpoint a phase-1 `--resume` continues from, with its config; or no checkpoint when
+    the run was killed before its first one, and then the config it was started with (its folder's
+    config.yaml), or the current one when it never got that far."""
+    if resume != run.checkpoint or resume.exists():
+        payload = _resumable(resume, ("convlstm",))
+        return payload, _config_of(payload, current)
+    if run.config.is_file():
+        saved = load_config(run.config)
+        saved.device = current.device
+        log.warning("%s has no checkpoint yet (killed before its first epoch ended): starting that run "
+                    "from its beginning with its %s", run.root, run.config.name)
+        return None, saved
+    log.warning("%s holds no run to continue: starting a new run there", run.root)
+    return None, current
+
+
+def _check_run_folder(run: runs.RunFolder, flag: str, fresh: bool, overwrite: bool) -> None:
+    """Before any work: a new run goes into a folder without a run (or, with --overwrite, one that
+    holds a run and nothing else); a continued run keeps a readable metrics.json. Then the folder
+    is claimed: a second writer is refused here."""
+    folders.check_output(run.root, runs.RUN, flag, overwrite=fresh and overwrite)
+    if fresh and not overwrite:
+        _refuse_to_overwrite(run)
+    if not fresh:
+        run.check_metrics()
+    folders.claim(run.root, flag)
+
+
+def _refuse_to_overwrite(run: runs.RunFolder) -> None:
+    held = folders.holds(run.root, runs.RUN)
+    if held:
+        raise UserError(f"{run.root} already holds a run ({', '.join(held[:3])}); pass --resume to "
                         "continue it, --overwrite to start again, or another --save folder")
 
 
-def _open_run(run: runs.RunFolder, config: Config, flag: str) -> None:
-    run.create(flag)
+def _open_run(run: runs.RunFolder, config: Config, fresh: bool) -> None:
+    """Start writing the claimed folder: a new run first removes every file of an earlier one
+    (nothing of it may be taken for the new run), then writes its config."""
+    if fresh:
+        folders.clear(run.root, runs.RUN)
     runs.atomic_write_text(run.config, dump_config(config))
     attach_log_file(run)
 

@@ -15,7 +15,7 @@ from matplotlib import animation  # noqa: E402
 from matplotlib.colors import BoundaryNorm, ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from regimen import runs  # noqa: E402
+from regimen import folders, runs  # noqa: E402
 
 
 def class_colours(num_classes: int) -> ListedColormap:
@@ -160,8 +160,8 @@ def visualize_split(folder: Path, split: str, count: int, out: Path,
     """Render `count` sequences of a processed split to `<out>/<name>_<split>.{png,gif}`
     (`<name>_<split>_predicted.*` with a model's predictions)."""
     meta = runs.load_meta(folder)
-    panel = SequencePanel(runs.load_split(folder, split), meta, count, predict=predict)
-    out = runs.ensure_writable_dir(out, "--out")
+    panel = SequencePanel(runs.load_split(folder, split, meta), meta, count, predict=predict)
+    folders.claim(out, "--out")
     stem = f"{meta['name']}_{split}" + ("_predicted" if predict else "")
     png, gif = out / f"{stem}.png", out / f"{stem}.gif"
     render_grid(panel, png)

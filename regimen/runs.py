@@ -2,7 +2,9 @@
 
 Phases talk only through files, and only this module names them. Writes go
 to a temporary file in the same folder and are renamed into place, so a process
-killed at any moment leaves the last good file, never a torn one.
+killed at any moment leaves the last good file, never a torn one. Reads go
+through checked readers: a damaged file is named, with the phase that writes
+it again.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import os
 import pickle
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -26,8 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from regimen.cli import UserError
 from regimen.config import Config
+from regimen.errors import UserError
+from regimen.folders import FolderKind
 
 SPLITS = ("train", "val", "test")
 META_FILE = "meta.json"
@@ -39,9 +43,13 @@ LIBRARIES = ("torch", "numpy", "scikit-learn", "deap", "cma", "pyyaml")
 
 
 def dataset_name(config: Config) -> str:
-    """The processed folder's name: the built-in dataset's, or the npz file's stem."""
+    """The processed folder's name: the built-in dataset's, or for an npz file its stem (letters,
+    digits, '_', '-' and '.' kept) and a digest of its full path, so no file name can climb out of
+    the processed folder, take a built-in dataset's place, or share a folder with another file."""
     if config.data.dataset == "npz":
-        return Path(config.data.path).stem
+        path = Path(config.data.path).resolve()
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem).lstrip(".")[:64] or "data"
+        return f"{stem}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
     return config.data.dataset
 
 
@@ -58,22 +66,54 @@ def meta_path(folder: Path) -> Path:
     return Path(folder) / META_FILE
 
 
-def load_split(folder: Path, split: str) -> dict[str, np.ndarray]:
-    """The arrays of one processed split (`X`, `Y`, optional `P`, `sequence`, `start`)."""
-    if split not in SPLITS:
-        raise UserError(f"unknown split '{split}'; expected one of {', '.join(SPLITS)}")
-    path = split_path(folder, split)
-    if not path.is_file():
-        raise UserError(f"{path} not found; run tools/preprocess.py first")
-    with np.load(path, allow_pickle=False) as archive:
-        return {key: archive[key] for key in archive.files}
+PROCESSED = FolderKind("a processed data folder", (META_FILE, *(f"{split}.npz" for split in SPLITS)),
+                       writers="tools/preprocess.py")
+META_KEYS = ("name", "task", "num_classes", "T_window", "stride", "static_features", "sha256", "data_version",
+             "splits", "normalisation", "channel_names", "class_names", "spatial_invariant")
 
 
 def load_meta(folder: Path) -> dict:
     path = meta_path(folder)
     if not path.is_file():
         raise UserError(f"{path} not found; run tools/preprocess.py first")
-    return json.loads(path.read_text())
+    meta = read_json(path, "tools/preprocess.py")
+    missing = [key for key in META_KEYS if not isinstance(meta, dict) or key not in meta]
+    if missing:
+        raise UserError(f"{path}: damaged (no {', '.join(missing)}); tools/preprocess.py writes it again")
+    return meta
+
+
+def load_split(folder: Path, split: str, meta: dict) -> dict[str, np.ndarray]:
+    """The arrays of one processed split (`X`, `Y`, optional `P`, `sequence`, `start`), checked
+    against the sha256 that meta.json recorded for it."""
+    if split not in SPLITS:
+        raise UserError(f"unknown split '{split}'; expected one of {', '.join(SPLITS)}")
+    path = split_path(folder, split)
+    if not path.is_file():
+        raise UserError(f"{path} not found; run tools/preprocess.py first")
+    payload = path.read_bytes()
+    if sha256_bytes(payload) != meta["sha256"].get(split):
+        raise UserError(f"{path}: damaged (its sha256 differs from {META_FILE}'s); tools/preprocess.py "
+                        "writes it again")
+    try:
+        with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except Exception as error:  # numpy and zipfile raise many types for a broken archive
+        raise damaged(path, "tools/preprocess.py", error) from None
+
+
+def damaged(path: Path, writer: str, error: BaseException | str) -> UserError:
+    """The one message for a hand-off file that cannot be read: which file, why, who writes it again."""
+    reason = error if isinstance(error, str) else (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return UserError(f"{path}: damaged ({reason[:120]}); {writer} writes it again")
+
+
+def read_json(path: Path, writer: str) -> Any:
+    """A JSON hand-off file, or a UserError naming it and its writer."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise damaged(path, writer, error) from None
 
 
 # --------------------------------------------------------------------------- atomic, reproducible writes
@@ -87,16 +127,13 @@ def refuse_file(folder: Path, key: str) -> Path:
     return folder
 
 
-def ensure_writable_dir(folder: Path, key: str) -> Path:
-    """Create `folder` (and parents) or raise a UserError naming the config key."""
-    folder = refuse_file(folder, key)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"{key}: cannot create folder {folder}: {error.strerror or error}") from None
-    if not os.access(folder, os.W_OK):
-        raise UserError(f"{key}: folder {folder} is not writable")
-    return folder
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's 0600 would hide files from a shared cluster
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
@@ -104,6 +141,7 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as out:
+            os.fchmod(out.fileno(), FILE_MODE)
             out.write(payload)
             out.flush()
             os.fsync(out.fileno())
@@ -149,7 +187,22 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-# --------------------------------------------------------------------------- run folders (phases 1-3)
+# --------------------------------------------------------------------------- output folders
+
+
+# Phases 1-3, fit_pgm.py and evaluate.py; ckpt.pt first: it is what --resume takes.
+RUN = FolderKind("a run folder", ("ckpt.pt", "best.pt", "features.pt", "pgm_params.pkl", "metrics.json",
+                                "history.jsonl", "log.txt", "config.yaml", "learning_curve.png"), ("plots",),
+                 writers="train_convlstm.py, fit_pgm.py, train_joint.py, evaluate.py")
+CMAES_TABLE, CMAES_PLOT = "cmaes.csv", "cmaes_loss.png"
+CMAES = FolderKind("a CMA-ES folder", (*RUN.files, CMAES_TABLE, CMAES_PLOT), RUN.folders,
+                   writers="evolve.py --strategy cmaes, evaluate.py")
+BUNDLE = FolderKind("an export bundle", ("MANIFEST.json", "model.pt", "pgm_params.pkl", "config.yaml",
+                                      "calibration.npz", "metrics.json"), writers="export.py")
+SEARCH = FolderKind("a search folder", ("state.json", "config.yaml", "trials.csv", "logbook.csv",
+                                      "hall_of_fame.json", "pareto.json", "fitness.png", "pareto.png"),
+                    ("trials", "best", "data", ".best-tmp"), writers="evolve.py")
+PICTURES = FolderKind("a pictures folder", (), writers="tools/visualize.py")
 
 
 @dataclass(frozen=True)
@@ -198,9 +251,10 @@ class RunFolder:
     def plots(self) -> Path:  # evaluate.py's pictures
         return self.root / "plots"
 
-    def create(self, flag: str) -> "RunFolder":
-        ensure_writable_dir(self.root, flag)
-        return self
+    def check_metrics(self) -> None:
+        """metrics.json, which each phase adds a section to, must be readable before the work starts."""
+        if self.metrics.is_file():
+            read_metrics(self.metrics)
 
 
 @dataclass(frozen=True)
@@ -209,7 +263,7 @@ class BundleFolder:
 
     root: Path
 
-    FILES = ("model.pt", "pgm_params.pkl", "config.yaml", "calibration.npz", "metrics.json")
+    FILES = BUNDLE.files[1:]
 
     @property
     def model(self) -> Path:  # network weights and what rebuilds them, input preparation
@@ -236,6 +290,28 @@ class BundleFolder:
         return self.root / "MANIFEST.json"
 
 
+class SearchFolder:
+    """The files of an evolve.py output folder."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.config = self.root / "config.yaml"
+        self.state = self.root / "state.json"
+        self.trials = self.root / "trials"
+        self.trials_csv = self.root / "trials.csv"
+        self.logbook = self.root / "logbook.csv"
+        self.hall_of_fame = self.root / "hall_of_fame.json"
+        self.pareto = self.root / "pareto.json"
+        self.best = self.root / "best"
+        self.best_staging = self.root / ".best-tmp"
+        self.data = self.root / "data"
+        self.fitness_plot = self.root / "fitness.png"
+        self.pareto_plot = self.root / "pareto.png"
+
+    def trial(self, generation: int, index: int) -> Path:
+        return self.trials / f"g{generation}" / f"i{index}"
+
+
 def run_folder_of(path: Path) -> RunFolder:
     """The run folder holding a file such as `features.pt` or `ckpt.pt`."""
     return RunFolder(Path(path).parent)
@@ -253,19 +329,35 @@ def save_checkpoint(path: Path, payload: dict) -> None:
     atomic_write_bytes(path, checkpoint_bytes(payload))
 
 
+# Which script writes a checkpoint of each kind again when it is damaged.
+CHECKPOINT_WRITERS = {"convlstm": "train_convlstm.py", "features": "train_convlstm.py", "joint": "train_joint.py",
+                      "model": "export.py"}
+
+
 def load_checkpoint(path: Path, flag: str, kinds: tuple[str, ...]) -> dict:
     """A checkpoint written by `save_checkpoint` whose `kind` is one of `kinds`.
 
     Read with `weights_only=True`: tensors and plain containers only, no code.
     """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a folder; expected a checkpoint file")
     if not path.is_file():
         raise UserError(f"{flag} {path}: file not found")
+    writer = " or ".join(dict.fromkeys(CHECKPOINT_WRITERS[kind] for kind in kinds))
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut one has lost its directory
+        raise UserError(f"{flag} {path}: damaged or not a regimen checkpoint (not a whole torch.save archive); "
+                        f"{writer} writes it again")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a file that is not a checkpoint
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{flag} {path}: not a readable regimen checkpoint ({reason[:160]})") from None
+    except pickle.UnpicklingError as error:  # weights_only refused an object: no checkpoint of ours holds one
+        refused = re.search(r"GLOBAL ([\w.]+)", str(error))
+        what = f" ({refused.group(1)})" if refused else ""
+        raise UserError(f"{flag} {path}: holds Python objects{what} that a regimen checkpoint never holds; "
+                        "refused to load them") from None
+    except Exception as error:  # torch raises many types for a truncated file or one that is no checkpoint
+        raise UserError(f"{flag} {path}: damaged or not a regimen checkpoint ({_first_line(error)}); "
+                        f"{writer} writes it again") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT or "kind" not in payload:
         raise UserError(f"{flag} {path}: not a regimen checkpoint (no format {CHECKPOINT_FORMAT} header)")
     if payload["kind"] not in kinds:
@@ -274,12 +366,20 @@ def load_checkpoint(path: Path, flag: str, kinds: tuple[str, ...]) -> dict:
     return payload
 
 
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__)[:120]
+
+
 def load_features(path: Path, flag: str) -> dict:
     """The unaries and labels per split that phase 1 wrote."""
     return load_checkpoint(path, flag, ("features",))
 
 
 # --------------------------------------------------------------------------- PGM parameters
+
+
+REFUSED = "refusing to load"
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -294,7 +394,7 @@ class _PlainUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+            raise pickle.UnpicklingError(f"{REFUSED} {module}.{name}")
         return super().find_class(module, name)
 
 
@@ -315,10 +415,12 @@ def load_pgm_params(path: Path, flag: str) -> dict:
         with open(path, "rb") as handle:
             params = _PlainUnpickler(handle).load()
     except pickle.UnpicklingError as error:
+        if not str(error).startswith(REFUSED):
+            raise damaged(path, "fit_pgm.py (or train_joint.py, for a joint run)", error) from None
         raise UserError(f"{flag} {path}: not a plain PGM parameter file ({error}); "
                         "only containers, numbers, strings and numpy arrays are loaded") from None
-    except Exception as error:
-        raise UserError(f"{flag} {path}: unreadable ({type(error).__name__}: {error})") from None
+    except Exception as error:  # a truncated or foreign file: pickle raises many types
+        raise damaged(path, "fit_pgm.py (or train_joint.py, for a joint run)", error) from None
     if not isinstance(params, dict) or "type" not in params or "params" not in params:
         raise UserError(f"{flag} {path}: not a regimen PGM parameter file (no type/params)")
     return params
@@ -339,7 +441,11 @@ def csv_text(rows: list[dict]) -> str:
 
 
 def read_history(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The epoch records of a run folder's history.jsonl."""
+    try:
+        return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise damaged(path, "the phase that made this run (train_convlstm.py or train_joint.py)", error) from None
 
 
 def write_history(path: Path, records: list[dict]) -> None:
@@ -347,15 +453,19 @@ def write_history(path: Path, records: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
 
+def read_metrics(path: Path) -> dict:
+    """A run folder's metrics.json: one section per phase that wrote into the folder."""
+    writer = "every phase that ran in this folder (move it away first)"
+    metrics = read_json(path, writer)
+    if not isinstance(metrics, dict):
+        raise damaged(path, writer, "not a mapping of sections")
+    return metrics
+
+
 def update_metrics(path: Path, section: str, payload: dict) -> None:
     """Set one phase's section of a run folder's metrics.json, keeping the other phases'."""
     path = Path(path)
-    metrics = {}
-    if path.is_file():
-        try:
-            metrics = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            raise UserError(f"{path}: not valid JSON; move it away to write new metrics") from None
+    metrics = read_metrics(path) if path.is_file() else {}
     metrics[section] = payload
     atomic_write_json(path, metrics)
 

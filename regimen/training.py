@@ -26,8 +26,8 @@ from regimen import runs
 from regimen.augment import Augmenter, Batch
 from regimen.builders import (autocast_for, build_net, load_state_checked, needs_grad_scaler,
                               net_spec)
-from regimen.cli import UserError
 from regimen.config import Config
+from regimen.errors import UserError
 from regimen.losses import class_last
 from regimen.metrics import MAIN_METRIC, label_metrics, regression_metrics
 from regimen.pgm import PGMHead
@@ -95,7 +95,7 @@ def load_task_data(config: Config) -> TaskData:
     folder = runs.processed_dir(config.data.root, meta["name"])
     splits = {}
     for split in runs.SPLITS:
-        arrays = runs.load_split(folder, split)
+        arrays = runs.load_split(folder, split, meta)
         splits[split] = {"x": torch.from_numpy(arrays["X"]), "y": torch.from_numpy(arrays["Y"])}
         if "P" in arrays:
             splits[split]["p"] = torch.from_numpy(arrays["P"])
@@ -240,18 +240,19 @@ class Schedule:
     mixed_precision: bool
     patience: int
     batch_size: int
+    lr_key: str  # the config key of `lr`, for messages
 
     @classmethod
     def pretraining(cls, config: Config) -> "Schedule":
         t = config.training
         return cls(t.epochs, t.lr, t.warmup_epochs, t.weight_decay, t.grad_clip, t.mixed_precision,
-                   t.early_stopping_patience, t.batch_size)
+                   t.early_stopping_patience, t.batch_size, "training.lr")
 
     @classmethod
     def joint(cls, config: Config) -> "Schedule":
         t = config.training
         return cls(t.joint.epochs, t.joint.lr, min(t.warmup_epochs, t.joint.epochs - 1), t.weight_decay,
-                   t.grad_clip, t.mixed_precision, t.early_stopping_patience, t.batch_size)
+                   t.grad_clip, t.mixed_precision, t.early_stopping_patience, t.batch_size, "training.joint.lr")
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -369,8 +370,7 @@ class Trainer:
             batch["x"] = model_input(batch["x"])
             loss, parts = self.loss_fn(self.stack, batch)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"the training loss became {float(loss)} in epoch "
-                                         f"{self.epoch + 1} (parts: {parts}); lower training.lr")
+                self._diverged(float(loss), parts)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.schedule.grad_clip > 0:
@@ -382,6 +382,16 @@ class Trainer:
             for key, value in {"loss": loss.item(), **parts}.items():
                 totals[key] = totals.get(key, 0.0) + value * len(rows)
         return {key: value / n for key, value in totals.items()}
+
+    def _diverged(self, loss: float, parts: dict[str, float]) -> None:
+        """A loss that is no longer finite is the config's outcome, not a crash: say what to change."""
+        kept = (f"{self.run.checkpoint} keeps epoch {self.epoch}" if self.run.checkpoint.is_file()
+                else "no epoch finished, so there is no checkpoint")
+        terms = ", ".join(f"{k} {v:.3g}" for k, v in parts.items())
+        raise UserError(f"the training loss became {loss} in epoch {self.epoch + 1}"
+                        f"{f' ({terms})' if terms else ''}: training diverged; lower {self.schedule.lr_key} "
+                        f"(now {self.schedule.lr:g}) or the loss weights (loss.*) and start again with "
+                        f"--overwrite; {kept}")
 
     def _end_epoch(self, record: dict) -> None:
         value = record["val"][self.metric]

@@ -1,7 +1,7 @@
 """One trial of evolve.py: a genome's config run through the phase scripts, in its own folder.
 
 `run_trial(spec)` is what the local slots and the Dask workers execute. It
-writes the trial's `config.yaml`, runs `train_convlstm.py`, `fit_pgm.py`
+writes the trial's config (`trial.yaml`), runs `train_convlstm.py`, `fit_pgm.py`
 (when the task has a PGM), optionally `train_joint.py`, then `evaluate.py
 --split val` as subprocesses (argument lists, no shell), each in its own
 process group with the time left of the trial's timeout, and reads the
@@ -35,19 +35,23 @@ PROJECT = Path(__file__).resolve().parents[1]  # the phase scripts live here
 SCRIPTS = {"train_convlstm": "train_convlstm.py", "fit_pgm": "fit_pgm.py", "train_joint": "train_joint.py",
            "evaluate": "evaluate.py"}
 RESULT = "result.json"
+TRIAL_CONFIG = "trial.yaml"  # beside the run files of its phases, which write their own config.yaml
 LOG_TAIL = 400  # characters of a failed phase's stderr kept as its reason
 
 
+def trial_config(folder: Path) -> Path:
+    return Path(folder) / TRIAL_CONFIG
+
+
 def trial_commands(folder: Path, has_pgm: bool, joint: bool) -> list[tuple[str, list[str]]]:
-    """The (phase, command) pairs of a trial folder, in order."""
-    config = str(folder / "config.yaml")
-    phases = [("train_convlstm", ["--save", str(folder), "--overwrite"])]
+    """The (phase, command) pairs of a trial folder, in order (each attempt starts in an empty folder)."""
+    config = str(trial_config(folder))
+    phases = [("train_convlstm", ["--save", str(folder)])]
     ckpt = folder / "best.pt"
     if has_pgm:
         phases.append(("fit_pgm", ["--features", str(folder / "features.pt")]))
         if joint:
-            phases.append(("train_joint", ["--resume", str(folder / "ckpt.pt"), "--save", str(folder / "joint"),
-                                           "--overwrite"]))
+            phases.append(("train_joint", ["--resume", str(folder / "ckpt.pt"), "--save", str(folder / "joint")]))
             ckpt = folder / "joint" / "best.pt"
     phases.append(("evaluate", ["--ckpt", str(ckpt), "--split", "val", "--out", str(folder)]))
     return [(phase, [sys.executable, str(PROJECT / SCRIPTS[phase]), "--config", config, *args])
@@ -70,7 +74,7 @@ def run_trial(spec: dict) -> dict:
     for _ in range(spec["retries"] + 1):
         result = _attempt(spec, folder)
         attempts.append(result["reason"])
-        if result["status"] == "ok":
+        if result["status"] in ("ok", "out_of_memory"):  # the same genome would run out again
             break
     result.update(key=spec["key"], attempts=len(attempts), seconds=round(time.time() - started, 3),
                   reasons=attempts if result["status"] != "ok" else [])
@@ -94,7 +98,7 @@ def _attempt(spec: dict, folder: Path) -> dict:
     if folder.exists():  # a killed attempt's leftovers (this trial has no result yet)
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text(spec["config_yaml"])
+    trial_config(folder).write_text(spec["config_yaml"])
     env = {**os.environ, **spec["env"]}
     deadline = time.monotonic() + spec["timeout_s"]
     launched = time.time()
@@ -111,12 +115,16 @@ def _attempt(spec: dict, folder: Path) -> dict:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
                 return _failed("timeout", f"{phase}: still running after the trial's {spec['timeout_s']:g} s")
-        if code < 0:  # the kernel's out-of-memory killer sends SIGKILL
-            return _failed("killed", f"{phase} was killed by signal {-code} (9: often out of memory)")
+        if code == -signal.SIGKILL:  # not ours (a timeout is handled above): the out-of-memory killer's
+            return _failed("out_of_memory", f"{phase} was killed by SIGKILL, as the kernel's out-of-memory "
+                                            "killer does")
+        if code < 0:
+            return _failed("killed", f"{phase} was killed by signal {-code}")
         if code != 0:
             tail = (folder / f"{phase}.log").read_text(errors="replace")[-LOG_TAIL:].strip().splitlines()
-            kind = "out_of_memory" if any("out of memory" in line.lower() for line in tail) else "crashed"
-            return _failed(kind, f"{phase} exited {code}: {tail[-1] if tail else ''}")
+            out_of_memory = any("out of memory" in line.lower() or "MemoryError" in line for line in tail)
+            return _failed("out_of_memory" if out_of_memory else "crashed",
+                           f"{phase} exited {code}: {tail[-1] if tail else ''}")
     return _read_objectives(spec, folder, launched)
 
 

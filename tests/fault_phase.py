@@ -1,12 +1,15 @@
 """A stand-in for every phase script of an evolution trial: fast, deterministic, faulty on purpose.
 
-training.lr 0.002: exits 1; 0.003: hangs; 0.004: reports NaN; anything else: a valid result
+training.lr 0.002: exits 1; 0.003: hangs; 0.004: reports NaN; 0.005: SIGKILLed (as by the kernel's
+out-of-memory killer); anything else: a valid result
 whose metric is `lr + pairwise_weight / 100` and latency `pairwise_weight` (evaluate takes
 0.3 s, so a search can be killed mid-generation). Imports nothing heavy: searches over it
 run in seconds.
 """
 
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -21,6 +24,8 @@ if lr == 0.002:
     sys.exit(1)
 if lr == 0.003:
     time.sleep(120)
+if lr == 0.005:
+    os.kill(os.getpid(), signal.SIGKILL)
 if "--split" in args:  # the evaluate step
     out = Path(args[args.index("--out") + 1])
     time.sleep(0.3)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from regimen import runs
+from regimen import folders, runs
 from regimen.cli import UserError
 from regimen.config import load_config
 from regimen.data import (add_static_features, channel_statistics, cut_windows, preprocess,
@@ -66,16 +66,16 @@ def test_static_features():
 def test_preprocess_writes_reproducible_files_with_training_statistics(write_config):
     config = load_config(write_config())
     folder, meta = preprocess(config)
-    first = {p.name: p.read_bytes() for p in folder.iterdir()}
+    first = {name: (folder / name).read_bytes() for name in folders.contents(folder)}
     assert set(first) == {"train.npz", "val.npz", "test.npz", "meta.json"}
     assert json.loads(first["meta.json"]) == meta
     for split in runs.SPLITS:
         assert runs.sha256_file(runs.split_path(folder, split)) == meta["sha256"][split]
 
     preprocess(config)
-    assert {p.name: p.read_bytes() for p in folder.iterdir()} == first  # byte-identical
+    assert {name: (folder / name).read_bytes() for name in folders.contents(folder)} == first  # byte-identical
 
-    splits = {s: runs.load_split(folder, s) for s in runs.SPLITS}
+    splits = {s: runs.load_split(folder, s, meta) for s in runs.SPLITS}
     sequences = [set(splits[s]["sequence"].tolist()) for s in runs.SPLITS]
     assert not (sequences[0] & sequences[1] or sequences[0] & sequences[2] or sequences[1] & sequences[2])
     assert [meta["splits"][s]["sequences"] for s in runs.SPLITS] == [len(s) for s in sequences]
@@ -97,10 +97,10 @@ def test_preprocess_writes_reproducible_files_with_training_statistics(write_con
 
 def test_windows_keep_labels_and_soft_targets_aligned(write_config):
     config = load_config(write_config())
-    folder, _ = preprocess(config)
+    folder, meta = preprocess(config)
     from regimen.datasets import load_dataset
     raw = load_dataset(config.data, config.seed)
-    split = runs.load_split(folder, "train")
+    split = runs.load_split(folder, "train", meta)
     for i in range(len(split["X"])):
         seq, start = split["sequence"][i], split["start"][i]
         np.testing.assert_array_equal(split["Y"][i], raw.Y[seq, start:start + 4])

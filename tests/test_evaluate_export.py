@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from conftest import ROOT, malicious_pickle, metrics_of, ok, phase_one, run_script, snapshot
+from regimen import folders
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +55,12 @@ def test_visualize_draws_a_checkpoints_predictions(phase2, tmp_path):
     config, base = phase2
     ok("tools/visualize.py", "--config", config, "--split", "test", "--count", "1", "--ckpt",
        str(base / "best.pt"), "--out", str(tmp_path))
-    assert {p.name for p in tmp_path.iterdir()} == {"storms_test_predicted.png", "storms_test_predicted.gif"}
+    assert set(folders.contents(tmp_path)) == {"storms_test_predicted.png", "storms_test_predicted.gif"}
 
 
 def test_the_bundle_verifies_and_reproduces_its_metrics_in_a_fresh_process(phase2, bundle):
     config, _ = phase2
-    assert {p.name for p in bundle.iterdir()} == {"model.pt", "pgm_params.pkl", "config.yaml",
+    assert set(folders.contents(bundle)) == {"model.pt", "pgm_params.pkl", "config.yaml",
                                                    "calibration.npz", "metrics.json", "MANIFEST.json"}
     manifest = json.loads((bundle / "MANIFEST.json").read_text())
     for name, digest in manifest["files"].items():

@@ -109,7 +109,8 @@ def test_a_tiny_search_leaves_every_output(tmp_path):
     assert len(keys) == len(set(keys))  # no genome trained twice at one fidelity
     for row in table:
         trial = out / "trials" / f"g{row['generation']}" / f"i{row['index']}"
-        assert {"config.yaml", "metrics.json", "result.json", "train_convlstm.log"} <= {p.name for p in trial.iterdir()}
+        assert {"trial.yaml", "config.yaml", "metrics.json", "result.json", "train_convlstm.log"} <= {
+            p.name for p in trial.iterdir()}
     hall = json.loads((out / "hall_of_fame.json").read_text())
     best = json.loads((out / "best" / "metrics.json").read_text())["evaluate_val"]
     assert best["pgm"]["miou"] == hall[0]["objectives"]["metric"]  # best/ is the hall of fame's first
@@ -199,7 +200,7 @@ BAD = {
     "choice without options": ({"evolutionary": {"search_space": {"training.lr": {"choice": []}}}}, [],
                                "expected a non-empty list"),
     "no slots": ({}, ["--parallel", "0"], "--parallel 0: must be >= 1"),
-    "resume without a state": ({}, ["--resume"], "state.json not found"),
+    "resume without a state": ({}, ["--resume"], "holds no search (no config.yaml)"),
     "resume a state of another config": ({}, ["--resume", "--set", "seed=7"], "was made with another config"),
 }
 

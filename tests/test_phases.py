@@ -153,7 +153,7 @@ def other_data(tmp_path):
 BAD = {
     "features missing": ("fit_pgm.py", lambda b, t: ["--features", str(t / "nope.pt")], "nope.pt: file not found"),
     "features not a checkpoint": ("fit_pgm.py", lambda b, t: ["--features", str(b / "config.yaml")],
-                                  "not a readable regimen checkpoint"),
+                                  "damaged or not a regimen checkpoint"),
     "features are a checkpoint": ("fit_pgm.py", lambda b, t: ["--features", str(b / "ckpt.pt")],
                                   "holds a convlstm checkpoint; expected features"),
     "unknown mode": ("train_joint.py", lambda b, t: ["--resume", str(b / "ckpt.pt"), "--set",

@@ -27,7 +27,7 @@ def test_checkpoints_round_trip_and_name_their_kind(tmp_path):
 
 def test_files_that_are_not_checkpoints_are_refused(tmp_path):
     (tmp_path / "text.pt").write_text("hello")
-    with pytest.raises(UserError, match="not a readable regimen checkpoint"):
+    with pytest.raises(UserError, match="damaged or not a regimen checkpoint"):
         runs.load_checkpoint(tmp_path / "text.pt", "--resume", ("convlstm",))
     torch.save({"weights": torch.ones(1)}, tmp_path / "plain.pt")  # a checkpoint of someone else's
     with pytest.raises(UserError, match="not a regimen checkpoint"):

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_script, snapshot
+from regimen import folders
 
 
 def test_preprocess_and_visualize_from_another_directory(write_config, tmp_path):
@@ -15,7 +16,7 @@ def test_preprocess_and_visualize_from_another_directory(write_config, tmp_path)
     assert done.returncode == 0, done.stderr
     assert "gap" in done.stderr  # the storms baselines are printed
     folder = tmp_path / "data" / "processed" / "storms"
-    assert {p.name for p in folder.iterdir()} == {"train.npz", "val.npz", "test.npz", "meta.json"}
+    assert set(folders.contents(folder)) == {"train.npz", "val.npz", "test.npz", "meta.json"}
 
     out = tmp_path / "pictures"
     done = run_script("tools/visualize.py", "--config", str(config), "--split", "val",
@@ -76,7 +77,7 @@ BAD = {
     "empty split": (lambda tmp: ["--set", "data.generator.num_sequences=3"], None,
                     "split 'val' gets 0 of 3 sequences"),
     "unwritable output": (lambda tmp: ["--set", f"data.root={tmp / 'blocker.txt'}"], None,
-                          "data.root: cannot create folder"),
+                          "blocker.txt is a file; expected a folder"),
     "missing config": (lambda tmp: ["--config", str(tmp / "nowhere.yaml")], None,
                        "nowhere.yaml: config file not found"),
     "bad --set": (lambda tmp: ["--set", "seed"], None, "--set 'seed': expected dotted.key=value"),

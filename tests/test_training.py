@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from regimen import runs
+from regimen import folders, runs
 from regimen.config import load_config
 from regimen.data import preprocess
 from regimen.losses import unary_loss
@@ -38,7 +38,7 @@ def trainer_for(config, data, stack, folder, kill_at_step=None):
         with torch.no_grad():  # any deterministic number of the weights
             return {"miou": -float(sum(p.abs().sum() for p in stack.parameters()))}
 
-    return Trainer(stack, data, Schedule.pretraining(config), loss_fn, validate, runs.RunFolder(folder).create("x"),
+    return Trainer(stack, data, Schedule.pretraining(config), loss_fn, validate, runs.RunFolder(folders.claim(folder, "x")),
                    {"kind": "convlstm", "dataset": data.identity, "config": {}}, config.seed,
                    torch.device("cpu"), config.data.augmentations)
 

@@ -13,9 +13,8 @@ pgm_params.pkl beside it) and per-pixel confidence, to <name>_<split>_predicted.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-from regimen import cli, runs
+from regimen import cli, folders, runs
 from regimen.config import load_config
 from regimen.evaluation import window_predictor
 from regimen.plots import visualize_split
@@ -27,13 +26,14 @@ def main(argv=None) -> None:
     parser = cli.make_parser(__doc__)
     parser.add_argument("--split", default="train", choices=runs.SPLITS, help="which split (default: train)")
     parser.add_argument("--count", type=int, default=3, help="sequences to show (default: 3)")
-    parser.add_argument("--out", default="runs/visualize", type=Path, help="output folder (default: runs/visualize)")
-    parser.add_argument("--ckpt", type=Path, metavar="PATH", help="also draw this checkpoint's predictions")
+    parser.add_argument("--out", default="runs/visualize", type=cli.path_arg, help="output folder (default: runs/visualize)")
+    parser.add_argument("--ckpt", type=cli.path_arg, metavar="PATH", help="also draw this checkpoint's predictions")
     args = parser.parse_args(argv)
     cli.setup_logging()
     if args.count < 1:
         raise cli.UserError(f"--count {args.count}: must be >= 1")
     config = load_config(args.config, args.overrides)
+    folders.claim(folders.check_output(args.out, runs.PICTURES, "--out"), "--out")
     folder = runs.processed_dir(config.data.root, runs.dataset_name(config))
     predict = window_predictor(config, args.ckpt) if args.ckpt else None
     png, gif = visualize_split(folder, args.split, args.count, args.out, predict)

@@ -1,0 +1,198 @@
+"""Who may write a folder: one writer at a time, and --overwrite only over what its own kind wrote.
+
+Every script that writes a folder first checks it (`check_output`), then
+claims it (`claim`) before any work: an exclusive `flock` on the folder's lock
+file, held until the process ends, so a SIGKILL never leaves a stale lock. A
+second writer is refused with the PID that holds the folder. Claiming also
+removes the temporary files of writes that a kill interrupted. A run refused
+by a later check gives its claims back (`abandon`): what claiming created goes
+again, so bad input leaves the tree as it was.
+
+`--overwrite` replaces a folder only when everything in it is what scripts of
+the same kind write (a `FolderKind`'s entries); a folder holding anything else
+is refused and left untouched.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from regimen.errors import UserError
+
+LOCK_FILE = ".regimen.lock"
+# What `runs.atomic_write_bytes` and the plot writer leave when killed mid-write: .<name>.<random>.tmp[.png]
+TEMPORARY = re.compile(r"^\..+\.tmp(\.[A-Za-z0-9]+)?$")
+_HELD: dict[Path, int] = {}  # folder -> the open lock file's descriptor, kept until the process ends
+_CREATED: dict[Path, list[Path]] = {}  # folder -> the lock file and folders its claim created, innermost first
+_PREVIOUS: dict[Path, bytes] = {}  # folder -> what its lock file said before this process claimed it
+
+
+@dataclass(frozen=True)
+class FolderKind:
+    """What one kind of script writes into its folder.
+
+    Attributes:
+        name: how messages call the folder ("a run folder").
+        files: the files it writes; the first vouches for the rest and is removed first.
+        folders: the subfolders it writes.
+        writers: the scripts that write it, for messages.
+    """
+
+    name: str
+    files: tuple[str, ...]
+    folders: tuple[str, ...] = ()
+    writers: str = ""
+
+    @property
+    def entries(self) -> frozenset[str]:
+        return frozenset(self.files + self.folders)
+
+
+def contents(folder: Path) -> list[str]:
+    """The entries of `folder` (sorted), without its lock file and interrupted temporary files."""
+    if not folder.is_dir():
+        return []
+    return sorted(name for name in os.listdir(folder) if name != LOCK_FILE and not TEMPORARY.match(name))
+
+
+def holds(folder: Path, kind: FolderKind) -> list[str]:
+    """The entries of `folder` that its kind of script writes."""
+    return [name for name in contents(folder) if name in kind.entries]
+
+
+def check_output(folder: Path, kind: FolderKind, flag: str, overwrite: bool = False) -> Path:
+    """Check an output folder before any work: a folder (or creatable), writable, and with
+    `overwrite` nothing in it that this kind of script did not write."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{flag} {folder}: is a file; expected a folder")
+    if overwrite:
+        foreign = [name for name in contents(folder) if name not in kind.entries]
+        if foreign:
+            shown = ", ".join(name + ("/" if (folder / name).is_dir() else "") for name in foreign[:5])
+            more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+            raise UserError(f"{flag} {folder}: --overwrite replaces only {kind.name} ({kind.writers}), and "
+                            f"this folder also holds {shown}{more}; move them away or choose another folder")
+    for name in kind.files:
+        if (folder / name).is_dir():
+            raise UserError(f"{flag} {folder}: {name} is a folder; expected the file {kind.writers} write")
+    for name in kind.folders:
+        if (folder / name).exists() and not (folder / name).is_dir():
+            raise UserError(f"{flag} {folder}: {name} is a file; expected a folder")
+    _check_writable(folder, flag)
+    return folder
+
+
+def _check_writable(folder: Path, flag: str) -> None:
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag} {folder}: {existing} is a file; expected a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {folder}: {existing} is not writable")
+
+
+def claim(folder: Path, flag: str) -> Path:
+    """Create `folder` and hold its lock until this process ends (a second claim here is a no-op).
+
+    Raises:
+        UserError: when another process holds the folder, naming its PID.
+    """
+    folder = Path(folder)
+    key = folder.resolve()
+    if key in _HELD:
+        return folder
+    lock = folder / LOCK_FILE
+    created = [path for path in [lock, key, *key.parents] if not path.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as error:
+        _remove_created(created)
+        raise UserError(f"{flag} {folder}: cannot write there ({error.strerror or error})") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = _holder(handle)
+        os.close(handle)
+        _remove_created(created)
+        raise UserError(f"{flag} {folder}: in use by {holder}; wait for it to finish, or choose another "
+                        "folder") from None
+    _PREVIOUS[key] = os.pread(handle, 1 << 16, 0)
+    os.ftruncate(handle, 0)
+    os.write(handle, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "command": [Path(sys.argv[0]).name, *sys.argv[1:]]}).encode())
+    _HELD[key], _CREATED[key] = handle, created
+    _remove_interrupted_writes(folder)
+    return folder
+
+
+def release(folder: Path) -> None:
+    """Let go of a folder claimed by this process (library callers; scripts hold theirs to the end)."""
+    key = Path(folder).resolve()
+    handle = _HELD.pop(key, None)
+    _CREATED.pop(key, None)
+    _PREVIOUS.pop(key, None)
+    if handle is not None:
+        os.close(handle)
+
+
+def abandon() -> None:
+    """Give back every claim of a run refused as bad input: remove the lock files and folders
+    that claiming created, where nothing else has been written into them since."""
+    for key in list(_HELD):
+        created = _CREATED.get(key, [])
+        if created and created[0].name == LOCK_FILE:
+            created[0].unlink(missing_ok=True)
+        else:
+            os.ftruncate(_HELD[key], 0)
+            os.pwrite(_HELD[key], _PREVIOUS.get(key, b""), 0)
+        if not contents(key):
+            _remove_created([path for path in created if path.name != LOCK_FILE])
+        release(key)
+
+
+def _remove_created(created: list[Path]) -> None:
+    for path in created:
+        try:
+            path.rmdir() if path.is_dir() else path.unlink()
+        except OSError:  # no longer empty, or gone: leave it
+            return
+
+
+def _holder(handle: int) -> str:
+    try:
+        record = json.loads(os.pread(handle, 4096, 0) or b"{}")
+        command = " ".join(record.get("command", [])[:1])
+        return f"PID {record['pid']} ({command} on {record['host']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def _remove_interrupted_writes(folder: Path) -> None:
+    for path in [folder, *(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink())]:
+        for name in os.listdir(path):
+            if TEMPORARY.match(name) and (path / name).is_file():
+                (path / name).unlink(missing_ok=True)
+
+
+def clear(folder: Path, kind: FolderKind) -> None:
+    """Remove what this kind of script wrote in a claimed folder, the vouching file first, so a
+    kill part-way never leaves an old run that looks resumable."""
+    for name in (*kind.files, *kind.folders):
+        path = Path(folder) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
