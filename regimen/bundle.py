@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from regimen import folders, runs
-from regimen.builders import resolve_device
 from regimen.calibration import Calibrator, choose_calibrator
 from regimen.config import Config, EvaluationConfig, config_hash, dump_config
 from regimen.data import add_static_features
@@ -37,7 +36,9 @@ from regimen.errors import UserError
 from regimen.evaluation import Predictions, load_evaluated, predictions, probability_report, report
 from regimen.metrics import MAIN_METRIC
 from regimen.pgm import head_from_params, pgm_params
-from regimen.training import Stack, TaskData, predict as predict_unaries, stack_from_checkpoint
+from regimen.inference import predict as predict_unaries
+from regimen.processed import TaskData
+from regimen.stack import Stack, resolve_device, stack_from_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -27,14 +27,13 @@ from torch.func import functional_call
 from tqdm import tqdm
 
 from regimen import folders, runs
-from regimen.builders import resolve_device
 from regimen.config import CMAESConfig, Config, config_hash
 from regimen.errors import UserError
 from regimen.evaluation import CHECKPOINT_KINDS, load_evaluated
 from regimen.losses import class_last
 from regimen.metrics import MAIN_METRIC, label_metrics, regression_metrics
 from regimen.plots import plot_cmaes
-from regimen.training import Stack, model_input
+from regimen.stack import Stack, model_input, resolve_device
 
 log = logging.getLogger(__name__)
 

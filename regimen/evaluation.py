@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 
 from regimen import folders, runs
-from regimen.builders import resolve_device
 from regimen.calibration import choose_calibrator
 from regimen.config import Config, EvaluationConfig, config_hash, from_dict
 from regimen.errors import UserError
@@ -31,8 +30,9 @@ from regimen.metrics import (MAIN_METRIC, boundary_f1, calibration, class_report
                              probability_metrics, regression_report)
 from regimen.pgm import PGMHead, head_from_params
 from regimen.plots import plot_confusion, plot_learning_curve, plot_per_class_f1, plot_reliability
-from regimen.training import (Stack, TaskData, check_fits_data, check_same_data, decode,
-                              load_task_data, marginals, model_input, predict, stack_from_checkpoint)
+from regimen.inference import decode, marginals, predict
+from regimen.processed import TaskData, check_same_data, load_task_data
+from regimen.stack import Stack, check_fits_data, model_input, resolve_device, stack_from_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from tqdm import tqdm
 from models.chain_crf import ChainCRF
 from models.crf import MeanFieldCRF, inverse_softplus
 from models.hmm import HMM, forward_backward, viterbi
-from regimen.builders import load_state_checked
 from regimen.config import PGMConfig
 from regimen.errors import UserError
+from regimen.weights import load_state_checked
 
 TASKS_OF_PGM = {"crf": ("segmentation",), "hmm": ("segmentation", "tagging"),
                 "chain_crf": ("segmentation", "tagging")}

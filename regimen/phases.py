@@ -16,16 +16,16 @@ from typing import Optional
 import torch
 
 from regimen import folders, runs
-from regimen.builders import resolve_device
 from regimen.config import Config, config_hash, dump_config, from_dict, get_key, leaf_keys, load_config, to_dict
 from regimen.errors import UserError
 from regimen.losses import consistency, resolve_unary_loss, unary_loss
 from regimen.metrics import MAIN_METRIC
 from regimen.pgm import (PGMHead, check_pgm_task, fit_pgm, head_from_params, pgm_params,
                          pgm_settings)
-from regimen.training import (Schedule, Stack, TaskData, Trainer, attach_log_file, check_fits_data,
-                              check_same_data, data_identity, load_checked_meta, load_task_data,
-                              new_stack, predict, stack_from_checkpoint, task_metrics)
+from regimen.inference import predict, task_metrics
+from regimen.processed import TaskData, check_same_data, data_identity, load_checked_meta, load_task_data
+from regimen.stack import Stack, check_fits_data, new_stack, resolve_device, stack_from_checkpoint
+from regimen.training import Schedule, Trainer, attach_log_file
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The training loop of phases 1 and 3, the data it feeds on, and predictions.
+"""The training loop of phases 1 and 3.
 
 `Trainer.fit` runs AdamW with a linear-warmup cosine schedule (per step),
 mixed precision, gradient clipping, the on-the-fly augmentations and early
@@ -24,198 +24,14 @@ from tqdm import tqdm
 
 from regimen import runs
 from regimen.augment import Augmenter, Batch
-from regimen.builders import (autocast_for, build_net, load_state_checked, needs_grad_scaler,
-                              net_spec)
 from regimen.config import Config
 from regimen.errors import UserError
-from regimen.losses import class_last
-from regimen.metrics import MAIN_METRIC, label_metrics, regression_metrics
-from regimen.pgm import PGMHead
+from regimen.metrics import MAIN_METRIC
 from regimen.plots import plot_learning_curve
+from regimen.processed import TaskData
+from regimen.stack import Stack, model_input, needs_grad_scaler
 
 log = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------- data
-
-
-@dataclass
-class TaskData:
-    """The processed splits as tensors: `x` `[N, T, H, W, C]`, `y`, optional soft targets `p`."""
-
-    meta: dict
-    splits: dict[str, Batch]
-
-    @property
-    def task(self) -> str:
-        return self.meta["task"]
-
-    @property
-    def num_classes(self) -> Optional[int]:
-        return self.meta["num_classes"]
-
-    @property
-    def input_channels(self) -> int:
-        return int(self.splits["train"]["x"].shape[-1])
-
-    @property
-    def num_outputs(self) -> int:
-        """Classes, or the channels of a regression target."""
-        return int(self.splits["train"]["y"].shape[-1]) if self.task == "regression" else self.num_classes
-
-    @property
-    def identity(self) -> dict:
-        return data_identity(self.meta)
-
-
-def data_identity(meta: dict) -> dict:
-    """What checkpoints and features record of the data they came from."""
-    return {"name": meta["name"], "data_version": meta["data_version"], "task": meta["task"],
-            "num_classes": meta["num_classes"]}
-
-
-def load_checked_meta(config: Config) -> dict:
-    """The processed data's meta.json, checked against the config that asks for it."""
-    folder = runs.processed_dir(config.data.root, runs.dataset_name(config))
-    meta = runs.load_meta(folder)
-    made = {"task": meta["task"], "T_window": meta["T_window"], "stride": meta["stride"],
-            "static_features": meta["static_features"]}
-    asked = {"task": config.data.task, "T_window": config.data.T_window, "stride": config.data.stride,
-             "static_features": list(config.data.static_features)}
-    for key, value in made.items():
-        if asked[key] != value:
-            raise UserError(f"data.{key} = {asked[key]!r} but {folder} was made with {value!r}; "
-                            "run tools/preprocess.py again with this config")
-    return meta
-
-
-def load_task_data(config: Config) -> TaskData:
-    """The processed splits of the configured dataset, checked against the config."""
-    meta = load_checked_meta(config)
-    folder = runs.processed_dir(config.data.root, meta["name"])
-    splits = {}
-    for split in runs.SPLITS:
-        arrays = runs.load_split(folder, split, meta)
-        splits[split] = {"x": torch.from_numpy(arrays["X"]), "y": torch.from_numpy(arrays["Y"])}
-        if "P" in arrays:
-            splits[split]["p"] = torch.from_numpy(arrays["P"])
-    return TaskData(meta, splits)
-
-
-def check_same_data(recorded: dict, meta: dict, source: str) -> None:
-    """A UserError when a checkpoint or features file was made from other data than `meta`'s."""
-    current = data_identity(meta)
-    if recorded["data_version"] != current["data_version"]:
-        raise UserError(f"{source} was made from {recorded['name']} data (version "
-                        f"{recorded['data_version'][:12]}), but the configured data is "
-                        f"{current['name']} (version {current['data_version'][:12]}); "
-                        "use the config it was made with, or rerun the earlier phases")
-
-
-def model_input(x: torch.Tensor) -> torch.Tensor:
-    """`[B, T, H, W, C]` (data layout) -> `[B, T, C, H, W]` (model layout)."""
-    return x.permute(0, 1, 4, 2, 3)
-
-
-# --------------------------------------------------------------------------- the model stack
-
-
-class Stack(nn.Module):
-    """The ConvLSTM network and, from phase 3 on, the PGM head on its unaries.
-
-    Args:
-        spec: `net_spec` of the network.
-        pgm_settings: `pgm_settings` of the head, or None.
-        mixed_precision: run the network under autocast (the PGM always runs in fp32).
-    """
-
-    def __init__(self, spec: dict, pgm_settings: Optional[dict] = None, mixed_precision: bool = False):
-        super().__init__()
-        self.spec = dict(spec)
-        self.net = build_net(spec)
-        self.head = PGMHead(pgm_settings) if pgm_settings else None
-        self.mixed_precision = mixed_precision
-
-    def unaries(self, x: torch.Tensor, return_features: bool = False):
-        """Network outputs in fp32 for model-layout inputs `[B, T, C, H, W]`."""
-        with autocast_for(x.device, self.mixed_precision):
-            out, features = self.net(x, return_features=True)
-        return (out.float(), features.float()) if return_features else out.float()
-
-    def payload(self) -> dict:
-        """The weights and what rebuilds them, for a checkpoint."""
-        pgm = None
-        if self.head is not None:
-            pgm = {"settings": dict(self.head.settings), "state": self.head.state_dict()}
-        return {"net": dict(self.spec), "net_state": self.net.state_dict(), "pgm": pgm}
-
-
-def stack_from_checkpoint(payload: dict, source: str, mixed_precision: bool = False) -> Stack:
-    """Rebuild a `Stack` from its checkpoint, not from the current config."""
-    try:
-        stack = Stack(payload["net"], payload["pgm"]["settings"] if payload.get("pgm") else None,
-                      mixed_precision)
-    except (KeyError, TypeError, ValueError) as error:
-        raise UserError(f"{source}: the checkpoint's model settings do not rebuild a model ({error})") from None
-    load_state_checked(stack.net, payload["net_state"], source)
-    if stack.head is not None:
-        load_state_checked(stack.head, payload["pgm"]["state"], source)
-    return stack
-
-
-def check_fits_data(stack: Stack, data: TaskData, source: str) -> None:
-    """A UserError naming the mismatch when a checkpoint's network does not fit the data."""
-    spec = stack.spec
-    wanted = {"task": data.task, "input_channels": data.input_channels, "num_outputs": data.num_outputs}
-    for key, value in wanted.items():
-        if spec[key] != value:
-            raise UserError(f"{source}: the checkpoint's network has {key} = {spec[key]!r}, "
-                            f"the configured data needs {value!r}")
-
-
-# --------------------------------------------------------------------------- predictions and metrics
-
-
-@torch.no_grad()
-def predict(stack: Stack, x: torch.Tensor, device: torch.device, batch_size: int,
-            feature_maps: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Unaries (and the last layer's feature maps) for inputs `[N, T, H, W, C]`, on the CPU."""
-    stack.eval()
-    outputs, features = [], []
-    for start in range(0, len(x), batch_size):
-        out, maps = stack.unaries(model_input(x[start:start + batch_size]).to(device), return_features=True)
-        outputs.append(out.cpu())
-        if feature_maps:
-            features.append(maps.cpu())
-    return torch.cat(outputs), (torch.cat(features) if feature_maps else None)
-
-
-@torch.no_grad()
-def decode(head: Optional[PGMHead], unaries: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-    """Labels from unaries: per-node argmax without a head, else the head's joint decoding."""
-    if head is None:
-        return unaries.argmax(dim=2)
-    head.eval()
-    device = next(iter(head.state_dict().values())).device
-    return torch.cat([head.decode(unaries[i:i + batch_size].to(device)).cpu()
-                      for i in range(0, len(unaries), batch_size)])
-
-
-@torch.no_grad()
-def marginals(head: PGMHead, unaries: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-    """The head's marginal class probabilities, the shape of `unaries`."""
-    head.eval()
-    device = next(iter(head.state_dict().values())).device
-    return torch.cat([head.log_marginals(unaries[i:i + batch_size].to(device)).exp().cpu()
-                      for i in range(0, len(unaries), batch_size)])
-
-
-def task_metrics(data: TaskData, split: str, unaries: torch.Tensor, head: Optional[PGMHead] = None) -> dict:
-    """The task's metrics on one split, from unaries (through the head when given)."""
-    y = data.splits[split]["y"]
-    if data.task == "regression":
-        return regression_metrics(y.numpy(), class_last(unaries).numpy())
-    return label_metrics(y.numpy(), decode(head, unaries).numpy(), data.num_classes, data.task)
 
 
 def is_better(value: float, best: Optional[float], task: str) -> bool:
@@ -223,9 +39,6 @@ def is_better(value: float, best: Optional[float], task: str) -> bool:
         return True
     higher = MAIN_METRIC[task][1]
     return value > best if higher else value < best
-
-
-# --------------------------------------------------------------------------- the loop
 
 
 @dataclass
@@ -444,10 +257,3 @@ def attach_log_file(run: runs.RunFolder) -> None:
     handler = logging.FileHandler(run.log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     logging.getLogger().addHandler(handler)
-
-
-def new_stack(config: Config, data: TaskData, pgm_settings: Optional[dict] = None) -> Stack:
-    """A freshly initialised (seeded) stack for the configured data."""
-    torch.manual_seed(config.seed)
-    spec = net_spec(config, data.input_channels, data.num_outputs, data.task)
-    return Stack(spec, pgm_settings, config.training.mixed_precision)

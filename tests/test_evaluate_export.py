@@ -71,10 +71,10 @@ def test_the_bundle_verifies_and_reproduces_its_metrics_in_a_fresh_process(phase
     assert test["calibrated"]["calibration"]["ece"] <= test["uncalibrated"]["calibration"]["ece"] + 1e-9
     code = (
         "import json, sys\n"
-        "from regimen.builders import resolve_device\n"
+        "from regimen.stack import resolve_device\n"
         "from regimen.bundle import load_bundle\n"
         "from regimen.config import load_config\n"
-        "from regimen.training import load_task_data\n"
+        "from regimen.processed import load_task_data\n"
         "bundle = load_bundle(sys.argv[1])\n"
         "config = load_config(sys.argv[2])\n"
         "device = resolve_device(config.device)  # the export's device: cuda:0 where there is one\n"

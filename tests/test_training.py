@@ -11,8 +11,9 @@ from regimen import folders, runs
 from regimen.config import load_config
 from regimen.data import preprocess
 from regimen.losses import unary_loss
-from regimen.training import (Schedule, Trainer, load_task_data, new_stack, stack_from_checkpoint,
-                              warmup_cosine)
+from regimen.processed import load_task_data
+from regimen.stack import new_stack, stack_from_checkpoint
+from regimen.training import Schedule, Trainer, warmup_cosine
 
 
 def test_warmup_then_cosine_to_zero():

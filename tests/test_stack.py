@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from regimen.allocator import keep_freed_memory
-from regimen.builders import autocast_for, build_net, load_state_checked, net_spec, resolve_device
+from regimen.stack import autocast_for, build_net, net_spec, resolve_device
+from regimen.weights import load_state_checked
 from regimen.cli import UserError
 from regimen.config import load_config
 from regimen.pgm import PGMHead, pgm_settings

@@ -1,0 +1,92 @@
+"""The processed data a phase reads: the splits of phase 0 as tensors, checked against the config.
+
+`load_task_data(config)` finds `data/processed/<name>/` for the configured
+dataset, checks that it was made with the same task, window and features, and
+returns a `TaskData`. `check_same_data` refuses a checkpoint or features file
+made from other data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from regimen import runs
+from regimen.augment import Batch
+from regimen.config import Config
+from regimen.errors import UserError
+
+
+@dataclass
+class TaskData:
+    """The processed splits as tensors: `x` `[N, T, H, W, C]`, `y`, optional soft targets `p`."""
+
+    meta: dict
+    splits: dict[str, Batch]
+
+    @property
+    def task(self) -> str:
+        return self.meta["task"]
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        return self.meta["num_classes"]
+
+    @property
+    def input_channels(self) -> int:
+        return int(self.splits["train"]["x"].shape[-1])
+
+    @property
+    def num_outputs(self) -> int:
+        """Classes, or the channels of a regression target."""
+        return int(self.splits["train"]["y"].shape[-1]) if self.task == "regression" else self.num_classes
+
+    @property
+    def identity(self) -> dict:
+        return data_identity(self.meta)
+
+
+def data_identity(meta: dict) -> dict:
+    """What checkpoints and features record of the data they came from."""
+    return {"name": meta["name"], "data_version": meta["data_version"], "task": meta["task"],
+            "num_classes": meta["num_classes"]}
+
+
+def load_checked_meta(config: Config) -> dict:
+    """The processed data's meta.json, checked against the config that asks for it."""
+    folder = runs.processed_dir(config.data.root, runs.dataset_name(config))
+    meta = runs.load_meta(folder)
+    made = {"task": meta["task"], "T_window": meta["T_window"], "stride": meta["stride"],
+            "static_features": meta["static_features"]}
+    asked = {"task": config.data.task, "T_window": config.data.T_window, "stride": config.data.stride,
+             "static_features": list(config.data.static_features)}
+    for key, value in made.items():
+        if asked[key] != value:
+            raise UserError(f"data.{key} = {asked[key]!r} but {folder} was made with {value!r}; "
+                            "run tools/preprocess.py again with this config")
+    return meta
+
+
+def load_task_data(config: Config) -> TaskData:
+    """The processed splits of the configured dataset, checked against the config."""
+    meta = load_checked_meta(config)
+    folder = runs.processed_dir(config.data.root, meta["name"])
+    splits = {}
+    for split in runs.SPLITS:
+        arrays = runs.load_split(folder, split, meta)
+        splits[split] = {"x": torch.from_numpy(arrays["X"]), "y": torch.from_numpy(arrays["Y"])}
+        if "P" in arrays:
+            splits[split]["p"] = torch.from_numpy(arrays["P"])
+    return TaskData(meta, splits)
+
+
+def check_same_data(recorded: dict, meta: dict, source: str) -> None:
+    """A UserError when a checkpoint or features file was made from other data than `meta`'s."""
+    current = data_identity(meta)
+    if recorded["data_version"] != current["data_version"]:
+        raise UserError(f"{source} was made from {recorded['name']} data (version "
+                        f"{recorded['data_version'][:12]}), but the configured data is "
+                        f"{current['name']} (version {current['data_version'][:12]}); "
+                        "use the config it was made with, or rerun the earlier phases")

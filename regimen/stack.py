@@ -1,0 +1,130 @@
+"""The model stack: the ConvLSTM network built from the config, the PGM head on top, the device
+it runs on and its mixed precision, and its round trip through a checkpoint.
+
+Checkpoints carry `net_spec` (what rebuilds the network), so later phases
+rebuild a model from the file, not from the current config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+from torch import nn
+
+from models.convlstm import ConvLSTMNet
+from regimen.config import Config
+from regimen.errors import UserError
+from regimen.pgm import PGMHead
+from regimen.processed import TaskData
+from regimen.weights import load_state_checked
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> `cuda:0` when CUDA is there, else the CPU; an absent explicit device is an error."""
+    if name == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device = {name!r}: CUDA is not available on this machine (use auto or cpu)")
+        index = device.index or 0
+        if index >= torch.cuda.device_count():
+            raise UserError(f"device = {name!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return device
+
+
+def autocast_for(device: torch.device, enabled: bool):
+    """Mixed precision for `device`: bf16 on the CPU, bf16 on CUDA where supported, else fp16.
+
+    fp16 needs a `torch.amp.GradScaler` in the training loop; bf16 does not.
+    """
+    if not enabled:
+        return contextlib.nullcontext()
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def needs_grad_scaler(device: torch.device, enabled: bool) -> bool:
+    """fp16 autocast (CUDA without bf16) needs loss scaling; bf16 and fp32 do not."""
+    return enabled and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+
+
+def net_spec(config: Config, input_channels: int, num_outputs: int, task: str) -> dict:
+    """What rebuilds the network of `model.convlstm`; checkpoints carry it."""
+    lstm = config.model.convlstm
+    return {"input_channels": input_channels, "hidden_sizes": list(lstm.hidden_sizes),
+            "kernel_size": lstm.kernel_size, "task": task, "num_outputs": num_outputs,
+            "dropout": lstm.dropout, "bidirectional": lstm.bidirectional}
+
+
+def build_net(spec: dict) -> ConvLSTMNet:
+    return ConvLSTMNet(**spec)
+
+
+def model_input(x: torch.Tensor) -> torch.Tensor:
+    """`[B, T, H, W, C]` (data layout) -> `[B, T, C, H, W]` (model layout)."""
+    return x.permute(0, 1, 4, 2, 3)
+
+
+class Stack(nn.Module):
+    """The ConvLSTM network and, from phase 3 on, the PGM head on its unaries.
+
+    Args:
+        spec: `net_spec` of the network.
+        pgm_settings: `pgm_settings` of the head, or None.
+        mixed_precision: run the network under autocast (the PGM always runs in fp32).
+    """
+
+    def __init__(self, spec: dict, pgm_settings: Optional[dict] = None, mixed_precision: bool = False):
+        super().__init__()
+        self.spec = dict(spec)
+        self.net = build_net(spec)
+        self.head = PGMHead(pgm_settings) if pgm_settings else None
+        self.mixed_precision = mixed_precision
+
+    def unaries(self, x: torch.Tensor, return_features: bool = False):
+        """Network outputs in fp32 for model-layout inputs `[B, T, C, H, W]`."""
+        with autocast_for(x.device, self.mixed_precision):
+            out, features = self.net(x, return_features=True)
+        return (out.float(), features.float()) if return_features else out.float()
+
+    def payload(self) -> dict:
+        """The weights and what rebuilds them, for a checkpoint."""
+        pgm = None
+        if self.head is not None:
+            pgm = {"settings": dict(self.head.settings), "state": self.head.state_dict()}
+        return {"net": dict(self.spec), "net_state": self.net.state_dict(), "pgm": pgm}
+
+
+def stack_from_checkpoint(payload: dict, source: str, mixed_precision: bool = False) -> Stack:
+    """Rebuild a `Stack` from its checkpoint, not from the current config."""
+    try:
+        stack = Stack(payload["net"], payload["pgm"]["settings"] if payload.get("pgm") else None,
+                      mixed_precision)
+    except (KeyError, TypeError, ValueError) as error:
+        raise UserError(f"{source}: the checkpoint's model settings do not rebuild a model ({error})") from None
+    load_state_checked(stack.net, payload["net_state"], source)
+    if stack.head is not None:
+        load_state_checked(stack.head, payload["pgm"]["state"], source)
+    return stack
+
+
+def check_fits_data(stack: Stack, data: TaskData, source: str) -> None:
+    """A UserError naming the mismatch when a checkpoint's network does not fit the data."""
+    spec = stack.spec
+    wanted = {"task": data.task, "input_channels": data.input_channels, "num_outputs": data.num_outputs}
+    for key, value in wanted.items():
+        if spec[key] != value:
+            raise UserError(f"{source}: the checkpoint's network has {key} = {spec[key]!r}, "
+                            f"the configured data needs {value!r}")
+
+
+def new_stack(config: Config, data: TaskData, pgm_settings: Optional[dict] = None) -> Stack:
+    """A freshly initialised (seeded) stack for the configured data."""
+    torch.manual_seed(config.seed)
+    spec = net_spec(config, data.input_channels, data.num_outputs, data.task)
+    return Stack(spec, pgm_settings, config.training.mixed_precision)
