@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -28,7 +27,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from regimen import folders, runs
+from regimen import files, folders, runs
 from regimen.calibration import Calibrator, choose_calibrator
 from regimen.config import Config, EvaluationConfig, config_hash, dump_config
 from regimen.data import add_static_features
@@ -136,24 +135,25 @@ def export(config: Config, ckpt: Path, out: Path, overwrite: bool, pgm_path: Opt
         "pgm_type": None if stack.head is None else stack.head.type, "checkpoint": str(ckpt),
         "calibration": {"method": bundle.calibrator.method, "fitted_on": "val", "val_ece": val_ece},
         "test": test,
-        "provenance": runs.provenance(config_hash(made_with), made_with.seed, data.meta, str(device), started,
+        "provenance": files.provenance(config_hash(made_with), made_with.seed, data.meta, str(device), started,
                                       time.time()),
     }}
     model = {"kind": "model", "dataset": data.identity, "net": dict(stack.spec),
              "net_state": stack.net.state_dict(), "mixed_precision": stack.mixed_precision,
              "preparation": bundle.preparation, "batch_size": bundle.batch_size}
-    files = {"model.pt": runs.checkpoint_bytes(model), "config.yaml": dump_config(made_with).encode(),
-             "calibration.npz": bundle.calibrator.to_npz(),
-             "metrics.json": (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode()}
+    names = runs.BundleFolder(Path(out))
+    payloads = {names.model.name: files.checkpoint_bytes(model), names.config.name: dump_config(made_with).encode(),
+                names.calibration.name: bundle.calibrator.to_npz(),
+                names.metrics.name: (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode()}
     if stack.head is not None:
-        files["pgm_params.pkl"] = runs.pgm_params_bytes(pgm_params(stack.head, data.identity))
-    manifest = {"files": {name: runs.sha256_bytes(payload) for name, payload in sorted(files.items())},
+        payloads[names.pgm_params.name] = files.pgm_params_bytes(pgm_params(stack.head, data.identity))
+    manifest = {"files": {name: files.sha256_bytes(payload) for name, payload in sorted(payloads.items())},
                 "config_hash": config_hash(made_with), "data_version": data.meta["data_version"],
                 "dataset": data.meta["name"], "git_commit": metrics["export"]["provenance"]["git_commit"],
                 "libraries": metrics["export"]["provenance"]["libraries"],
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    files["MANIFEST.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-    _write_all(Path(out), files)
+    payloads[names.manifest.name] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    folders.write_staged(names.root, payloads)
     return metrics["export"]
 
 
@@ -170,68 +170,49 @@ def _check_out(out: Path, overwrite: bool) -> None:
                         "swapped in)")
 
 
-def _write_all(out: Path, files: dict[str, bytes]) -> None:
-    """Write every file into a sibling temporary folder, then swap it in: a kill leaves the old
-    bundle or the new one, never a mix."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging, old = out.with_name(f".{out.name}.export-tmp"), out.with_name(f".{out.name}.export-old")
-    for leftover in (staging, old):
-        shutil.rmtree(leftover, ignore_errors=True)
-    staging.mkdir()
-    for name, payload in files.items():
-        (staging / name).write_bytes(payload)
-    lock = out / folders.LOCK_FILE
-    if lock.exists():  # the held lock moves with the bundle, so the folder stays claimed
-        os.replace(lock, staging / folders.LOCK_FILE)
-    if out.exists():
-        out.rename(old)
-    staging.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 # --------------------------------------------------------------------------- loading and verifying
 
 
 def verify(folder: Path) -> dict:
     """Check every file's sha256 against MANIFEST.json; a UserError names the first bad file."""
-    files = runs.BundleFolder(Path(folder))
-    if not files.root.is_dir():
-        raise UserError(f"{files.root}: not a folder; expected an export bundle")
-    if not files.manifest.is_file():
-        raise UserError(f"{files.manifest}: missing; {files.root} is not an export bundle")
+    bundle = runs.BundleFolder(Path(folder))
+    if not bundle.root.is_dir():
+        raise UserError(f"{bundle.root}: not a folder; expected an export bundle")
+    if not bundle.manifest.is_file():
+        raise UserError(f"{bundle.manifest}: missing; {bundle.root} is not an export bundle")
     try:
-        manifest = json.loads(files.manifest.read_text())
+        manifest = json.loads(bundle.manifest.read_text())
         listed = dict(manifest["files"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-        raise UserError(f"{files.manifest}: not a readable manifest (JSON with a 'files' table)") from None
+        raise UserError(f"{bundle.manifest}: not a readable manifest (JSON with a 'files' table)") from None
     for name in runs.BundleFolder.FILES:
-        if name not in listed and name != "pgm_params.pkl":
-            raise UserError(f"{files.manifest}: does not list {name}; the bundle is incomplete")
-    for name, digest in listed.items():
-        path = files.root / name
+        if name not in listed and name != bundle.pgm_params.name:  # a model without a PGM has none
+            raise UserError(f"{bundle.manifest}: does not list {name}; the bundle is incomplete")
+    for name, expected in listed.items():
+        path = bundle.root / name
         if name not in runs.BundleFolder.FILES:
-            raise UserError(f"{files.manifest}: lists an unknown file {name!r}")
+            raise UserError(f"{bundle.manifest}: lists an unknown file {name!r}")
         if not path.is_file():
-            raise UserError(f"{path}: missing (listed in {files.manifest.name})")
-        actual = runs.sha256_file(path)
-        if actual != digest:
-            raise UserError(f"{path}: sha256 {actual[:16]}... differs from {files.manifest.name} "
-                            f"({digest[:16]}...); the file changed after export")
+            raise UserError(f"{path}: missing (listed in {bundle.manifest.name})")
+        actual = files.sha256_file(path)
+        if actual != expected:
+            raise UserError(f"{path}: sha256 {actual[:16]}... differs from {bundle.manifest.name} "
+                            f"({expected[:16]}...); the file changed after export")
     return manifest
 
 
 def load_bundle(folder: str | Path, check: bool = True) -> Bundle:
     """Load an export bundle (after checking its hashes, unless `check=False`)."""
-    files = runs.BundleFolder(Path(folder))
-    manifest = verify(files.root) if check else json.loads(files.manifest.read_text())
-    model = runs.load_checkpoint(files.model, "bundle", ("model",))
-    stack = stack_from_checkpoint(model, str(files.model), model["mixed_precision"])
-    if "pgm_params.pkl" in manifest["files"]:
-        params = runs.load_pgm_params(files.pgm_params, "bundle")
+    bundle = runs.BundleFolder(Path(folder))
+    manifest = verify(bundle.root) if check else json.loads(bundle.manifest.read_text())
+    model = files.load_checkpoint(bundle.model, "bundle", ("model",))
+    stack = stack_from_checkpoint(model, str(bundle.model), model["mixed_precision"])
+    if bundle.pgm_params.name in manifest["files"]:
+        params = files.load_pgm_params(bundle.pgm_params, "bundle")
         if params["dataset"] != model["dataset"]:
-            raise UserError(f"{files.pgm_params}: fitted on other data than {files.model.name}")
-        stack.head = head_from_params(params, str(files.pgm_params))
-    return Bundle(stack, Calibrator.from_npz(files.calibration), model["preparation"], model["batch_size"])
+            raise UserError(f"{bundle.pgm_params}: fitted on other data than {bundle.model.name}")
+        stack.head = head_from_params(params, str(bundle.pgm_params))
+    return Bundle(stack, Calibrator.from_npz(bundle.calibration), model["preparation"], model["batch_size"])
 
 
 def predict(folder: str | Path, x, normalized: bool = False) -> dict:

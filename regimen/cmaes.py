@@ -26,7 +26,7 @@ from torch import nn
 from torch.func import functional_call
 from tqdm import tqdm
 
-from regimen import folders, runs
+from regimen import files, folders, runs
 from regimen.config import CMAESConfig, Config, config_hash
 from regimen.errors import UserError
 from regimen.evaluation import CHECKPOINT_KINDS, load_evaluated
@@ -201,7 +201,7 @@ def fine_tune(config: Config, ckpt: Path, out: Path, overwrite: bool) -> dict:
         raise UserError(f"--out {folder.root} already holds {', '.join(held[:3])}; pass --overwrite "
                         "or another --out")
     folders.claim(folder.root, "--out")
-    payload = runs.load_checkpoint(ckpt, "--ckpt", CHECKPOINT_KINDS)
+    payload = files.load_checkpoint(ckpt, "--ckpt", CHECKPOINT_KINDS)
     _, data, stack = load_evaluated(config, ckpt, None, payload)
     if data.task == "regression" and settings.objective != "metric":
         raise UserError(f"evolutionary.cmaes.objective = {settings.objective!r} needs class labels; "
@@ -239,15 +239,15 @@ def fine_tune(config: Config, ckpt: Path, out: Path, overwrite: bool) -> dict:
               "generations": settings.generations, "population_size": settings.population_size,
               "covariance": "diagonal" if diagonal else "full", "evaluation": objective.mode,
               "checkpoint": str(folder.checkpoint), "from": str(ckpt),
-              "provenance": runs.provenance(config_hash(config), config.seed, data.meta, str(device), started,
+              "provenance": files.provenance(config_hash(config), config.seed, data.meta, str(device), started,
                                             time.time())}
     stack.cpu()
     kept = {key: value for key, value in payload.items() if key not in ("format", "train_state")}
-    runs.save_checkpoint(folder.checkpoint, {**kept, **stack.payload(), "cmaes": {
+    files.save_checkpoint(folder.checkpoint, {**kept, **stack.payload(), "cmaes": {
         key: result[key] for key in ("objective", "groups", "start_loss", "final_loss")}})
-    runs.atomic_write_text(folder.root / runs.CMAES_TABLE, runs.csv_text(records))
+    files.atomic_write_text(folder.root / runs.CMAES_TABLE, files.csv_text(records))
     plot_cmaes(records, settings.objective, folder.root / runs.CMAES_PLOT)
-    runs.update_metrics(folder.metrics, "cmaes", result)
+    files.update_metrics(folder.metrics, "cmaes", result)
     return result
 
 

@@ -45,6 +45,7 @@ CALIBRATIONS = ("auto", "temperature", "isotonic", "none")
 OBJECTIVES = {"metric": None, "ece": False, "nll": False, "boundary_f1": True, "flicker": False,
               "latency": False, "memory": False, "parameters": False}
 CMAES_OBJECTIVES = ("kl", "nll", "metric")
+MAX_OBJECTIVES = 5  # evolutionary.objectives: DEAP fitness classes are made for 1 to this many
 MAX_SEED = 2 ** 31 - 1  # numpy's legacy seeding takes < 2**32, and phases add small offsets to the seed
 MAX_YAML_NODES = 100_000  # a config is a few hundred; an alias bomb expands to billions
 MAX_PATH = 4096  # Linux's PATH_MAX; one name at most NAME_MAX = 255 bytes
@@ -335,10 +336,15 @@ def dump_config(config: Config) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=None)
 
 
+def digest(value: Any) -> str:
+    """sha256 of a value's canonical JSON form (sorted keys, no spaces, anything else as text)."""
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def config_hash(config: Config) -> str:
     """sha256 of the canonical JSON form of the resolved config."""
-    canonical = json.dumps(to_dict(config), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return digest(to_dict(config))
 
 
 def leaf_keys(cls: Optional[type] = None, prefix: str = "") -> dict[str, Any]:
@@ -629,8 +635,8 @@ def _validate_evolutionary(check: _Checker) -> None:
                   f"must be < evolutionary.population_size ({evo.population_size})")
     check.require(evo.stagnation.immigrants < evo.population_size, "evolutionary.stagnation.immigrants",
                   f"must be < evolutionary.population_size ({evo.population_size})")
-    check.require(1 <= len(evo.objectives) <= 5 and len(set(evo.objectives)) == len(evo.objectives),
-                  "evolutionary.objectives", "expected 1 to 5 different objectives")
+    check.require(1 <= len(evo.objectives) <= MAX_OBJECTIVES and len(set(evo.objectives)) == len(evo.objectives),
+                  "evolutionary.objectives", f"expected 1 to {MAX_OBJECTIVES} different objectives")
     for i, name in enumerate(evo.objectives):
         check.require(name in OBJECTIVES, "evolutionary.objectives",
                       f"item {i} {name!r} is not one of {', '.join(OBJECTIVES)}")

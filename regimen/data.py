@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from regimen import folders, runs
+from regimen import files, folders, runs
 from regimen.errors import UserError
 from regimen.runs import dataset_name
 from regimen.config import Config
@@ -127,10 +127,10 @@ def preprocess(config: Config) -> tuple[Path, dict]:
     payloads, shapes, sizes = {}, {}, {}
     for split in tqdm(runs.SPLITS, desc="windows", unit="split", leave=False, disable=None):
         windows = cut_windows(arrays, parts[split], data.T_window, data.stride)
-        payloads[split] = runs.npz_bytes(windows)
+        payloads[split] = files.npz_bytes(windows)
         shapes[split] = {key: list(a.shape) for key, a in windows.items() if key in ("X", "Y", "P")}
         sizes[split] = {"sequences": int(len(parts[split])), "windows": int(len(windows["X"]))}
-    hashes = {split: runs.sha256_bytes(payload) for split, payload in payloads.items()}
+    hashes = {split: files.sha256_bytes(payload) for split, payload in payloads.items()}
     meta = {
         "name": dataset_name(config),
         "dataset": data.dataset,
@@ -154,6 +154,6 @@ def preprocess(config: Config) -> tuple[Path, dict]:
     }
 
     for split, payload in payloads.items():
-        runs.atomic_write_bytes(runs.split_path(folder, split), payload)
-    runs.atomic_write_json(runs.meta_path(folder), meta)  # last: it vouches for the splits
+        files.atomic_write_bytes(runs.split_path(folder, split), payload)
+    files.atomic_write_json(runs.meta_path(folder), meta)  # last: it vouches for the splits
     return folder, meta

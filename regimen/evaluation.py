@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from regimen import folders, runs
+from regimen import files, folders, runs
 from regimen.calibration import choose_calibrator
 from regimen.config import Config, EvaluationConfig, config_hash, from_dict
 from regimen.errors import UserError
@@ -99,7 +99,7 @@ def load_evaluated(config: Config, ckpt: Path, pgm_path: Optional[Path], payload
     """The config the checkpoint was made with, the configured data, and the checkpoint's stack
     with its PGM. The data must be the data the checkpoint was trained on. `payload`: the
     checkpoint when the caller has read it already."""
-    payload = payload or runs.load_checkpoint(ckpt, "--ckpt", CHECKPOINT_KINDS)
+    payload = payload or files.load_checkpoint(ckpt, "--ckpt", CHECKPOINT_KINDS)
     data = load_task_data(config)
     made = payload["dataset"]
     if (made["task"], made["num_classes"]) != (data.task, data.num_classes):
@@ -122,7 +122,7 @@ def _pgm_next_to(ckpt: Path, pgm_path: Optional[Path], data: TaskData) -> Option
     if pgm_path is None and not path.is_file():
         log.debug("no PGM in %s and no %s beside it: unaries only", ckpt, path.name)
         return None
-    params = runs.load_pgm_params(path, "--pgm")
+    params = files.load_pgm_params(path, "--pgm")
     check_same_data(params["dataset"], data.meta, f"--pgm {path}")
     head = head_from_params(params, f"--pgm {path}")
     if head.settings["num_classes"] != data.num_classes or head.settings["task"] != data.task:
@@ -141,10 +141,10 @@ def evaluate(config: Config, ckpt: Path, split: str, out: Optional[Path], pgm_pa
     if split not in runs.SPLITS:
         raise UserError(f"--split {split!r}: expected one of {', '.join(runs.SPLITS)}")
     out = runs.RunFolder(folders.check_output(out or runs.run_folder_of(ckpt).root, runs.RUN, "--out"))
-    out.check_metrics()
+    files.check_metrics(out.metrics)
     folders.claim(out.root, "--out")
     history_file = runs.run_folder_of(ckpt).history
-    history = runs.read_history(history_file) if history_file.is_file() else None
+    history = files.read_history(history_file) if history_file.is_file() else None
     _, data, stack = load_evaluated(config, ckpt, pgm_path)
     device = resolve_device(config.device)
     stack.to(device)
@@ -169,10 +169,10 @@ def evaluate(config: Config, ckpt: Path, split: str, out: Optional[Path], pgm_pa
         result["calibrated"] = {"method": calibrator.method, "val_ece": val_ece,
                                 **probability_report(data, split, calibrated, settings)}
     result["model"] = model_cost(stack, data.splits[split]["x"], device, config.training.batch_size)
-    result["provenance"] = runs.provenance(config_hash(config), config.seed, data.meta, str(device),
+    result["provenance"] = files.provenance(config_hash(config), config.seed, data.meta, str(device),
                                            started, time.time())
     result["plots"] = write_plots(result, data, history, out.plots, split)
-    runs.update_metrics(out.metrics, f"evaluate_{split}", result)
+    files.update_metrics(out.metrics, f"evaluate_{split}", result)
     return result
 
 

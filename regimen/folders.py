@@ -28,7 +28,7 @@ from pathlib import Path
 from regimen.errors import UserError
 
 LOCK_FILE = ".regimen.lock"
-# What `runs.atomic_write_bytes` and the plot writer leave when killed mid-write: .<name>.<random>.tmp[.png]
+# What `files.atomic_write_bytes` and the plot writer leave when killed mid-write: .<name>.<random>.tmp[.png]
 TEMPORARY = re.compile(r"^\..+\.tmp(\.[A-Za-z0-9]+)?$")
 _HELD: dict[Path, int] = {}  # folder -> the open lock file's descriptor, kept until the process ends
 _CREATED: dict[Path, list[Path]] = {}  # folder -> the lock file and folders its claim created, innermost first
@@ -185,6 +185,27 @@ def _remove_interrupted_writes(folder: Path) -> None:
         for name in os.listdir(path):
             if TEMPORARY.match(name) and (path / name).is_file():
                 (path / name).unlink(missing_ok=True)
+
+
+def write_staged(out: Path, entries: dict[str, bytes | Path]) -> None:
+    """Write `entries` (bytes, or a file to copy) into a sibling staging folder, then swap it in for
+    `out`: a kill leaves the old folder or the new one, never a mix. A held lock moves along."""
+    out = Path(out)
+    staging, old = out.with_name(f".{out.name}.staging"), out.with_name(f".{out.name}.old")
+    for leftover in (staging, old):  # a killed swap's, named by this function alone
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name, entry in entries.items():
+        if isinstance(entry, Path):
+            shutil.copyfile(entry, staging / name)
+        else:
+            (staging / name).write_bytes(entry)
+    if (out / LOCK_FILE).exists():
+        os.replace(out / LOCK_FILE, staging / LOCK_FILE)
+    if out.exists():
+        out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def clear(folder: Path, kind: FolderKind) -> None:

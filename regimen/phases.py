@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from regimen import folders, runs
+from regimen import files, folders, runs
 from regimen.config import Config, config_hash, dump_config, from_dict, get_key, leaf_keys, load_config, to_dict
 from regimen.errors import UserError
 from regimen.losses import consistency, resolve_unary_loss, unary_loss
@@ -41,7 +41,7 @@ def pretrain(config: Config, save: Path, resume: Optional[Path], overwrite: bool
     payload = None
     if resume is not None:
         run = runs.run_folder_of(resume)
-        run.check_metrics()  # before anything is said of the resume
+        files.check_metrics(run.metrics)  # before anything is said of the resume
         payload, config = _resume_point(resume, run, config)
     else:
         run = runs.RunFolder(Path(save))
@@ -68,7 +68,7 @@ def pretrain(config: Config, save: Path, resume: Optional[Path], overwrite: bool
                       _info("convlstm", data, config), config.seed, device, config.data.augmentations)
     summary = trainer.fit(payload)
 
-    best = stack_from_checkpoint(runs.load_checkpoint(run.best, "best.pt", ("convlstm",)), str(run.best),
+    best = stack_from_checkpoint(files.load_checkpoint(run.best, "best.pt", ("convlstm",)), str(run.best),
                                  config.training.mixed_precision).to(device)
     splits = {}
     for split in runs.SPLITS:
@@ -77,14 +77,14 @@ def pretrain(config: Config, save: Path, resume: Optional[Path], overwrite: bool
         splits[split] = {"unaries": unaries, "labels": data.splits[split]["y"]}
         if maps is not None:
             splits[split]["feature_maps"] = maps
-    runs.save_checkpoint(run.features, {"kind": "features", "dataset": data.identity, "splits": splits})
+    files.save_checkpoint(run.features, {"kind": "features", "dataset": data.identity, "splits": splits})
     metrics = {
         "task": data.task, "metric": MAIN_METRIC[data.task][0], "unary_loss": unary,
         **{split: task_metrics(data, split, splits[split]["unaries"]) for split in ("val", "test")},
         "training": summary,
         "provenance": _provenance(config, data.meta, device, started),
     }
-    runs.update_metrics(run.metrics, "train_convlstm", metrics)
+    files.update_metrics(run.metrics, "train_convlstm", metrics)
     return metrics
 
 
@@ -94,14 +94,14 @@ def pretrain(config: Config, save: Path, resume: Optional[Path], overwrite: bool
 def fit_structure(config: Config, features_path: Path, save: Optional[Path]) -> dict:
     """Fit `model.pgm` on saved unaries; write pgm_params.pkl and metrics before/after."""
     started = time.time()
-    features = runs.load_features(features_path, "--features")
+    features = files.load_features(features_path, "--features")
     meta = load_checked_meta(config)
     check_same_data(features["dataset"], meta, f"--features {features_path}")
     task, k = meta["task"], meta["num_classes"]
     check_pgm_task(config.model.pgm.type, task)
     run = runs.RunFolder(Path(save)) if save else runs.run_folder_of(features_path)
     folders.check_output(run.root, runs.RUN, "--save")
-    run.check_metrics()
+    files.check_metrics(run.metrics)
     folders.claim(run.root, "--save")
 
     head = PGMHead(pgm_settings(config.model.pgm, task, k))
@@ -112,7 +112,7 @@ def fit_structure(config: Config, features_path: Path, save: Optional[Path]) -> 
     metric = MAIN_METRIC[task][0]
     results = {split: _before_after(data, split, features["splits"][split]["unaries"], head)
                for split in ("val", "test")}
-    runs.save_pgm_params(run.pgm_params, pgm_params(head, data_identity(meta)))
+    files.save_pgm_params(run.pgm_params, pgm_params(head, data_identity(meta)))
     metrics = {
         "task": task, "metric": metric, "pgm": head.type, "fit": report,
         "learned": _learned(head), **results,
@@ -120,7 +120,7 @@ def fit_structure(config: Config, features_path: Path, save: Optional[Path]) -> 
                  for split in results},
         "provenance": _provenance(config, meta, torch.device("cpu"), started),
     }
-    runs.update_metrics(run.metrics, "fit_pgm", metrics)
+    files.update_metrics(run.metrics, "fit_pgm", metrics)
     return metrics
 
 
@@ -131,12 +131,12 @@ def train_joint(config: Config, resume: Path, pgm_path: Optional[Path], save: Op
                 overwrite: bool) -> dict:
     """Fine-tune network and PGM together (alternating or end to end) from a checkpoint."""
     started = time.time()
-    payload = runs.load_checkpoint(resume, "--resume", ("convlstm", "joint"))
+    payload = files.load_checkpoint(resume, "--resume", ("convlstm", "joint"))
     continuing = payload["kind"] == "joint"
     if continuing:
         payload = _resumable(resume, ("joint",), payload)
         run = runs.RunFolder(Path(save)) if save else runs.run_folder_of(resume)
-        run.check_metrics()
+        files.check_metrics(run.metrics)
         config = _config_of(payload, config)
     else:
         run = runs.RunFolder(Path(save) if save else DEFAULT_JOINT_FOLDER)
@@ -169,9 +169,9 @@ def train_joint(config: Config, resume: Path, pgm_path: Optional[Path], save: Op
                       refit=refit if mode == "alternating" else None, validate_start=True)
     summary = trainer.fit(payload if continuing else None)
 
-    best = stack_from_checkpoint(runs.load_checkpoint(run.best, "best.pt", ("joint",)), str(run.best),
+    best = stack_from_checkpoint(files.load_checkpoint(run.best, "best.pt", ("joint",)), str(run.best),
                                  config.training.mixed_precision).to(device)
-    runs.save_pgm_params(run.pgm_params, pgm_params(best.head, data.identity))
+    files.save_pgm_params(run.pgm_params, pgm_params(best.head, data.identity))
     results = {}
     for split in ("val", "test"):
         unaries, _ = predict(best, data.splits[split]["x"], device, config.training.batch_size)
@@ -179,7 +179,7 @@ def train_joint(config: Config, resume: Path, pgm_path: Optional[Path], save: Op
     metrics = {"task": data.task, "metric": MAIN_METRIC[data.task][0], "mode": mode,
                "pgm": best.head.type, "learned": _learned(best.head), **results, "training": summary,
                "provenance": _provenance(config, data.meta, device, started)}
-    runs.update_metrics(run.metrics, "train_joint", metrics)
+    files.update_metrics(run.metrics, "train_joint", metrics)
     return metrics
 
 
@@ -207,7 +207,7 @@ def _initial_head(config: Config, data: TaskData, resume: Path, pgm_path: Option
     if pgm_path is None and not path.is_file():
         log.info("no %s next to the checkpoint: the %s starts from the config", path.name, settings["type"])
         return PGMHead(settings)
-    params = runs.load_pgm_params(path, "--pgm")
+    params = files.load_pgm_params(path, "--pgm")
     check_same_data(params["dataset"], data.meta, f"--pgm {path}")
     if params["settings"] != settings:
         if pgm_path is not None:
@@ -248,7 +248,7 @@ def _learned(head: PGMHead) -> dict:
 
 
 def _resumable(path: Path, kinds: tuple[str, ...], payload: Optional[dict] = None) -> dict:
-    payload = payload or runs.load_checkpoint(path, "--resume", kinds)
+    payload = payload or files.load_checkpoint(path, "--resume", kinds)
     if "train_state" not in payload:
         raise UserError(f"--resume {path}: holds weights only; resume from "
                         f"{runs.run_folder_of(path).checkpoint}")
@@ -290,7 +290,7 @@ def _check_run_folder(run: runs.RunFolder, flag: str, fresh: bool, overwrite: bo
     if fresh and not overwrite:
         _refuse_to_overwrite(run)
     if not fresh:
-        run.check_metrics()
+        files.check_metrics(run.metrics)
     folders.claim(run.root, flag)
 
 
@@ -306,7 +306,7 @@ def _open_run(run: runs.RunFolder, config: Config, fresh: bool) -> None:
     (nothing of it may be taken for the new run), then writes its config."""
     if fresh:
         folders.clear(run.root, runs.RUN)
-    runs.atomic_write_text(run.config, dump_config(config))
+    files.atomic_write_text(run.config, dump_config(config))
     attach_log_file(run)
 
 
@@ -315,4 +315,4 @@ def _info(kind: str, data: TaskData, config: Config) -> dict:
 
 
 def _provenance(config: Config, meta: dict, device: torch.device, started: float) -> dict:
-    return runs.provenance(config_hash(config), config.seed, meta, str(device), started, time.time())
+    return files.provenance(config_hash(config), config.seed, meta, str(device), started, time.time())

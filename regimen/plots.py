@@ -15,7 +15,7 @@ from matplotlib import animation  # noqa: E402
 from matplotlib.colors import BoundaryNorm, ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from regimen import folders, runs  # noqa: E402
+from regimen import folders, processed  # noqa: E402
 
 
 def class_colours(num_classes: int) -> ListedColormap:
@@ -159,8 +159,8 @@ def visualize_split(folder: Path, split: str, count: int, out: Path,
                     predict: Optional[Callable[[np.ndarray], dict]] = None) -> tuple[Path, Path]:
     """Render `count` sequences of a processed split to `<out>/<name>_<split>.{png,gif}`
     (`<name>_<split>_predicted.*` with a model's predictions)."""
-    meta = runs.load_meta(folder)
-    panel = SequencePanel(runs.load_split(folder, split, meta), meta, count, predict=predict)
+    meta = processed.load_meta(folder)
+    panel = SequencePanel(processed.load_split(folder, split, meta), meta, count, predict=predict)
     folders.claim(out, "--out")
     stem = f"{meta['name']}_{split}" + ("_predicted" if predict else "")
     png, gif = out / f"{stem}.png", out / f"{stem}.gif"

@@ -1,6 +1,7 @@
 """The processed data a phase reads: the splits of phase 0 as tensors, checked against the config.
 
-`load_task_data(config)` finds `data/processed/<name>/` for the configured
+`load_meta` and `load_split` read phase 0's files, checked (each split against
+the sha256 that meta.json recorded). `load_task_data(config)` finds `data/processed/<name>/` for the configured
 dataset, checks that it was made with the same task, window and features, and
 returns a `TaskData`. `check_same_data` refuses a checkpoint or features file
 made from other data.
@@ -8,12 +9,15 @@ made from other data.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 
-from regimen import runs
+from regimen import files, runs
 from regimen.augment import Batch
 from regimen.config import Config
 from regimen.errors import UserError
@@ -57,7 +61,7 @@ def data_identity(meta: dict) -> dict:
 def load_checked_meta(config: Config) -> dict:
     """The processed data's meta.json, checked against the config that asks for it."""
     folder = runs.processed_dir(config.data.root, runs.dataset_name(config))
-    meta = runs.load_meta(folder)
+    meta = load_meta(folder)
     made = {"task": meta["task"], "T_window": meta["T_window"], "stride": meta["stride"],
             "static_features": meta["static_features"]}
     asked = {"task": config.data.task, "T_window": config.data.T_window, "stride": config.data.stride,
@@ -75,7 +79,7 @@ def load_task_data(config: Config) -> TaskData:
     folder = runs.processed_dir(config.data.root, meta["name"])
     splits = {}
     for split in runs.SPLITS:
-        arrays = runs.load_split(folder, split, meta)
+        arrays = load_split(folder, split, meta)
         splits[split] = {"x": torch.from_numpy(arrays["X"]), "y": torch.from_numpy(arrays["Y"])}
         if "P" in arrays:
             splits[split]["p"] = torch.from_numpy(arrays["P"])
@@ -90,3 +94,37 @@ def check_same_data(recorded: dict, meta: dict, source: str) -> None:
                         f"{recorded['data_version'][:12]}), but the configured data is "
                         f"{current['name']} (version {current['data_version'][:12]}); "
                         "use the config it was made with, or rerun the earlier phases")
+
+
+META_KEYS = ("name", "task", "num_classes", "T_window", "stride", "static_features", "sha256", "data_version",
+             "splits", "normalisation", "channel_names", "class_names", "spatial_invariant")
+
+
+def load_meta(folder: Path) -> dict:
+    path = runs.meta_path(folder)
+    if not path.is_file():
+        raise UserError(f"{path} not found; run tools/preprocess.py first")
+    meta = files.read_json(path, "tools/preprocess.py")
+    missing = [key for key in META_KEYS if not isinstance(meta, dict) or key not in meta]
+    if missing:
+        raise UserError(f"{path}: damaged (no {', '.join(missing)}); tools/preprocess.py writes it again")
+    return meta
+
+
+def load_split(folder: Path, split: str, meta: dict) -> dict[str, np.ndarray]:
+    """The arrays of one processed split (`X`, `Y`, optional `P`, `sequence`, `start`), checked
+    against the sha256 that meta.json recorded for it."""
+    if split not in runs.SPLITS:
+        raise UserError(f"unknown split '{split}'; expected one of {', '.join(runs.SPLITS)}")
+    path = runs.split_path(folder, split)
+    if not path.is_file():
+        raise UserError(f"{path} not found; run tools/preprocess.py first")
+    payload = path.read_bytes()
+    if files.sha256_bytes(payload) != meta["sha256"].get(split):
+        raise UserError(f"{path}: damaged (its sha256 differs from {runs.META_FILE}'s); tools/preprocess.py "
+                        "writes it again")
+    try:
+        with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except Exception as error:  # numpy and zipfile raise many types for a broken archive
+        raise files.damaged(path, "tools/preprocess.py", error) from None

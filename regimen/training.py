@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from regimen import runs
+from regimen import files, runs
 from regimen.augment import Augmenter, Batch
 from regimen.config import Config
 from regimen.errors import UserError
@@ -211,16 +211,16 @@ class Trainer:
         improved = is_better(value, self.best, self.data.task)
         if improved:
             self.best, self.since_best = value, 0
-            runs.save_checkpoint(self.run.best, {**self.info, **self.stack.payload(),
+            files.save_checkpoint(self.run.best, {**self.info, **self.stack.payload(),
                                                  "epoch": self.epoch, "val": record["val"]})
         else:
             self.since_best += 1
         record["best"] = improved
         self.history.append(record)
         # best.pt first, then ckpt.pt: a kill in between replays this epoch identically.
-        runs.save_checkpoint(self.run.checkpoint, {**self.info, **self.stack.payload(),
+        files.save_checkpoint(self.run.checkpoint, {**self.info, **self.stack.payload(),
                                                    "train_state": self._train_state()})
-        runs.write_history(self.run.history, self.history)
+        files.write_history(self.run.history, self.history)
         plot_learning_curve(self.history, self.metric, self.run.learning_curve)
         parts = " ".join(f"{k}={v:.4f}" for k, v in record["train"].items())
         log.info("epoch %d: %s val %s=%.4f%s (%.1fs)", record["epoch"], parts, self.metric, value,

@@ -23,10 +23,11 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from regimen import runs
+from regimen import files, runs
 from regimen.config import OBJECTIVES
 from regimen.metrics import MAIN_METRIC
 
@@ -34,57 +35,72 @@ PROJECT = Path(__file__).resolve().parents[1]  # the phase scripts live here
 # The phase scripts of a trial; tests point this at fault-injecting stand-ins.
 SCRIPTS = {"train_convlstm": "train_convlstm.py", "fit_pgm": "fit_pgm.py", "train_joint": "train_joint.py",
            "evaluate": "evaluate.py"}
-RESULT = "result.json"
-TRIAL_CONFIG = "trial.yaml"  # beside the run files of its phases, which write their own config.yaml
 LOG_TAIL = 400  # characters of a failed phase's stderr kept as its reason
 
 
-def trial_config(folder: Path) -> Path:
-    return Path(folder) / TRIAL_CONFIG
+@dataclass
+class TrialSpec:
+    """What a worker needs to run one trial, and nothing else (it travels to Dask workers).
+
+    Attributes:
+        folder: the trial folder (absolute: workers run elsewhere).
+        key: the trial cache's key (genome and fidelity).
+        config_yaml: the resolved config of the trial.
+        has_pgm: the task has a PGM (phase 2 runs).
+        joint: phase 3 runs too.
+        objectives: the names of the objectives read back.
+        timeout_s: the whole trial's time limit.
+        retries: how often a failed trial runs again.
+        env: the slot's extra environment (devices, threads).
+    """
+
+    folder: str
+    key: str
+    config_yaml: str
+    has_pgm: bool
+    joint: bool
+    objectives: list[str]
+    timeout_s: float
+    retries: int
+    env: dict[str, str] = field(default_factory=dict)
 
 
 def trial_commands(folder: Path, has_pgm: bool, joint: bool) -> list[tuple[str, list[str]]]:
     """The (phase, command) pairs of a trial folder, in order (each attempt starts in an empty folder)."""
-    config = str(trial_config(folder))
-    phases = [("train_convlstm", ["--save", str(folder)])]
-    ckpt = folder / "best.pt"
+    trial = runs.TrialFolder(folder)
+    phases = [("train_convlstm", ["--save", str(trial.run.root)])]
+    ckpt = trial.run.best
     if has_pgm:
-        phases.append(("fit_pgm", ["--features", str(folder / "features.pt")]))
+        phases.append(("fit_pgm", ["--features", str(trial.run.features)]))
         if joint:
-            phases.append(("train_joint", ["--resume", str(folder / "ckpt.pt"), "--save", str(folder / "joint")]))
-            ckpt = folder / "joint" / "best.pt"
-    phases.append(("evaluate", ["--ckpt", str(ckpt), "--split", "val", "--out", str(folder)]))
-    return [(phase, [sys.executable, str(PROJECT / SCRIPTS[phase]), "--config", config, *args])
+            phases.append(("train_joint", ["--resume", str(trial.run.checkpoint), "--save", str(trial.joint.root)]))
+            ckpt = trial.joint.best
+    phases.append(("evaluate", ["--ckpt", str(ckpt), "--split", "val", "--out", str(trial.root)]))
+    return [(phase, [sys.executable, str(PROJECT / SCRIPTS[phase]), "--config", str(trial.config), *args])
             for phase, args in phases]
 
 
-def run_trial(spec: dict) -> dict:
-    """Run one trial (see the module docstring) and return its result.
-
-    Args:
-        spec: `folder`, `key` (cache key), `config_yaml` (the resolved config),
-            `has_pgm`, `joint`, `objectives`, `timeout_s`, `retries` and `env`
-            (extra environment of the slot: devices, threads).
-    """
-    folder = Path(spec["folder"])
-    done = read_result(folder, spec["key"])
+def run_trial(spec: TrialSpec) -> dict:
+    """Run one trial (see the module docstring) and return its result."""
+    trial = runs.TrialFolder(spec.folder)
+    done = read_result(trial, spec.key)
     if done is not None:
         return done
     attempts, started = [], time.time()
-    for _ in range(spec["retries"] + 1):
-        result = _attempt(spec, folder)
+    for _ in range(spec.retries + 1):
+        result = _attempt(spec, trial)
         attempts.append(result["reason"])
         if result["status"] in ("ok", "out_of_memory"):  # the same genome would run out again
             break
-    result.update(key=spec["key"], attempts=len(attempts), seconds=round(time.time() - started, 3),
+    result.update(key=spec.key, attempts=len(attempts), seconds=round(time.time() - started, 3),
                   reasons=attempts if result["status"] != "ok" else [])
-    runs.atomic_write_json(folder / RESULT, result)
+    files.atomic_write_json(trial.result, result)
     return result
 
 
-def read_result(folder: Path, key: str) -> Optional[dict]:
-    """A finished trial's result in `folder`, when it is the same genome and fidelity."""
-    path = Path(folder) / RESULT
+def read_result(trial: runs.TrialFolder, key: str) -> Optional[dict]:
+    """A finished trial's result, when it is the same genome and fidelity."""
+    path = trial.result
     if not path.is_file():
         return None
     try:
@@ -94,19 +110,19 @@ def read_result(folder: Path, key: str) -> Optional[dict]:
     return result if result.get("key") == key else None
 
 
-def _attempt(spec: dict, folder: Path) -> dict:
-    if folder.exists():  # a killed attempt's leftovers (this trial has no result yet)
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    trial_config(folder).write_text(spec["config_yaml"])
-    env = {**os.environ, **spec["env"]}
-    deadline = time.monotonic() + spec["timeout_s"]
+def _attempt(spec: TrialSpec, trial: runs.TrialFolder) -> dict:
+    if trial.root.exists():  # a killed attempt's leftovers (this trial has no result yet)
+        shutil.rmtree(trial.root)
+    trial.root.mkdir(parents=True)
+    trial.config.write_text(spec.config_yaml)
+    env = {**os.environ, **spec.env}
+    deadline = time.monotonic() + spec.timeout_s
     launched = time.time()
-    for phase, command in trial_commands(folder, spec["has_pgm"], spec["joint"]):
+    for phase, command in trial_commands(trial.root, spec.has_pgm, spec.joint):
         left = deadline - time.monotonic()
         if left <= 0:
-            return _failed("timeout", f"{phase}: no time left of {spec['timeout_s']:g} s")
-        with open(folder / f"{phase}.log", "w") as log:
+            return _failed("timeout", f"{phase}: no time left of {spec.timeout_s:g} s")
+        with open(trial.log(phase), "w") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                        start_new_session=True, preexec_fn=_die_with_parent)
             try:
@@ -114,29 +130,31 @@ def _attempt(spec: dict, folder: Path) -> dict:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-                return _failed("timeout", f"{phase}: still running after the trial's {spec['timeout_s']:g} s")
-        if code == -signal.SIGKILL:  # not ours (a timeout is handled above): the out-of-memory killer's
-            return _failed("out_of_memory", f"{phase} was killed by SIGKILL, as the kernel's out-of-memory "
-                                            "killer does")
-        if code < 0:
-            return _failed("killed", f"{phase} was killed by signal {-code}")
+                return _failed("timeout", f"{phase}: still running after the trial's {spec.timeout_s:g} s")
         if code != 0:
-            tail = (folder / f"{phase}.log").read_text(errors="replace")[-LOG_TAIL:].strip().splitlines()
-            out_of_memory = any("out of memory" in line.lower() or "MemoryError" in line for line in tail)
-            return _failed("out_of_memory" if out_of_memory else "crashed",
-                           f"{phase} exited {code}: {tail[-1] if tail else ''}")
-    return _read_objectives(spec, folder, launched)
+            return _phase_failed(phase, code, trial.log(phase))
+    return _read_objectives(spec, trial, launched)
 
 
-def _read_objectives(spec: dict, folder: Path, launched: float) -> dict:
+def _phase_failed(phase: str, code: int, log: Path) -> dict:
+    if code == -signal.SIGKILL:  # not ours (a timeout is handled apart): the out-of-memory killer's
+        return _failed("out_of_memory", f"{phase} was killed by SIGKILL, as the kernel's out-of-memory killer does")
+    if code < 0:
+        return _failed("killed", f"{phase} was killed by signal {-code}")
+    tail = log.read_text(errors="replace")[-LOG_TAIL:].strip().splitlines()
+    out_of_memory = any("out of memory" in line.lower() or "MemoryError" in line for line in tail)
+    return _failed("out_of_memory" if out_of_memory else "crashed", f"{phase} exited {code}: {tail[-1] if tail else ''}")
+
+
+def _read_objectives(spec: TrialSpec, trial: runs.TrialFolder, launched: float) -> dict:
     try:
-        metrics = json.loads((folder / "metrics.json").read_text())
+        metrics = json.loads(trial.run.metrics.read_text())
         evaluation = metrics["evaluate_val"]
-        values = [objective_value(name, evaluation) for name in spec["objectives"]]
+        values = [objective_value(name, evaluation) for name in spec.objectives]
     except (OSError, KeyError, TypeError, json.JSONDecodeError) as error:
-        return _failed("crashed", f"no validation metrics in metrics.json ({type(error).__name__}: {error})")
+        return _failed("crashed", f"no validation metrics in {trial.run.metrics.name} ({type(error).__name__}: {error})")
     if any(v is None or not math.isfinite(v) for v in values):
-        return _failed("nan", f"objectives {dict(zip(spec['objectives'], values))} are not finite")
+        return _failed("nan", f"objectives {dict(zip(spec.objectives, values))} are not finite")
     training = metrics.get("train_convlstm", {}).get("training", {})
     overhead = training["started_unix"] - launched if "started_unix" in training else None
     return {"status": "ok", "reason": "", "objectives": values, "overhead_s": overhead}

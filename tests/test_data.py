@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from regimen import folders, runs
+from regimen import files, folders, processed, runs
 from regimen.cli import UserError
 from regimen.config import load_config
 from regimen.data import (add_static_features, channel_statistics, cut_windows, preprocess,
@@ -70,12 +70,12 @@ def test_preprocess_writes_reproducible_files_with_training_statistics(write_con
     assert set(first) == {"train.npz", "val.npz", "test.npz", "meta.json"}
     assert json.loads(first["meta.json"]) == meta
     for split in runs.SPLITS:
-        assert runs.sha256_file(runs.split_path(folder, split)) == meta["sha256"][split]
+        assert files.sha256_file(runs.split_path(folder, split)) == meta["sha256"][split]
 
     preprocess(config)
     assert {name: (folder / name).read_bytes() for name in folders.contents(folder)} == first  # byte-identical
 
-    splits = {s: runs.load_split(folder, s, meta) for s in runs.SPLITS}
+    splits = {s: processed.load_split(folder, s, meta) for s in runs.SPLITS}
     sequences = [set(splits[s]["sequence"].tolist()) for s in runs.SPLITS]
     assert not (sequences[0] & sequences[1] or sequences[0] & sequences[2] or sequences[1] & sequences[2])
     assert [meta["splits"][s]["sequences"] for s in runs.SPLITS] == [len(s) for s in sequences]
@@ -100,7 +100,7 @@ def test_windows_keep_labels_and_soft_targets_aligned(write_config):
     folder, meta = preprocess(config)
     from regimen.datasets import load_dataset
     raw = load_dataset(config.data, config.seed)
-    split = runs.load_split(folder, "train", meta)
+    split = processed.load_split(folder, "train", meta)
     for i in range(len(split["X"])):
         seq, start = split["sequence"][i], split["start"][i]
         np.testing.assert_array_equal(split["Y"][i], raw.Y[seq, start:start + 4])

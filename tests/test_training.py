@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from regimen import folders, runs
+from regimen import files, folders, runs
 from regimen.config import load_config
 from regimen.data import preprocess
 from regimen.losses import unary_loss
@@ -56,7 +56,7 @@ def test_a_trainer_killed_mid_epoch_and_resumed_ends_with_the_same_weights(write
     with pytest.raises(Killed):  # dies in the middle of epoch 2
         trainer_for(config, data, new_stack(config, data), tmp_path / "b",
                     kill_at_step=steps_per_epoch + 2).fit()
-    payload = runs.load_checkpoint(tmp_path / "b" / "ckpt.pt", "--resume", ("convlstm",))
+    payload = files.load_checkpoint(tmp_path / "b" / "ckpt.pt", "--resume", ("convlstm",))
     assert payload["train_state"]["epoch"] == 1
     resumed = trainer_for(config, data, stack_from_checkpoint(payload, "ckpt", mixed_precision=True), tmp_path / "b")
     resumed.fit(payload)

@@ -1,0 +1,178 @@
+"""Which trials a generation runs, and where: specs from genomes, the trial cache, local slots or Dask.
+
+`TrialScheduler.run` turns genomes into trial specs (decoded and repaired
+configs, at the generation's fidelity, with their processed data prepared
+once per distinct data section), skips what the cache already holds (the same
+genome at the same fidelity never trains twice, a genome twice in one
+generation runs once), runs the rest through `map` (local slots or a Dask
+client) and returns one result per genome, in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from multiprocessing.pool import ThreadPool
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from tqdm import tqdm
+
+from regimen import runs
+from regimen.config import Config, digest, dump_config, to_dict
+from regimen.data import preprocess
+from regimen.errors import UserError
+from regimen.genome import Gene, decode
+from regimen.trials import TrialSpec, run_trial
+
+
+@dataclass
+class TrialRecord:
+    """What the search records of a trial beside its result (trials.csv)."""
+
+    folder: str
+    key: str
+    fidelity: str
+    values: dict
+    repairs: list[str]
+
+
+log = logging.getLogger(__name__)
+
+
+class TrialScheduler:
+    """Runs the trials of a search's generations (see the module docstring).
+
+    Args:
+        config: the base config; genomes overwrite its `search_space` keys.
+        genes: the genes of `search_space`.
+        folder: the search folder.
+        mapper: `map(function, specs)` yielding results in the order of `specs`.
+        slot_env: `i -> environment` of parallel slot i (devices, threads).
+    """
+
+    def __init__(self, config: Config, genes: list[Gene], folder: runs.SearchFolder, mapper: Callable,
+                 slot_env: Callable[[int], dict]):
+        self.config, self.evo, self.genes, self.folder = config, config.evolutionary, genes, folder
+        self.map, self.slot_env = mapper, slot_env
+        self.cache: dict[str, dict] = {}  # trial key -> result, saved with the search's state
+
+    def fidelity(self, generation: int) -> str:
+        return "low" if generation < self.evo.low_fidelity.generations else "full"
+
+    def key(self, genome: list, fidelity: str) -> str:
+        """The trial cache's key: the genome's config values and the fidelity."""
+        values = {gene.key: gene.decode(value) for gene, value in zip(self.genes, genome)}
+        return digest({"values": values, "fidelity": fidelity})[:16]
+
+    def run(self, generation: int, genomes: list[list], fidelity: str
+            ) -> tuple[list[dict], list[tuple[int, TrialRecord, dict]]]:
+        """Each genome's result, in order, and the trials this call added (index, record, result:
+        genomes no repair makes valid, then the trials that ran), for trials.csv."""
+        added, work = [], {}
+        keys = []
+        for index, genome in enumerate(genomes):
+            record, config = self._prepare(generation, index, genome, fidelity)
+            keys.append(record.key)
+            if config is None and record.key not in self.cache:  # a genome no repair makes valid
+                self.cache[record.key] = {"status": "invalid", "reason": record.repairs[-1], "objectives": None,
+                                          "folder": "", "key": record.key}
+                added.append((index, record, self.cache[record.key]))
+            elif record.key not in self.cache and record.key not in work:  # twice in one generation: once
+                work[record.key] = (index, record, config)
+        for _, _, config in work.values():
+            self._prepare_data(config)
+        specs = [self._spec(record, config, slot) for slot, (_, record, config) in enumerate(work.values())]
+        finished = tqdm(self.map(run_trial, specs), total=len(specs), desc=f"generation {generation} trials",
+                        unit="trial", leave=False, disable=None)
+        for (index, record, _), result in zip(work.values(), finished):
+            self.cache[record.key] = {**result, "folder": record.folder}
+            added.append((index, record, self.cache[record.key]))
+        return [self.cache[key] for key in keys], added
+
+    def _prepare(self, generation: int, index: int, genome: list, fidelity: str
+                 ) -> tuple[TrialRecord, Optional[Config]]:
+        folder, key = str(self.folder.trial(generation, index)), self.key(genome, fidelity)
+        try:
+            config, values, repairs = decode(self.genes, genome, self.config)
+        except UserError as error:
+            values = {g.key: g.decode(v) for g, v in zip(self.genes, genome)}
+            return TrialRecord(folder, key, fidelity, values, [str(error)]), None
+        if fidelity == "low":
+            self._lower_fidelity(config)
+        config.data.root = str(self._data_root(config))
+        if config.data.path:
+            config.data.path = str(Path(config.data.path).resolve())
+        config.evolutionary.search_space = {}  # a trial's config is a plain run
+        return TrialRecord(folder, key, fidelity, values, repairs), config
+
+    def _spec(self, record: TrialRecord, config: Config, slot: int) -> TrialSpec:
+        return TrialSpec(record.folder, record.key, dump_config(config), config.data.task != "regression",
+                         self.evo.trial_joint, list(self.evo.objectives), self.evo.trial_timeout_s,
+                         self.evo.trial_retries, self.slot_env(slot))
+
+    def _lower_fidelity(self, config: Config) -> None:
+        low = self.evo.low_fidelity
+        generator = config.data.generator
+        generator.height = max(4, generator.height // low.downsample_factor)
+        generator.width = max(4, generator.width // low.downsample_factor)
+        config.training.epochs = min(config.training.epochs, low.max_epochs)
+        config.training.joint.epochs = min(config.training.joint.epochs, low.max_epochs)
+
+    def _data_root(self, config: Config) -> Path:
+        """Processed data per distinct data section, shared by the trials that use it."""
+        return self.folder.data / digest(to_dict(config)["data"] | {"seed": config.seed})[:12]
+
+    @staticmethod
+    def _prepare_data(config: Config) -> None:
+        """Phase 0 once for each data section the pending trials need (before they start)."""
+        folder = runs.processed_dir(config.data.root, runs.dataset_name(config))
+        if not runs.meta_path(folder).is_file():
+            log.info("preprocessing %s into %s", runs.dataset_name(config), folder)
+            preprocess(config)
+
+
+class trial_mapper:
+    """A context giving `map(function, items)` over `parallel` local slots, or a Dask cluster: an
+    iterator of the results in the order of `items`, each as soon as it and those before it are done."""
+
+    def __init__(self, parallel: int, scheduler: Optional[str]):
+        self.parallel, self.scheduler = parallel, scheduler
+        self.pool = self.client = None
+
+    def __enter__(self):
+        if self.scheduler:
+            from dask.distributed import Client
+
+            try:
+                self.client = Client(self.scheduler, timeout=30)
+            except OSError as error:
+                raise UserError(f"--scheduler {self.scheduler}: cannot connect ({error})") from None
+            # Results in submission order, so they (and a resume) do not depend on which worker ran what.
+            return lambda fn, items: (future.result() for future in self.client.map(fn, items, pure=False))
+        # Each slot only waits on its trial's subprocesses, so threads are enough to run N trials at once.
+        self.pool = ThreadPool(self.parallel)
+        return lambda fn, items: self.pool.imap(fn, items, chunksize=1)
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.close()
+            self.pool.join()
+        if self.client is not None:
+            self.client.close()
+
+
+def slot_environment(parallel: int, config: Config, scheduler: Optional[str]) -> Callable[[int], dict]:
+    """Slot i's environment: one GPU round-robin over `evolutionary.devices` (default every visible
+    GPU), else a share of the CPU cores. On a cluster each worker pins its own GPU."""
+    if scheduler:
+        return lambda slot: {}
+    devices = config.evolutionary.devices
+    if devices is None and torch.cuda.is_available():
+        devices = list(range(torch.cuda.device_count()))
+    if devices:
+        return lambda slot: {"CUDA_VISIBLE_DEVICES": str(devices[slot % len(devices)])}
+    threads = str(max(1, (os.cpu_count() or 1) // parallel))
+    return lambda slot: {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
