@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 
 from regimen import cli
-from regimen.config import load_config
+from regimen.config_file import load_config
 
 log = logging.getLogger("evolve")
 

@@ -21,7 +21,7 @@ import logging
 
 from regimen import cli
 from regimen.bundle import export, load_bundle, verify
-from regimen.config import load_config
+from regimen.config_file import load_config
 
 log = logging.getLogger("export")
 

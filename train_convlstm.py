@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 
 from regimen import cli, runs
-from regimen.config import load_config
+from regimen.config_file import load_config
 from regimen.phases import pretrain
 
 log = logging.getLogger("train_convlstm")

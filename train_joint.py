@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 
 from regimen import cli
-from regimen.config import load_config
+from regimen.config_file import load_config
 from regimen.phases import train_joint
 
 log = logging.getLogger("train_joint")

@@ -1,9 +1,9 @@
-"""The one config: typed sections, strict loading, overrides, validation, hash.
+"""The one config: typed sections with their defaults, and its canonical forms (dict, YAML, hash).
 
-`load_config(path, overrides)` reads the YAML with `yaml.safe_load`, applies the
-`--set dotted.key=value` overrides (values parsed as YAML), converts every value
-to its field's type and validates ranges. Any problem is a `UserError` naming
-the file, the dotted key, the value and what is allowed.
+Reading a file is `regimen.config_file.load_config`; checking values is
+`regimen.validation.validate`. Every section is a plain dataclass; `from_dict`
+converts a mapping to them, refusing unknown keys and wrong types with a
+"did you mean" for near misses.
 """
 
 from __future__ import annotations
@@ -12,20 +12,15 @@ import dataclasses
 import difflib
 import hashlib
 import json
-import logging
 import math
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
 from regimen.errors import UserError
-from regimen.machine import require_memory
-
-log = logging.getLogger(__name__)
 
 DATASETS = ("storms", "digits", "regimes", "npz")
 TASKS = ("segmentation", "tagging", "regression")
@@ -241,85 +236,7 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
 
-# --------------------------------------------------------------------------- loading
-
-
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read, override, type-check and validate a config file.
-
-    Raises:
-        UserError: naming the file, the key, the value and what is expected.
-    """
-    path = Path(path)
-    source = str(path)
-    if path.is_dir():
-        raise UserError(f"{source}: is a folder; expected a YAML config file")
-    if not path.is_file():
-        raise UserError(f"{source}: config file not found")
-    try:
-        raw = safe_yaml(path.read_text(), source)
-    except UnicodeDecodeError:
-        raise UserError(f"{source}: not a text file") from None
-    if raw is None:
-        log.warning("%s is empty: every key takes its default", source)
-        raw = {}
-    if not isinstance(raw, dict):
-        raise UserError(f"{source}: expected a mapping of sections at the top, got {type(raw).__name__}")
-    for override in overrides:
-        _apply_override(raw, override)
-    config = from_dict(raw, source)
-    validate(config, source)
-    return config
-
-
-def safe_yaml(text: str, source: str) -> Any:
-    """`yaml.safe_load` that refuses a duplicate key (instead of keeping the last) and a document
-    whose aliases expand to more than `MAX_YAML_NODES` nodes (an alias bomb)."""
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _check_nodes(node, source)
-        return loader.construct_document(node)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise UserError(f"{source}: malformed YAML{where}: {problem}") from None
-    finally:
-        loader.dispose()
-
-
-def _check_nodes(root: yaml.Node, source: str) -> None:
-    """Count the nodes `root` expands to (aliases counted at every use) and find duplicate keys."""
-    sizes: dict[int, int] = {}
-
-    def size(node: yaml.Node, open_nodes: frozenset) -> int:
-        if id(node) in sizes:
-            return sizes[id(node)]
-        if id(node) in open_nodes:
-            raise UserError(f"{source}: an alias at line {node.start_mark.line + 1} refers to itself")
-        inside = open_nodes | {id(node)}
-        total = 1
-        if isinstance(node, yaml.MappingNode):
-            seen = set()
-            for key, value in node.value:
-                if isinstance(key, yaml.ScalarNode):
-                    if key.value in seen:
-                        raise UserError(f"{source}: key '{key.value}' appears twice in one section (line "
-                                        f"{key.start_mark.line + 1}); keep one")
-                    seen.add(key.value)
-                total += size(key, inside) + size(value, inside)
-        elif isinstance(node, yaml.SequenceNode):
-            total += sum(size(item, inside) for item in node.value)
-        if total > MAX_YAML_NODES:
-            raise UserError(f"{source}: the YAML expands to more than {MAX_YAML_NODES} values through its "
-                            "aliases (&/*); write the values out")
-        sizes[id(node)] = total
-        return total
-
-    size(root, frozenset())
+# --------------------------------------------------------------------------- canonical forms
 
 
 def from_dict(raw: dict, source: str = "config") -> Config:
@@ -367,22 +284,6 @@ def get_key(config: Config, dotted: str) -> Any:
     return value
 
 
-def _apply_override(raw: dict, override: str) -> None:
-    key, sep, text = override.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise UserError(f"--set {override!r}: expected dotted.key=value")
-    value = safe_yaml(text, f"--set {key}")
-    node = raw
-    parts = key.split(".")
-    for depth, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise UserError(f"--set {key}: {'.'.join(parts[:depth + 1])} is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
 def _fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
     hints = typing.get_type_hints(cls)
     return [(f, hints[f.name]) for f in dataclasses.fields(cls)]
@@ -397,7 +298,7 @@ def _convert(value: Any, hint: Any, key: str, source: str) -> Any:
         known = {f.name: h for f, h in _fields(hint)}
         for name in value:
             if name not in known:
-                hint = _did_you_mean(str(name), list(known), prefix=key)
+                hint = did_you_mean(str(name), list(known), prefix=key)
                 raise UserError(f"{source}: unknown key '{_join(key, name)}'{hint}")
         kwargs = {name: _convert(value[name], known[name], _join(key, name), source)
                   for name in value}
@@ -446,7 +347,7 @@ def _convert(value: Any, hint: Any, key: str, source: str) -> Any:
     raise TypeError(f"unsupported config annotation {hint!r} for {key}")
 
 
-def _shown(value: Any, limit: int = 80) -> str:
+def shown(value: Any, limit: int = 80) -> str:
     """A value's repr for a one-line message, cut when long."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit - 20]}... ({len(text)} characters)"
@@ -456,227 +357,7 @@ def _join(prefix: str, name: Any) -> str:
     return f"{prefix}.{name}" if prefix else str(name)
 
 
-def _did_you_mean(word: str, options: list[str], prefix: str = "") -> str:
+def did_you_mean(word: str, options: list[str], prefix: str = "") -> str:
     """"; did you mean 'X'?" for the nearest option, or "" when none is near."""
     close = difflib.get_close_matches(word, options, n=1)
     return f"; did you mean '{_join(prefix, close[0])}'?" if close else ""
-
-
-# --------------------------------------------------------------------------- validation
-
-
-class _Checker:
-    """Collects the first failed check as a UserError naming key, value and rule."""
-
-    def __init__(self, config: Config, source: str):
-        self.config, self.source = config, source
-
-    def require(self, ok: bool, key: str, expected: str) -> None:
-        if not ok:
-            raise UserError(f"{self.source}: {key} = {_shown(get_key(self.config, key))}: {expected}")
-
-    def one_of(self, key: str, allowed: tuple) -> None:
-        value = get_key(self.config, key)
-        if value not in allowed:
-            hint = _did_you_mean(str(value), [str(a) for a in allowed])
-            raise UserError(f"{self.source}: {key} = {value!r}: expected one of "
-                            f"{', '.join(map(str, allowed))}{hint}")
-
-    def positive(self, *keys: str) -> None:
-        for key in keys:
-            self.require(get_key(self.config, key) > 0, key, "must be > 0")
-
-    def non_negative(self, *keys: str) -> None:
-        for key in keys:
-            self.require(get_key(self.config, key) >= 0, key, "must be >= 0")
-
-    def rate(self, *keys: str) -> None:
-        for key in keys:
-            self.require(0.0 <= get_key(self.config, key) <= 1.0, key, "must be in [0, 1]")
-
-
-def validate(config: Config, source: str = "config") -> None:
-    """Check ranges and consistency between keys; raise UserError on the first problem."""
-    check = _Checker(config, source)
-    check.require(0 <= config.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}]")
-    _validate_device(check)
-    _validate_data(check)
-    _validate_model(check)
-    _validate_training(check)
-    _validate_evolutionary(check)
-    check.one_of("evaluation.split", ("train", "val", "test"))  # runs.SPLITS
-    check.positive("evaluation.bins")
-    check.non_negative("evaluation.boundary_tolerance")
-    check.one_of("evaluation.calibration", CALIBRATIONS)
-
-
-def _validate_device(check: _Checker) -> None:
-    device = check.config.device
-    ok = device in ("auto", "cpu", "cuda") or (
-        device.startswith("cuda:") and device[5:].isdigit())
-    check.require(ok, "device", "expected auto, cpu, cuda or cuda:N")
-
-
-def _validate_data(check: _Checker) -> None:
-    data = check.config.data
-    check.one_of("data.dataset", DATASETS)
-    check.one_of("data.task", TASKS)
-    allowed = TASKS_OF_DATASET[data.dataset]
-    check.require(data.task in allowed, "data.task",
-                  f"dataset '{data.dataset}' offers {', '.join(allowed)}")
-    check.require(data.dataset != "npz" or bool(data.path), "data.path",
-                  "dataset 'npz' needs the path of an .npz file with X and Y")
-    if data.num_classes is not None:
-        check.require(data.num_classes >= 2, "data.num_classes", "must be >= 2 (or null)")
-    check.one_of("data.format", ("NTHWC", "NTCHW"))
-    for key in ("data.root", "data.path"):
-        _validate_path(check, key)
-    check.require(data.T_window >= 2, "data.T_window", "must be >= 2 (temporal links and the consistency "
-                  "term compare consecutive frames)")
-    check.positive("data.stride")
-    check.require(len(data.splits) == 3 and all(f >= 0 for f in data.splits)
-                  and abs(sum(data.splits) - 1.0) < 1e-6 and data.splits[0] > 0,
-                  "data.splits", "expected three fractions [train, val, test] summing to 1, train > 0")
-    for i, name in enumerate(data.static_features):
-        check.require(name in STATIC_FEATURES, "data.static_features",
-                      f"item {i} {name!r} is not one of {', '.join(STATIC_FEATURES)}")
-    check.require(len(set(data.static_features)) == len(data.static_features),
-                  "data.static_features", "lists a feature twice")
-
-    gen = "data.generator"
-    check.positive(f"{gen}.num_sequences", f"{gen}.sequence_length", f"{gen}.height", f"{gen}.width")
-    if data.dataset != "npz":
-        g = data.generator
-        require_memory(g.num_sequences * g.sequence_length * g.height * g.width * GENERATOR_BYTES_PER_PIXEL,
-                       f"{check.source}: data.generator (num_sequences {g.num_sequences} x sequence_length "
-                       f"{g.sequence_length} x {g.height} x {g.width}): generating the {data.dataset} data")
-    if data.dataset != "npz":
-        check.require(data.T_window <= data.generator.sequence_length, "data.T_window",
-                      f"must be <= data.generator.sequence_length "
-                      f"({data.generator.sequence_length}), the frames in a sequence")
-    check.positive(f"{gen}.storms.num_cells", f"{gen}.digits.num_digits", f"{gen}.digits.digit_scale")
-    check.non_negative(f"{gen}.storms.noise_std", f"{gen}.digits.noise_std", f"{gen}.regimes.noise_std")
-    check.rate(f"{gen}.storms.clutter_fraction", f"{gen}.regimes.stay_prob")
-    check.require(2 <= data.generator.regimes.num_regimes <= 4, f"{gen}.regimes.num_regimes",
-                  "must be 2, 3 or 4")
-    if data.dataset == "digits":
-        side = 8 * data.generator.digits.digit_scale
-        check.require(side < min(data.generator.height, data.generator.width),
-                      f"{gen}.digits.digit_scale",
-                      f"a digit of {side}x{side} pixels must fit inside the "
-                      f"{data.generator.height}x{data.generator.width} canvas")
-
-    aug = "data.augmentations"
-    for i, degrees in enumerate(data.augmentations.rotate_deg):
-        check.require(degrees in (0, 90, 180, 270), f"{aug}.rotate_deg",
-                      f"item {i} ({degrees}) must be one of 0, 90, 180, 270")
-    check.non_negative(f"{aug}.temporal_jitter", f"{aug}.cutout_size", f"{aug}.gaussian_noise_std")
-
-
-def _validate_path(check: _Checker, key: str) -> None:
-    value = get_key(check.config, key)
-    if value is None:
-        return
-    check.require("\0" not in value, key, "holds a NUL character; expected a file system path")
-    check.require(0 < len(value.encode()) <= MAX_PATH, key, f"expected a path of 1 to {MAX_PATH} bytes")
-    check.require(all(len(part.encode()) <= 255 for part in value.split("/")), key,
-                  "has a name longer than 255 bytes; expected a file system path")
-
-
-def _validate_model(check: _Checker) -> None:
-    lstm = check.config.model.convlstm
-    check.positive("model.convlstm.num_layers")
-    check.require(len(lstm.hidden_sizes) == lstm.num_layers, "model.convlstm.hidden_sizes",
-                  f"needs one size per layer (model.convlstm.num_layers = {lstm.num_layers})")
-    check.require(all(h > 0 for h in lstm.hidden_sizes), "model.convlstm.hidden_sizes",
-                  "sizes must be > 0")
-    check.require(lstm.kernel_size > 0 and lstm.kernel_size % 2 == 1, "model.convlstm.kernel_size",
-                  "must be an odd positive integer (same padding needs a centre)")
-    check.require(0.0 <= lstm.dropout < 1.0, "model.convlstm.dropout", "must be in [0, 1)")
-    check.one_of("model.pgm.type", PGM_TYPES)
-    check.non_negative("model.pgm.pairwise_weight", "model.pgm.l2", "model.pgm.pseudo_count")
-    check.positive("model.pgm.mean_field_iters", "model.pgm.fit_steps", "model.pgm.fit_lr")
-    check.one_of("model.pgm.neighbourhood", (4, 8))
-    check.one_of("model.pgm.compatibility", ("potts", "learned"))
-    check.one_of("model.pgm.fit", ("mle", "em"))
-    check.require(check.config.model.pgm.fit == "mle" or check.config.model.pgm.type == "hmm",
-                  "model.pgm.fit", "em (Baum-Welch) applies to model.pgm.type = hmm only; use mle")
-
-
-def _validate_training(check: _Checker) -> None:
-    check.one_of("training.optimizer", ("adamw",))
-    check.positive("training.lr", "training.batch_size", "training.epochs",
-                   "training.early_stopping_patience", "training.joint.epochs", "training.joint.lr")
-    check.one_of("training.joint.mode", JOINT_MODES)
-    check.one_of("loss.unary", UNARY_LOSSES)
-    check.non_negative("training.weight_decay", "training.grad_clip", "training.warmup_epochs",
-                       "loss.alpha_unary", "loss.beta_structured", "loss.gamma_consistency")
-
-
-def _validate_evolutionary(check: _Checker) -> None:
-    evo = check.config.evolutionary
-    check.positive("evolutionary.population_size", "evolutionary.generations",
-                   "evolutionary.tournament_k", "evolutionary.low_fidelity.downsample_factor",
-                   "evolutionary.low_fidelity.max_epochs")
-    check.non_negative("evolutionary.elitism")
-    check.require(evo.elitism < evo.population_size, "evolutionary.elitism",
-                  f"must be < evolutionary.population_size ({evo.population_size})")
-    check.rate("evolutionary.mutation_rate", "evolutionary.crossover_rate")
-    check.positive("evolutionary.n_islands", "evolutionary.migration_interval", "evolutionary.trial_timeout_s",
-                   "evolutionary.stagnation.generations", "evolutionary.stagnation.mutation_boost",
-                   "evolutionary.cmaes.population_size", "evolutionary.cmaes.generations",
-                   "evolutionary.cmaes.sigma", "evolutionary.cmaes.batch_windows")
-    check.non_negative("evolutionary.migrants", "evolutionary.trial_retries", "evolutionary.low_fidelity.generations",
-                       "evolutionary.stagnation.immigrants")
-    check.require(evo.low_fidelity.generations < evo.generations, "evolutionary.low_fidelity.generations",
-                  f"must be < evolutionary.generations ({evo.generations}): the last generations run at "
-                  "full fidelity")
-    check.require(evo.migrants < evo.population_size, "evolutionary.migrants",
-                  f"must be < evolutionary.population_size ({evo.population_size})")
-    check.require(evo.stagnation.immigrants < evo.population_size, "evolutionary.stagnation.immigrants",
-                  f"must be < evolutionary.population_size ({evo.population_size})")
-    check.require(1 <= len(evo.objectives) <= MAX_OBJECTIVES and len(set(evo.objectives)) == len(evo.objectives),
-                  "evolutionary.objectives", f"expected 1 to {MAX_OBJECTIVES} different objectives")
-    for i, name in enumerate(evo.objectives):
-        check.require(name in OBJECTIVES, "evolutionary.objectives",
-                      f"item {i} {name!r} is not one of {', '.join(OBJECTIVES)}")
-    check.require(evo.devices is None or (len(evo.devices) > 0 and all(d >= 0 for d in evo.devices)),
-                  "evolutionary.devices", "expected null (every visible GPU) or a list of GPU indices")
-    check.one_of("evolutionary.cmaes.objective", CMAES_OBJECTIVES)
-    check.one_of("evolutionary.cmaes.covariance", ("auto", "full", "diagonal"))
-    check.require(len(evo.cmaes.groups) > 0, "evolutionary.cmaes.groups", "expected at least one group")
-    for key, spec in evo.search_space.items():
-        _validate_gene(check.source, str(key), spec)
-
-
-def _validate_gene(source: str, key: str, spec: Any) -> None:
-    """One `search_space` entry: a `choice` list or an int/float range."""
-    where = f"{source}: evolutionary.search_space.{key}"
-    keys = leaf_keys()
-    if key not in keys:
-        raise UserError(f"{where}: '{key}' is not a config key{_did_you_mean(key, list(keys))}")
-    if key.startswith("evolutionary.") or key in ("seed", "device"):
-        raise UserError(f"{where}: '{key}' cannot be evolved")
-    if not isinstance(spec, dict):
-        raise UserError(f"{where} = {spec!r}: expected {{choice: [...]}} or "
-                        "{type: int|float, low: ..., high: ..., log: false}")
-    if "choice" in spec:
-        extra = set(spec) - {"choice"}
-        if extra:
-            raise UserError(f"{where}: unknown field(s) {sorted(extra)} next to 'choice'")
-        if not isinstance(spec["choice"], list) or not spec["choice"]:
-            raise UserError(f"{where}.choice = {spec['choice']!r}: expected a non-empty list")
-        return
-    extra = set(spec) - {"type", "low", "high", "log"}
-    if extra:
-        raise UserError(f"{where}: unknown field(s) {sorted(extra)}; expected type, low, high, log")
-    if spec.get("type") not in ("int", "float"):
-        raise UserError(f"{where}.type = {spec.get('type')!r}: expected int or float (or use choice)")
-    for bound in ("low", "high"):
-        value = spec.get(bound)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"{where}.{bound} = {value!r}: expected a number")
-    if spec["low"] > spec["high"]:
-        raise UserError(f"{where}: low ({spec['low']}) is greater than high ({spec['high']})")
-    if spec.get("log", False) and spec["low"] <= 0:
-        raise UserError(f"{where}: log: true needs low > 0, got {spec['low']}")

@@ -175,14 +175,7 @@ def make_digits(data: DataConfig, rng: np.random.Generator) -> Dataset:
     folded = np.mod(path, 2 * room)
     position = np.rint(room - np.abs(folded - room)).astype(np.int64)
 
-    offsets = np.arange(side)
-    layers = np.zeros((d, n, t + 1, h, w), dtype=np.float32)
-    nn, tt = np.meshgrid(np.arange(n), np.arange(t + 1), indexing="ij")
-    for k in tqdm(range(d), desc="digits", unit="digit", leave=False, disable=None):
-        rows = position[:, :, k, 0, None, None] + offsets[:, None]  # (N, T+1, side, 1)
-        cols = position[:, :, k, 1, None, None] + offsets[None, :]  # (N, T+1, 1, side)
-        patch = images[choice[:, k]][:, None]  # (N, 1, side, side)
-        layers[k, nn[..., None, None], tt[..., None, None], rows, cols] = patch
+    layers = _paint_digits(images[choice], position, h, w)  # (D, N, T+1, H, W)
     canvas = layers.max(axis=0)  # (N, T+1, H, W)
     owner = layers.argmax(axis=0)
     segmentation = np.where(canvas > DIGIT_INK,
@@ -208,6 +201,21 @@ def make_digits(data: DataConfig, rng: np.random.Generator) -> Dataset:
                 "width": w, "num_digits": d, "digit_scale": cfg.digit_scale,
                 "noise_std": cfg.noise_std},
     )
+
+
+def _paint_digits(patches: np.ndarray, position: np.ndarray, h: int, w: int) -> np.ndarray:
+    """One layer per digit: `patches` `[N, D, side, side]` placed at `position` `[N, T+1, D, 2]`
+    (top-left corners) on an `h x w` canvas; returns `[D, N, T+1, H, W]`."""
+    n, d, side = patches.shape[0], patches.shape[1], patches.shape[2]
+    frames = position.shape[1]
+    offsets = np.arange(side)
+    layers = np.zeros((d, n, frames, h, w), dtype=np.float32)
+    nn, tt = np.meshgrid(np.arange(n), np.arange(frames), indexing="ij")
+    for k in tqdm(range(d), desc="digits", unit="digit", leave=False, disable=None):
+        rows = position[:, :, k, 0, None, None] + offsets[:, None]  # (N, T+1, side, 1)
+        cols = position[:, :, k, 1, None, None] + offsets[None, :]  # (N, T+1, 1, side)
+        layers[k, nn[..., None, None], tt[..., None, None], rows, cols] = patches[:, k, None]
+    return layers
 
 
 # --------------------------------------------------------------------------- regimes
@@ -273,21 +281,8 @@ def load_npz(data: DataConfig) -> Dataset:
     `X` is `[N, T, H, W, C]` (or `[N, T, C, H, W]` with `data.format: NTCHW`),
     or non-grid features `[N, T, F]`, taken as a 1 x 1 grid with F channels.
     """
-    path = Path(data.path)
-    name = str(path)
-    if path.is_dir():
-        raise UserError(f"data.path: {name} is a folder; expected an .npz file with X and Y")
-    if not path.is_file():
-        raise UserError(f"data.path: {name} not found")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except Exception as error:  # numpy raises several kinds for a bad archive
-        raise UserError(f"{name}: not a readable .npz file ({type(error).__name__}: {error})") from None
-    for key in ("X", "Y"):
-        if key not in arrays:
-            raise UserError(f"{name}: no array '{key}' (found: {', '.join(sorted(arrays)) or 'none'})")
-
+    name = str(data.path)
+    arrays = _read_npz(Path(data.path))
     x, y, p = arrays["X"], arrays["Y"], arrays.get("P")
     x = _grid_features(name, "X", x, data.format)
     if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
@@ -335,6 +330,24 @@ def load_npz(data: DataConfig) -> Dataset:
     return Dataset(X=x, Y=y, P=p, task=data.task, num_classes=num_classes, class_names=names,
                    channel_names=channels,
                    params={"dataset": "npz", "path": name, "format": data.format})
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of the user's npz file, which must hold X and Y."""
+    name = str(path)
+    if path.is_dir():
+        raise UserError(f"data.path: {name} is a folder; expected an .npz file with X and Y")
+    if not path.is_file():
+        raise UserError(f"data.path: {name} not found")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except Exception as error:  # numpy raises several kinds for a bad archive
+        raise UserError(f"{name}: not a readable .npz file ({type(error).__name__}: {error})") from None
+    for key in ("X", "Y"):
+        if key not in arrays:
+            raise UserError(f"{name}: no array '{key}' (found: {', '.join(sorted(arrays)) or 'none'})")
+    return arrays
 
 
 def _grid_features(name: str, key: str, a: np.ndarray, layout: str) -> np.ndarray:

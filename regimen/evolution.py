@@ -28,7 +28,8 @@ from deap import base, creator, tools
 from tqdm import tqdm
 
 from regimen import files, folders, runs, search_state
-from regimen.config import MAX_OBJECTIVES, Config, digest, dump_config, load_config, to_dict
+from regimen.config import MAX_OBJECTIVES, Config, digest, dump_config, to_dict
+from regimen.config_file import load_config
 from regimen.errors import UserError
 from regimen.genome import Gene, crossover, genes_of, incumbent, mutate
 from regimen.plots import plot_pareto

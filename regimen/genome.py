@@ -16,7 +16,8 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from regimen.config import Config, from_dict, get_key, to_dict, validate
+from regimen.config import Config, from_dict, get_key, to_dict
+from regimen.validation import validate
 from regimen.errors import UserError
 
 

@@ -16,7 +16,8 @@ from typing import Optional
 import torch
 
 from regimen import files, folders, runs
-from regimen.config import Config, config_hash, dump_config, from_dict, get_key, leaf_keys, load_config, to_dict
+from regimen.config import Config, config_hash, dump_config, from_dict, get_key, leaf_keys, to_dict
+from regimen.config_file import load_config
 from regimen.errors import UserError
 from regimen.losses import consistency, resolve_unary_loss, unary_loss
 from regimen.metrics import MAIN_METRIC

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from regimen.cli import UserError
-from regimen.config import Config, config_hash, dump_config, leaf_keys, load_config
+from regimen.config import Config, config_hash, dump_config, leaf_keys
+from regimen.config_file import load_config
 
 from conftest import ROOT
 

@@ -9,7 +9,7 @@ import pytest
 
 from regimen import files, folders, processed, runs
 from regimen.cli import UserError
-from regimen.config import load_config
+from regimen.config_file import load_config
 from regimen.data import (add_static_features, channel_statistics, cut_windows, preprocess,
                           split_sequences, window_starts)
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from regimen.cli import UserError
-from regimen.config import Config, load_config
+from regimen.config import Config
+from regimen.config_file import load_config
 from regimen.datasets import load_dataset, storm_baselines, storm_classes
 from regimen.metrics import mean_iou
 

@@ -73,7 +73,7 @@ def test_the_bundle_verifies_and_reproduces_its_metrics_in_a_fresh_process(phase
         "import json, sys\n"
         "from regimen.stack import resolve_device\n"
         "from regimen.bundle import load_bundle\n"
-        "from regimen.config import load_config\n"
+        "from regimen.config_file import load_config\n"
         "from regimen.processed import load_task_data\n"
         "bundle = load_bundle(sys.argv[1])\n"
         "config = load_config(sys.argv[2])\n"

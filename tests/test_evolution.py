@@ -16,7 +16,8 @@ import pytest
 from conftest import ROOT, merge, run_script, snapshot, tiny_config
 from regimen import trials
 from regimen.cli import UserError
-from regimen.config import from_dict, load_config
+from regimen.config import from_dict
+from regimen.config_file import load_config
 from regimen.evolution import evolve
 from regimen.genome import Gene, crossover, decode, diversity, genes_of, incumbent, mutate
 

@@ -21,7 +21,7 @@ import yaml
 
 from conftest import ROOT, metrics_of, ok, phase_one, run_script, snapshot, tiny_config
 from regimen import folders, trials
-from regimen.config import load_config
+from regimen.config_file import load_config
 from regimen.evolution import evolve
 from test_evolution import rows, search_config, without_seconds
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from regimen import files, folders, runs
-from regimen.config import load_config
+from regimen.config_file import load_config
 from regimen.data import preprocess
 from regimen.losses import unary_loss
 from regimen.processed import load_task_data

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 
 from regimen import cli, folders, runs
-from regimen.config import load_config
+from regimen.config_file import load_config
 from regimen.evaluation import window_predictor
 from regimen.plots import visualize_split
 
