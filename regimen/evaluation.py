@@ -171,25 +171,25 @@ def evaluate(config: Config, ckpt: Path, split: str, out: Optional[Path], pgm_pa
     result["model"] = model_cost(stack, data.splits[split]["x"], device, config.training.batch_size)
     result["provenance"] = files.provenance(config_hash(config), config.seed, data.meta, str(device),
                                            started, time.time())
-    result["plots"] = write_plots(result, data, history, out.plots, split)
+    result["plots"] = write_plots(result, data, history, out, split)
     files.update_metrics(out.metrics, f"evaluate_{split}", result)
     return result
 
 
-def write_plots(result: dict, data: TaskData, history: Optional[list[dict]], folder: Path, split: str
+def write_plots(result: dict, data: TaskData, history: Optional[list[dict]], out: runs.RunFolder, split: str
                 ) -> list[str]:
     """Confusion matrix, reliability before/after calibration, per-class F1, learning curve (of the
     checkpoint's run `history`, when it has one)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    out.plots.mkdir(parents=True, exist_ok=True)
     written = []
     if history is not None:
-        path = folder / "learning_curve.png"
+        path = out.plot("learning_curve")
         plot_learning_curve(history, MAIN_METRIC[data.task][0], path)
         written.append(path)
     if data.task != "regression":
         final = result[result["final"]]
         names = data.meta["class_names"]
-        paths = {kind: folder / f"{kind}_{split}.png" for kind in ("confusion", "reliability", "per_class_f1")}
+        paths = {kind: out.plot(f"{kind}_{split}") for kind in ("confusion", "reliability", "per_class_f1")}
         plot_confusion(final["confusion"], names, paths["confusion"])
         curves = {result["final"]: final["calibration"]}
         if "calibrated" in result:

@@ -69,7 +69,7 @@ def pretrain(config: Config, save: Path, resume: Optional[Path], overwrite: bool
                       _info("convlstm", data, config), config.seed, device, config.data.augmentations)
     summary = trainer.fit(payload)
 
-    best = stack_from_checkpoint(files.load_checkpoint(run.best, "best.pt", ("convlstm",)), str(run.best),
+    best = stack_from_checkpoint(files.load_checkpoint(run.best, run.best.name, ("convlstm",)), str(run.best),
                                  config.training.mixed_precision).to(device)
     splits = {}
     for split in runs.SPLITS:
@@ -170,7 +170,7 @@ def train_joint(config: Config, resume: Path, pgm_path: Optional[Path], save: Op
                       refit=refit if mode == "alternating" else None, validate_start=True)
     summary = trainer.fit(payload if continuing else None)
 
-    best = stack_from_checkpoint(files.load_checkpoint(run.best, "best.pt", ("joint",)), str(run.best),
+    best = stack_from_checkpoint(files.load_checkpoint(run.best, run.best.name, ("joint",)), str(run.best),
                                  config.training.mixed_precision).to(device)
     files.save_pgm_params(run.pgm_params, pgm_params(best.head, data.identity))
     results = {}

@@ -116,6 +116,9 @@ class RunFolder:
     def plots(self) -> Path:  # evaluate.py's pictures
         return self.root / "plots"
 
+    def plot(self, name: str) -> Path:
+        return self.plots / f"{name}.png"
+
 
 @dataclass(frozen=True)
 class BundleFolder:
