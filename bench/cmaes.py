@@ -26,19 +26,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import numpy as np
+import torch
+import torch.nn.functional as F
+from deap import base, cma as deap_cma, creator
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from deap import base, cma as deap_cma, creator  # noqa: E402
-
-from models.convlstm import ConvLSTM  # noqa: E402
-from regimen.cmaes import PopulationLoss, diagonal_for, kl_batchmean, run_cmaes  # noqa: E402
+from models.convlstm import ConvLSTM
+from regimen.cmaes import PopulationLoss, diagonal_for, kl_batchmean, run_cmaes
 
 creator.create("BenchFitness", base.Fitness, weights=(-1.0,))
 creator.create("BenchIndividual", list, fitness=creator.BenchFitness)

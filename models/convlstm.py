@@ -61,49 +61,6 @@ class ConvLSTMCell(nn.Module):
         return self.step(self.conv_x(x), h, c)
 
 
-class ConcatConvLSTMCell(nn.Module):
-    """The textbook cell: one convolution over `[x, h]` every step.
-
-    Kept as the reference that `ConvLSTMCell` is tested and benchmarked against;
-    `from_cell` copies a `ConvLSTMCell`'s weights so both compute the same function.
-    """
-
-    def __init__(self, input_channels: int, hidden_channels: int, kernel_size: int):
-        super().__init__()
-        _check_kernel(kernel_size)
-        self.hidden_channels = hidden_channels
-        self.conv = nn.Conv2d(input_channels + hidden_channels, 4 * hidden_channels, kernel_size,
-                              padding=kernel_size // 2)
-
-    @classmethod
-    def from_cell(cls, cell: ConvLSTMCell) -> "ConcatConvLSTMCell":
-        reference = cls(cell.conv_x.in_channels, cell.hidden_channels, cell.conv_x.kernel_size[0])
-        with torch.no_grad():
-            reference.conv.weight.copy_(torch.cat([cell.conv_x.weight, cell.conv_h.weight], dim=1))
-            reference.conv.bias.copy_(cell.conv_x.bias)
-        return reference
-
-    def forward(self, x: torch.Tensor, state: Optional[State] = None) -> State:
-        if state is None:
-            zeros = x.new_zeros(x.shape[0], self.hidden_channels, *x.shape[2:])
-            state = (zeros, zeros)
-        h, c = state
-        i, f, o, g = self.conv(torch.cat([x, h], dim=1)).chunk(4, dim=1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c), c
-
-
-def run_reference(cells: list[ConcatConvLSTMCell], x: torch.Tensor) -> torch.Tensor:
-    """A stack of reference cells over `x` `[B, T, C, H, W]`, frame by frame."""
-    for cell in cells:
-        state, outputs = None, []
-        for t in range(x.shape[1]):
-            state = cell(x[:, t], state)
-            outputs.append(state[0])
-        x = torch.stack(outputs, dim=1)
-    return x
-
-
 class ConvLSTM(nn.Module):
     """A stack of ConvLSTM layers over sequences `[B, T, C, H, W]`.
 
@@ -208,13 +165,16 @@ class ConvLSTMNet(nn.Module):
             self.head = nn.Conv2d(channels, num_outputs, kernel_size=1)
 
     def forward(self, x: torch.Tensor, state: Optional[list[State]] = None,
-                return_features: bool = False):
-        """`x` `[B, T, C, H, W]` -> outputs (and the last layer's features `[B, T, C_out, H, W]`)."""
-        features, _ = self.encoder(x, state)
+                return_features: bool = False, return_state: bool = False):
+        """`x` `[B, T, C, H, W]` -> outputs; with `return_features` also the last layer's features
+        `[B, T, C_out, H, W]`, with `return_state` also the final `(h, c)` per layer, from which the
+        next window of a long sequence continues (`state=`)."""
+        features, final = self.encoder(x, state)
         if self.task == "tagging":
             # shape: (B, T, 2*C_out)
             pooled = torch.cat([features.mean(dim=(3, 4)), features.amax(dim=(3, 4))], dim=2)
             out = self.head(pooled)
         else:
             out = self.head(features.flatten(0, 1)).unflatten(0, features.shape[:2])
-        return (out, features) if return_features else out
+        extra = ((features,) if return_features else ()) + ((final,) if return_state else ())
+        return (out, *extra) if extra else out

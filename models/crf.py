@@ -48,8 +48,8 @@ def inverse_softplus(value: float) -> float:
     return value + math.log(-math.expm1(-value))
 
 
-class MeanFieldCRF(nn.Module):
-    """Space-time CRF with learnable pairwise weights.
+class SpaceTimeCRF(nn.Module):
+    """Space-time CRF with learnable pairwise weights; mean-field or loopy-BP inference.
 
     Args:
         num_classes: labels K.
@@ -162,18 +162,6 @@ class MeanFieldCRF(nn.Module):
             beliefs = self._belief_propagation(unaries, self.edge_weights(unaries, guide), max_product=True)
             return beliefs.argmax(dim=2)
         return self.forward(unaries, guide).argmax(dim=2)
-
-    def energy(self, labels: torch.Tensor, unaries: torch.Tensor,
-               guide: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """`E(y)` per sequence `[B]` of labels `[B, T, H, W]` (lower is better)."""
-        onehot = F.one_hot(labels, self.num_classes).permute(0, 1, 4, 2, 3).to(unaries.dtype)
-        unary = (onehot * unaries).sum(dim=(1, 2, 3, 4))
-        if not self.enabled:
-            return -unary
-        field = self._pairwise_field(onehot, self.edge_weights(unaries, guide),
-                                     self.compatibility_matrix().to(unaries.dtype))
-        # every undirected edge appears once from each end
-        return -unary + 0.5 * (onehot * field).sum(dim=(1, 2, 3, 4))
 
     @staticmethod
     def _pairwise_field(q: torch.Tensor, weights: dict[Offset, torch.Tensor], mu: torch.Tensor

@@ -32,6 +32,7 @@ TASKS_OF_DATASET = {
 }
 STATIC_FEATURES = ("edges", "motion", "mask")
 PGM_TYPES = ("crf", "hmm", "chain_crf")
+CRF_INFERENCE = ("mean_field", "loopy_bp")
 JOINT_MODES = ("alternating", "end_to_end")
 UNARY_LOSSES = ("auto", "ce", "kl", "mse")
 CALIBRATIONS = ("auto", "temperature", "isotonic", "none")
@@ -114,6 +115,7 @@ class ConvLSTMConfig:
     kernel_size: int = 3
     dropout: float = 0.1
     bidirectional: bool = False
+    checkpoint_steps: bool = False  # recompute each time step in the backward pass: less memory, more time
 
 
 @dataclass
@@ -123,6 +125,8 @@ class PGMConfig:
     temporal_links: bool = True
     mean_field_iters: int = 5
     neighbourhood: int = 4  # spatial neighbours of the CRF: 4 or 8
+    inference: str = "mean_field"  # CRF marginals and decoding: mean_field | loopy_bp (sum- and max-product)
+    damping: float = 0.0  # loopy-BP message damping in [0, 1): 0 plain updates
     compatibility: str = "learned"  # potts | learned (a symmetric K x K matrix, Potts at the start)
     fit: str = "mle"  # mle (labelled: counts or gradient) | em (HMM: Baum-Welch, labels unused)
     fit_steps: int = 150  # gradient steps when fitting crf / chain_crf parameters

@@ -21,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from models.chain_crf import ChainCRF
-from models.crf import MeanFieldCRF, inverse_softplus
+from models.crf import SpaceTimeCRF, inverse_softplus
 from models.hmm import HMM, forward_backward, viterbi
 from regimen.config import PGMConfig
 from regimen.errors import UserError
@@ -50,7 +50,7 @@ def pgm_settings(pgm: PGMConfig, task: str, num_classes: int) -> dict:
     if pgm.type == "crf":
         settings.update(neighbourhood=pgm.neighbourhood, temporal_links=pgm.temporal_links,
                         iterations=pgm.mean_field_iters, pairwise_weight=pgm.pairwise_weight,
-                        compatibility=pgm.compatibility)
+                        compatibility=pgm.compatibility, inference=pgm.inference, damping=pgm.damping)
     return settings
 
 
@@ -72,11 +72,13 @@ class PGMHead(nn.Module):
         self.settings = dict(settings)
         self.type, self.task, k = settings["type"], settings["task"], settings["num_classes"]
         if self.type == "crf":
-            self.model = MeanFieldCRF(k, neighbourhood=settings["neighbourhood"],
+            self.model = SpaceTimeCRF(k, neighbourhood=settings["neighbourhood"],
                                       temporal_links=settings["temporal_links"],
                                       iterations=settings["iterations"],
                                       pairwise_weight=settings["pairwise_weight"],
-                                      compatibility=settings["compatibility"])
+                                      compatibility=settings["compatibility"],
+                                      inference=settings.get("inference", "mean_field"),
+                                      damping=settings.get("damping", 0.0))
             return
         self.model = HMM(k, emission="given") if self.type == "hmm" else ChainCRF(k)
         self.raw_scale = nn.Parameter(torch.tensor(inverse_softplus(1.0)))

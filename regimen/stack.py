@@ -58,7 +58,7 @@ def net_spec(config: Config, input_channels: int, num_outputs: int, task: str) -
     lstm = config.model.convlstm
     return {"input_channels": input_channels, "hidden_sizes": list(lstm.hidden_sizes),
             "kernel_size": lstm.kernel_size, "task": task, "num_outputs": num_outputs,
-            "dropout": lstm.dropout, "bidirectional": lstm.bidirectional}
+            "dropout": lstm.dropout, "bidirectional": lstm.bidirectional, "checkpoint_steps": lstm.checkpoint_steps}
 
 
 def build_net(spec: dict) -> ConvLSTMNet:

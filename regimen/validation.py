@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from regimen.config import (CALIBRATIONS, CMAES_OBJECTIVES, DATASETS, GENERATOR_BYTES_PER_PIXEL, JOINT_MODES,
+from regimen.config import (CALIBRATIONS, CMAES_OBJECTIVES, CRF_INFERENCE, DATASETS, GENERATOR_BYTES_PER_PIXEL, JOINT_MODES,
                             MAX_OBJECTIVES, MAX_PATH, MAX_SEED, OBJECTIVES, PGM_TYPES, STATIC_FEATURES, TASKS,
                             TASKS_OF_DATASET, UNARY_LOSSES, Config, did_you_mean, get_key, leaf_keys, shown)
 from regimen.errors import UserError
@@ -144,6 +144,8 @@ def _validate_model(check: _Checker) -> None:
     check.non_negative("model.pgm.pairwise_weight", "model.pgm.l2", "model.pgm.pseudo_count")
     check.positive("model.pgm.mean_field_iters", "model.pgm.fit_steps", "model.pgm.fit_lr")
     check.one_of("model.pgm.neighbourhood", (4, 8))
+    check.one_of("model.pgm.inference", CRF_INFERENCE)
+    check.require(0.0 <= check.config.model.pgm.damping < 1.0, "model.pgm.damping", "must be in [0, 1)")
     check.one_of("model.pgm.compatibility", ("potts", "learned"))
     check.one_of("model.pgm.fit", ("mle", "em"))
     check.require(check.config.model.pgm.fit == "mle" or check.config.model.pgm.type == "hmm",

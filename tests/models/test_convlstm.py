@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.convlstm import ConcatConvLSTMCell, ConvLSTM, ConvLSTMCell, ConvLSTMNet, run_reference
+from models.convlstm import ConvLSTM, ConvLSTMCell, ConvLSTMNet
+from reference_models import ConcatConvLSTMCell, run_reference
 
 
 def test_hoisted_stack_equals_concat_then_conv_reference():
@@ -105,3 +106,18 @@ def test_bf16_autocast_runs_and_stays_close():
         half = model(x)
     assert half.dtype == torch.bfloat16
     assert (half.float() - full).abs().max() < 0.1
+
+
+def test_the_network_returns_its_state_so_a_long_sequence_streams_window_by_window():
+    torch.manual_seed(0)
+    net = ConvLSTMNet(2, [4, 3], 3, "segmentation", num_outputs=3).eval()
+    x = torch.randn(2, 8, 2, 5, 5)
+    with torch.no_grad():
+        whole = net(x)
+        first, state = net(x[:, :5], return_state=True)
+        second, _, _ = net(x[:, 5:], state=state, return_features=True, return_state=True)
+    assert len(state) == 2 and state[1][0].shape == (2, 3, 5, 5)
+    torch.testing.assert_close(torch.cat([first, second], dim=1), whole)
+    with torch.no_grad():
+        restarted = net(x[:, 5:])
+    assert not torch.allclose(restarted, whole[:, 5:])  # from zeros the second window differs

@@ -1,8 +1,8 @@
 """Benchmarks of models/ against the textbook ConvLSTM cell, hmmlearn and pytorch-crf.
 
     pip install -r bench/requirements.txt
-    python bench/models.py            # every table (about 10 minutes on 2 cores)
-    python bench/models.py --quick    # fewer repeats, smaller ConvLSTM shapes
+    python bench/model_speed.py            # every table (about 10 minutes on 2 cores)
+    python bench/model_speed.py --quick    # fewer repeats, smaller ConvLSTM shapes
 
 Prints median-of-repeats tables; every ratio compares two timings made in the same run.
 """
@@ -11,25 +11,20 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-# Run as a script, this file's folder comes first on sys.path and its name would
-# hide the `models` package it measures.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hmmlearn.hmm import CategoricalHMM
+from torchcrf import CRF
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from hmmlearn.hmm import CategoricalHMM  # noqa: E402
-from torchcrf import CRF  # noqa: E402
-
-from models.chain_crf import ChainCRF  # noqa: E402
-from models.convlstm import ConcatConvLSTMCell, ConvLSTM, run_reference  # noqa: E402
-from models.crf import MeanFieldCRF  # noqa: E402
-from models.hmm import HMM, forward_backward, viterbi  # noqa: E402
-from regimen.allocator import keep_freed_memory  # noqa: E402
+from models.chain_crf import ChainCRF
+from models.convlstm import ConvLSTM
+from models.crf import SpaceTimeCRF
+from reference_models import ConcatConvLSTMCell, run_reference
+from models.hmm import HMM, forward_backward, viterbi
+from regimen.allocator import keep_freed_memory
 
 
 def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
@@ -196,7 +191,7 @@ def bench_mean_field(repeats: int) -> None:
     """At the default config: B=8 T=8 32x32, K=3, hidden [16, 16], kernel 3."""
     torch.manual_seed(0)
     encoder = ConvLSTM(1, [16, 16], 3).eval()
-    crf = MeanFieldCRF(3, iterations=5, pairwise_weight=0.7, temporal_links=True).eval()
+    crf = SpaceTimeCRF(3, iterations=5, pairwise_weight=0.7, temporal_links=True).eval()
     x = torch.randn(8, 8, 1, 32, 32)
     unaries = torch.randn(8, 8, 3, 32, 32)
     rows = []
