@@ -73,7 +73,8 @@ def trial_commands(folder: Path, has_pgm: bool, joint: bool) -> list[tuple[str, 
     if has_pgm:
         phases.append(("fit_pgm", ["--features", str(trial.run.features)]))
         if joint:
-            phases.append(("train_joint", ["--resume", str(trial.run.checkpoint), "--save", str(trial.joint.root)]))
+            phases.append(("train_joint", ["--resume", str(trial.run.checkpoint),
+                                           "--save", str(trial.joint.root)]))
             ckpt = trial.joint.best
     phases.append(("evaluate", ["--ckpt", str(ckpt), "--split", "val", "--out", str(trial.root)]))
     return [(phase, [sys.executable, str(PROJECT / SCRIPTS[phase]), "--config", str(trial.config), *args])
@@ -138,12 +139,14 @@ def _attempt(spec: TrialSpec, trial: runs.TrialFolder) -> dict:
 
 def _phase_failed(phase: str, code: int, log: Path) -> dict:
     if code == -signal.SIGKILL:  # not ours (a timeout is handled apart): the out-of-memory killer's
-        return _failed("out_of_memory", f"{phase} was killed by SIGKILL, as the kernel's out-of-memory killer does")
+        return _failed("out_of_memory", f"{phase} was killed by SIGKILL, as the kernel's out-of-memory "
+                                        "killer does")
     if code < 0:
         return _failed("killed", f"{phase} was killed by signal {-code}")
     tail = log.read_text(errors="replace")[-LOG_TAIL:].strip().splitlines()
     out_of_memory = any("out of memory" in line.lower() or "MemoryError" in line for line in tail)
-    return _failed("out_of_memory" if out_of_memory else "crashed", f"{phase} exited {code}: {tail[-1] if tail else ''}")
+    return _failed("out_of_memory" if out_of_memory else "crashed",
+                   f"{phase} exited {code}: {tail[-1] if tail else ''}")
 
 
 def _read_objectives(spec: TrialSpec, trial: runs.TrialFolder, launched: float) -> dict:
@@ -152,7 +155,8 @@ def _read_objectives(spec: TrialSpec, trial: runs.TrialFolder, launched: float) 
         evaluation = metrics["evaluate_val"]
         values = [objective_value(name, evaluation) for name in spec.objectives]
     except (OSError, KeyError, TypeError, json.JSONDecodeError) as error:
-        return _failed("crashed", f"no validation metrics in {trial.run.metrics.name} ({type(error).__name__}: {error})")
+        return _failed("crashed", f"no validation metrics in {trial.run.metrics.name} "
+                                  f"({type(error).__name__}: {error})")
     if any(v is None or not math.isfinite(v) for v in values):
         return _failed("nan", f"objectives {dict(zip(spec.objectives, values))} are not finite")
     training = metrics.get("train_convlstm", {}).get("training", {})

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from regimen.config import (CALIBRATIONS, CMAES_OBJECTIVES, CRF_INFERENCE, DATASETS, GENERATOR_BYTES_PER_PIXEL, JOINT_MODES,
+from regimen.config import (CALIBRATIONS, CMAES_OBJECTIVES, CRF_INFERENCE, DATASETS, GENERATOR_BYTES_PER_PIXEL,
+                            JOINT_MODES,
                             MAX_OBJECTIVES, MAX_PATH, MAX_SEED, OBJECTIVES, PGM_TYPES, STATIC_FEATURES, TASKS,
                             TASKS_OF_DATASET, UNARY_LOSSES, Config, did_you_mean, get_key, leaf_keys, shown)
 from regimen.errors import UserError

@@ -133,8 +133,9 @@ def object_checkpoint(tmp: Path) -> Path:
     return tmp / "ckpt.pt"
 
 
-ALIAS_BOMB = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" if i else "l0: &l0 [x, x, x, x, x, x, x, x, x]\n"
-                     for i in range(9))
+# Nine levels of nine aliases each: 9**9 values from a few hundred bytes.
+ALIAS_BOMB = "l0: &l0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 9))
 HELD = "in use by PID"  # what a second writer is told
 
 
@@ -219,7 +220,9 @@ CASES = {
                                     "tools/preprocess.py writes it again"),
     "visualize missing checkpoint": Case("tools/visualize.py", lambda w, t: ["--ckpt", str(t / "no.pt")],
                                          "no.pt: file not found"),
-    "visualize damaged checkpoint": Case("tools/visualize.py", lambda w, t: ["--ckpt", str(spoiled(w, t, "base", "best.pt") / "best.pt"), "--out", str(t / "pictures")], "best.pt: damaged or not a regimen checkpoint"),
+    "visualize damaged checkpoint": Case("tools/visualize.py", lambda w, t: [
+        "--ckpt", str(spoiled(w, t, "base", "best.pt") / "best.pt"), "--out", str(t / "pictures")],
+        "best.pt: damaged or not a regimen checkpoint"),
     "visualize folder in use": Case("tools/visualize.py", lambda w, t: ["--out", str(t / "pictures")], HELD,
                                     held=lambda w, t: t / "pictures"),
 
@@ -240,13 +243,16 @@ CASES = {
                                    "holds weights only; resume from"),
     "phase 1 resume features": Case("train_convlstm.py", lambda w, t: ["--resume", str(w.base / "features.pt")],
                                     "holds a features checkpoint; expected convlstm"),
-    "phase 1 resume damaged ckpt": Case("train_convlstm.py", lambda w, t: ["--resume", str(spoiled(w, t, "base", "ckpt.pt") / "ckpt.pt")],
-        "ckpt.pt: damaged or not a regimen checkpoint (not a whole torch.save archive); train_convlstm.py writes it again"),
+    "phase 1 resume damaged ckpt": Case("train_convlstm.py", lambda w, t: [
+        "--resume", str(spoiled(w, t, "base", "ckpt.pt") / "ckpt.pt")],
+        "ckpt.pt: damaged or not a regimen checkpoint (not a whole torch.save archive); "
+        "train_convlstm.py writes it again"),
     "phase 1 resume a pickled object": Case("train_convlstm.py", lambda w, t: [
         "--resume", str(object_checkpoint(t))], "holds Python objects (pathlib.PosixPath) that a regimen checkpoint"),
     "phase 1 resume a folder": Case("train_convlstm.py", lambda w, t: ["--resume", str(w.base)],
                                     "is a folder; expected a checkpoint file"),
-    "phase 1 resume damaged metrics": Case("train_convlstm.py", lambda w, t: ["--resume", str(spoiled(w, t, "base", "metrics.json") / "ckpt.pt")],
+    "phase 1 resume damaged metrics": Case("train_convlstm.py", lambda w, t: [
+        "--resume", str(spoiled(w, t, "base", "metrics.json") / "ckpt.pt")],
         "metrics.json: damaged ("),
     "phase 1 damaged meta.json": Case("train_convlstm.py", lambda w, t: [
         *damaged_data("meta.json")(w, t), "--save", str(t / "run")], "meta.json: damaged ("),
@@ -268,11 +274,13 @@ CASES = {
                                           "config.yaml: damaged or not a regimen checkpoint"),
     "phase 2 features are a checkpoint": Case("fit_pgm.py", lambda w, t: ["--features", str(w.base / "ckpt.pt")],
                                               "holds a convlstm checkpoint; expected features"),
-    "phase 2 damaged features": Case("fit_pgm.py", lambda w, t: ["--features", str(spoiled(w, t, "base", "features.pt") / "features.pt")],
+    "phase 2 damaged features": Case("fit_pgm.py", lambda w, t: [
+        "--features", str(spoiled(w, t, "base", "features.pt") / "features.pt")],
         "features.pt: damaged or not a regimen checkpoint"),
     "phase 2 save is a file": Case("fit_pgm.py", lambda w, t: [
         "--features", str(w.base / "features.pt"), "--save", str(blocker(t))], "blocker.txt: is a file"),
-    "phase 2 damaged metrics beside the features": Case("fit_pgm.py", lambda w, t: ["--features", str(spoiled(w, t, "base", "metrics.json") / "features.pt")],
+    "phase 2 damaged metrics beside the features": Case("fit_pgm.py", lambda w, t: [
+        "--features", str(spoiled(w, t, "base", "metrics.json") / "features.pt")],
         "metrics.json: damaged ("),
     "phase 2 neighbourhood 6": Case("fit_pgm.py", lambda w, t: [
         "--features", str(w.base / "features.pt"), S, "model.pgm.neighbourhood=6"],
@@ -287,10 +295,15 @@ CASES = {
                                    "gone.pt: file not found"),
     "phase 3 resume features": Case("train_joint.py", lambda w, t: ["--resume", str(w.base / "features.pt")],
                                     "holds a features checkpoint; expected convlstm or joint"),
-    "phase 3 damaged resume": Case("train_joint.py", lambda w, t: ["--resume", str(spoiled(w, t, "base", "ckpt.pt") / "ckpt.pt"), "--save", str(t / "j")], "ckpt.pt: damaged or not a regimen checkpoint"),
+    "phase 3 damaged resume": Case("train_joint.py", lambda w, t: [
+        "--resume", str(spoiled(w, t, "base", "ckpt.pt") / "ckpt.pt"), "--save", str(t / "j")],
+        "ckpt.pt: damaged or not a regimen checkpoint"),
     "phase 3 malicious pgm": Case("train_joint.py", lambda w, t: [
-        "--resume", str(w.base / "ckpt.pt"), "--pgm", str(malicious(t)), "--save", str(t / "j")], "refusing to load posix.system"),
-    "phase 3 damaged pgm": Case("train_joint.py", lambda w, t: ["--resume", str(spoiled(w, t, "base", "pgm_params.pkl") / "ckpt.pt"), "--save", str(t / "j")], "pgm_params.pkl: damaged ("),
+        "--resume", str(w.base / "ckpt.pt"), "--pgm", str(malicious(t)), "--save", str(t / "j")],
+        "refusing to load posix.system"),
+    "phase 3 damaged pgm": Case("train_joint.py", lambda w, t: [
+        "--resume", str(spoiled(w, t, "base", "pgm_params.pkl") / "ckpt.pt"), "--save", str(t / "j")],
+        "pgm_params.pkl: damaged ("),
     "phase 3 folder holds a run": Case("train_joint.py", lambda w, t: [
         "--resume", str(w.base / "ckpt.pt"), "--save", str(w.joint)], "already holds a run"),
     "phase 3 overwrite a foreign folder": Case("train_joint.py", lambda w, t: [
@@ -319,10 +332,13 @@ CASES = {
     "evaluate damaged metrics in out": Case("evaluate.py", lambda w, t: [
         "--ckpt", str(w.joint / "best.pt"), "--out", str(written(t, "metrics.json", "{"))],
         "metrics.json: damaged ("),
-    "evaluate damaged history": Case("evaluate.py", lambda w, t: ["--ckpt", str(spoiled(w, t, "joint", "history.jsonl") / "best.pt")], "history.jsonl: damaged ("),
+    "evaluate damaged history": Case("evaluate.py", lambda w, t: [
+        "--ckpt", str(spoiled(w, t, "joint", "history.jsonl") / "best.pt")], "history.jsonl: damaged ("),
     "evaluate malicious pgm": Case("evaluate.py", lambda w, t: [
-        "--ckpt", str(w.base / "best.pt"), "--pgm", str(malicious(t)), "--out", str(t / "e")], "refusing to load posix.system"),
-    "evaluate damaged checkpoint": Case("evaluate.py", lambda w, t: ["--ckpt", str(spoiled(w, t, "joint", "best.pt") / "best.pt")],
+        "--ckpt", str(w.base / "best.pt"), "--pgm", str(malicious(t)), "--out", str(t / "e")],
+        "refusing to load posix.system"),
+    "evaluate damaged checkpoint": Case("evaluate.py", lambda w, t: [
+        "--ckpt", str(spoiled(w, t, "joint", "best.pt") / "best.pt")],
         "best.pt: damaged or not a regimen checkpoint"),
     "evaluate without processed data": Case("evaluate.py", lambda w, t: [
         "--ckpt", str(w.joint / "best.pt"), S, f"data.root={t}", "--out", str(t / "e")],
@@ -351,7 +367,9 @@ CASES = {
     "export unknown calibration": Case("export.py", lambda w, t: [
         "--ckpt", str(w.joint / "best.pt"), S, "evaluation.calibration=platt"],
         "evaluation.calibration = 'platt': expected one of"),
-    "export damaged checkpoint": Case("export.py", lambda w, t: ["--ckpt", str(spoiled(w, t, "joint", "best.pt") / "best.pt"), "--out", str(t / "b")], "best.pt: damaged or not a regimen checkpoint"),
+    "export damaged checkpoint": Case("export.py", lambda w, t: [
+        "--ckpt", str(spoiled(w, t, "joint", "best.pt") / "best.pt"), "--out", str(t / "b")],
+        "best.pt: damaged or not a regimen checkpoint"),
     "export verify no manifest": Case("export.py", lambda w, t: ["--verify", str(w.base)],
                                       "MANIFEST.json: missing"),
     "export verify a changed byte": Case("export.py", lambda w, t: [
@@ -378,18 +396,22 @@ CASES = {
                                  "blocker.txt: is a file; expected a folder"),
     "evolve overwrite a run folder": Case("evolve.py", lambda w, t: ["--out", str(w.base), "--overwrite"],
                                           "--overwrite replaces only a search folder (evolve.py)"),
-    "evolve folder holds a search": Case("evolve.py", lambda w, t: ["--out", str(written(t, "state.json", "{}"))], "already holds a search (state.json); pass --resume"),
+    "evolve folder holds a search": Case("evolve.py", lambda w, t: [
+        "--out", str(written(t, "state.json", "{}"))], "already holds a search (state.json); pass --resume"),
     "evolve resume nothing": Case("evolve.py", lambda w, t: ["--out", str(t / "s"), "--resume"],
                                   "holds no search (no config.yaml)"),
     "evolve resume another config": Case("evolve.py", lambda w, t: [
-        "--out", str(written(t, "state.json", '{"format": 1, "config_hash": "0"}')), "--resume"], "was made with another config"),
+        "--out", str(written(t, "state.json", '{"format": 1, "config_hash": "0"}')), "--resume"],
+        "was made with another config"),
     "evolve resume damaged state": Case("evolve.py", lambda w, t: [
         "--out", str(written(t, "state.json", '{"format": 1, "gen')), "--resume"],
         "state.json: damaged (Unterminated string"),
     "evolve YAML alias bomb": Case("evolve.py", config_text(ALIAS_BOMB), "expands to more than 100000 values"),
     "evolve cmaes without checkpoint": Case("evolve.py", lambda w, t: ["--strategy", "cmaes", "--out", str(t / "c")],
                                             "--strategy cmaes needs --ckpt PATH"),
-    "evolve cmaes damaged checkpoint": Case("evolve.py", lambda w, t: ["--strategy", "cmaes", "--ckpt", str(spoiled(w, t, "joint", "best.pt") / "best.pt"), "--out", str(t / "c")], "best.pt: damaged or not a regimen checkpoint"),
+    "evolve cmaes damaged checkpoint": Case("evolve.py", lambda w, t: [
+        "--strategy", "cmaes", "--ckpt", str(spoiled(w, t, "joint", "best.pt") / "best.pt"), "--out", str(t / "c")],
+        "best.pt: damaged or not a regimen checkpoint"),
     "evolve cmaes folder holds a run": Case("evolve.py", lambda w, t: [
         "--strategy", "cmaes", "--ckpt", str(w.joint / "best.pt"), "--out", str(w.base)],
         "already holds best.pt, ckpt.pt, config.yaml; pass --overwrite"),
