@@ -37,7 +37,7 @@ from regimen.metrics import MAIN_METRIC
 from regimen.pgm import head_from_params, pgm_params
 from regimen.inference import predict as predict_unaries
 from regimen.processed import TaskData
-from regimen.stack import Stack, resolve_device, stack_from_checkpoint
+from regimen.stack import Stack, model_input, resolve_device, stack_from_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class Bundle:
         device = torch.device(device)
         x = torch.as_tensor(x, dtype=torch.float32) if normalized else self.prepare(x)
         unaries, _ = predict_unaries(self.stack.to(device), x, device, self.batch_size)
-        predicted = predictions(unaries, self.task, self.stack.head)
+        predicted = predictions(unaries, self.task, self.stack.head, model_input(x))
         if self.task == "regression":
             return {"values": predicted.probs}
         probs = predicted.probs
@@ -160,10 +160,7 @@ def export(config: Config, ckpt: Path, out: Path, overwrite: bool, pgm_path: Opt
 def _check_out(out: Path, overwrite: bool) -> None:
     """A bundle replaces only a bundle (with --overwrite), and is swapped in beside it: the folder
     above must be writable too."""
-    folders.check_output(out, runs.BUNDLE, "--out", overwrite)
-    if folders.contents(out) and not overwrite:
-        raise UserError(f"--out {out}: already holds files; pass --overwrite to replace the bundle, "
-                        "or name another folder")
+    folders.check_output(out, runs.BUNDLE, "--out", overwrite, fresh=True)
     parent = Path(os.path.abspath(out)).parent
     if parent.is_dir() and not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"--out {out}: {parent} is not writable (the bundle is written beside it, then "

@@ -171,7 +171,7 @@ class _Scorer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.stack.net(x)  # fp32: CMA-ES ranks candidates by small loss differences
         if self.stack.head is not None:
-            return self.stack.head.log_marginals(out)
+            return self.stack.head.log_marginals(out, guide=x)
         return out if self.stack.spec["task"] == "regression" else F.log_softmax(out, dim=2)
 
 
@@ -195,11 +195,7 @@ def fine_tune(config: Config, ckpt: Path, out: Path, overwrite: bool) -> dict:
     """CMA-ES on the checkpoint's chosen weights against a validation objective; writes into `out`."""
     started = time.time()
     settings: CMAESConfig = config.evolutionary.cmaes
-    folder = runs.RunFolder(folders.check_output(out, runs.CMAES, "--out", overwrite))
-    held = folders.holds(folder.root, runs.CMAES)
-    if held and not overwrite:
-        raise UserError(f"--out {folder.root} already holds {', '.join(held[:3])}; pass --overwrite "
-                        "or another --out")
+    folder = runs.RunFolder(folders.check_output(out, runs.CMAES, "--out", overwrite, fresh=True))
     folders.claim(folder.root, "--out")
     payload = files.load_checkpoint(ckpt, "--ckpt", CHECKPOINT_KINDS)
     _, data, stack = load_evaluated(config, ckpt, None, payload)

@@ -127,6 +127,7 @@ class PGMConfig:
     neighbourhood: int = 4  # spatial neighbours of the CRF: 4 or 8
     inference: str = "mean_field"  # CRF marginals and decoding: mean_field | loopy_bp (sum- and max-product)
     damping: float = 0.0  # loopy-BP message damping in [0, 1): 0 plain updates
+    edge_aware: bool = False  # CRF edges weaken where the input window (normalised) changes across them
     compatibility: str = "learned"  # potts | learned (a symmetric K x K matrix, Potts at the start)
     fit: str = "mle"  # mle (labelled: counts or gradient) | em (HMM: Baum-Welch, labels unused)
     fit_steps: int = 150  # gradient steps when fitting crf / chain_crf parameters

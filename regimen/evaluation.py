@@ -30,7 +30,7 @@ from regimen.metrics import (MAIN_METRIC, boundary_f1, calibration, class_report
                              probability_metrics, regression_report)
 from regimen.pgm import PGMHead, head_from_params
 from regimen.plots import plot_confusion, plot_learning_curve, plot_per_class_f1, plot_reliability
-from regimen.inference import decode, marginals, predict
+from regimen.inference import decode, guide_of, marginals, predict
 from regimen.processed import TaskData, check_same_data, load_task_data
 from regimen.stack import Stack, check_fits_data, model_input, resolve_device, stack_from_checkpoint
 
@@ -52,16 +52,19 @@ class Predictions:
         return self.probs.reshape(-1, self.probs.shape[-1])
 
 
-def predictions(unaries: torch.Tensor, task: str, head: Optional[PGMHead] = None) -> Predictions:
-    """The unaries' softmax and argmax, or the head's marginals and joint decoding."""
+def predictions(unaries: torch.Tensor, task: str, head: Optional[PGMHead] = None,
+                guide: Optional[torch.Tensor] = None) -> Predictions:
+    """The unaries' softmax and argmax, or the head's marginals and joint decoding (`guide`: the
+    input windows in model layout, for an edge-aware CRF)."""
     if task == "regression":
         return Predictions(class_last(unaries).numpy())
-    return Predictions(class_probs(unaries, head), decode(head, unaries).numpy())
+    return Predictions(class_probs(unaries, head, guide), decode(head, unaries, guide).numpy())
 
 
-def class_probs(unaries: torch.Tensor, head: Optional[PGMHead]) -> np.ndarray:
+def class_probs(unaries: torch.Tensor, head: Optional[PGMHead], guide: Optional[torch.Tensor] = None
+                ) -> np.ndarray:
     """Class probabilities, class axis last: the unaries' softmax, or the head's marginals."""
-    probs = F.softmax(unaries.float(), dim=2) if head is None else marginals(head, unaries)
+    probs = F.softmax(unaries.float(), dim=2) if head is None else marginals(head, unaries, guide)
     return class_last(probs).numpy()
 
 
@@ -155,13 +158,14 @@ def evaluate(config: Config, ckpt: Path, split: str, out: Optional[Path], pgm_pa
     unaries = {s: predict(stack, data.splits[s]["x"], device, config.training.batch_size)[0]
                for s in {split, "val"}}
     predictors = {"unary": None} if stack.head is None else {"unary": None, "pgm": stack.head}
-    predicted = {name: predictions(unaries[split], data.task, head) for name, head in predictors.items()}
+    predicted = {name: predictions(unaries[split], data.task, head, guide_of(data, split))
+                 for name, head in predictors.items()}
     final = list(predictors)[-1]
     result = {"split": split, "task": data.task, "metric": MAIN_METRIC[data.task][0], "final": final,
               "pgm_type": None if stack.head is None else stack.head.type,
               **{name: report(data, split, p, settings) for name, p in predicted.items()}}
     if data.task != "regression":
-        val_probs = class_probs(unaries["val"], predictors[final])  # no decoding needed for calibration
+        val_probs = class_probs(unaries["val"], predictors[final], guide_of(data, "val"))  # no decoding needed
         calibrator, val_ece = choose_calibrator(val_probs.reshape(-1, data.num_classes),
                                                 data.splits["val"]["y"].numpy().ravel(),
                                                 settings.calibration, settings.bins)
@@ -211,7 +215,7 @@ def model_cost(stack: Stack, x: torch.Tensor, device: torch.device, batch_size: 
         started = time.perf_counter()
         out = stack.unaries(batch)
         if stack.head is not None:
-            stack.head.decode(out)
+            stack.head.decode(out, batch)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds.append(time.perf_counter() - started)
@@ -234,7 +238,7 @@ def window_predictor(config: Config, ckpt: Path, pgm_path: Optional[Path] = None
 
     def predict_windows(x: np.ndarray) -> dict:
         unaries, _ = predict(stack, torch.from_numpy(x), device, config.training.batch_size)
-        predicted = predictions(unaries, data.task, stack.head)
+        predicted = predictions(unaries, data.task, stack.head, model_input(torch.from_numpy(x)))
         if data.task == "regression":
             return {"values": predicted.probs}
         return {"labels": predicted.labels, "confidence": predicted.probs.max(axis=-1)}

@@ -267,17 +267,13 @@ def evolve(config: Config, out: Path, parallel: int, resume: bool, overwrite: bo
         raise UserError(f"--parallel {parallel}: must be >= 1 (the number of trials run at once)")
     if not config.evolutionary.enabled:
         raise UserError("evolutionary.enabled is false: set it to true to run the search")
-    folders.check_output(out, runs.SEARCH, "--out", overwrite and not resume)
+    folders.check_output(out, runs.SEARCH, "--out", overwrite and not resume, fresh=not resume, resumable=True)
     search = runs.SearchFolder(Path(out).resolve())  # trials and Dask workers run elsewhere: absolute paths
     genes_of(config)  # an empty search space is refused before anything is written
     scheduler = scheduler or config.evolutionary.scheduler
     if scheduler:
         require_dask()
     state = load_state(search, config) if resume else None
-    held = folders.holds(search.root, runs.SEARCH)
-    if not resume and held and not overwrite:
-        raise UserError(f"{search.root} already holds a search ({', '.join(held[:3])}); pass --resume to "
-                        "continue it, --overwrite to start again, or another --out folder")
     folders.claim(search.root, "--out")
     if not resume:
         folders.clear(search.root, runs.SEARCH)

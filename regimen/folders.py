@@ -41,15 +41,19 @@ class FolderKind:
 
     Attributes:
         name: how messages call the folder ("a run folder").
+        content: how they call what it holds ("a run").
         files: the files it writes; the first vouches for the rest and is removed first.
         folders: the subfolders it writes.
         writers: the scripts that write it, for messages.
+        whole: written as a whole (swapped in), so anything in it counts as its content.
     """
 
     name: str
+    content: str
     files: tuple[str, ...]
     folders: tuple[str, ...] = ()
     writers: str = ""
+    whole: bool = False
 
     @property
     def entries(self) -> frozenset[str]:
@@ -64,16 +68,23 @@ def contents(folder: Path) -> list[str]:
 
 
 def holds(folder: Path, kind: FolderKind) -> list[str]:
-    """The entries of `folder` that its kind of script writes."""
-    return [name for name in contents(folder) if name in kind.entries]
+    """The entries of `folder` that its kind of script writes (every entry, for a whole kind)."""
+    return [name for name in contents(folder) if kind.whole or name in kind.entries]
 
 
-def check_output(folder: Path, kind: FolderKind, flag: str, overwrite: bool = False) -> Path:
-    """Check an output folder before any work: a folder (or creatable), writable, and with
-    `overwrite` nothing in it that this kind of script did not write."""
+def check_output(folder: Path, kind: FolderKind, flag: str, overwrite: bool = False, fresh: bool = False,
+                 resumable: bool = False) -> Path:
+    """Check an output folder before any work: a folder (or creatable), writable; where something
+    new starts (`fresh`), not one that holds an earlier one unless `overwrite`; and with
+    `overwrite`, nothing in it that this kind of script did not write."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{flag} {folder}: is a file; expected a folder")
+    held = holds(folder, kind)
+    if fresh and held and not overwrite:
+        resume = "--resume to continue it, " if resumable else ""
+        raise UserError(f"{flag} {folder}: already holds {kind.content} ({', '.join(held[:3])}); pass {resume}"
+                        "--overwrite to start again, or choose another folder")
     if overwrite:
         foreign = [name for name in contents(folder) if name not in kind.entries]
         if foreign:

@@ -28,22 +28,26 @@ def predict(stack: Stack, x: torch.Tensor, device: torch.device, batch_size: int
 
 
 @torch.no_grad()
-def decode(head: Optional[PGMHead], unaries: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-    """Labels from unaries: per-node argmax without a head, else the head's joint decoding."""
+def decode(head: Optional[PGMHead], unaries: torch.Tensor, guide: Optional[torch.Tensor] = None,
+           batch_size: int = 16) -> torch.Tensor:
+    """Labels from unaries: per-node argmax without a head, else the head's joint decoding.
+    `guide`: the input windows `[N, T, C, H, W]` (model layout) the unaries came from."""
     if head is None:
         return unaries.argmax(dim=2)
     head.eval()
-    device = next(iter(head.state_dict().values())).device
-    return torch.cat([head.decode(unaries[i:i + batch_size].to(device)).cpu()
+    device = _device_of(head)
+    return torch.cat([head.decode(unaries[i:i + batch_size].to(device), _rows(guide, i, batch_size, device)).cpu()
                       for i in range(0, len(unaries), batch_size)])
 
 
 @torch.no_grad()
-def marginals(head: PGMHead, unaries: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+def marginals(head: PGMHead, unaries: torch.Tensor, guide: Optional[torch.Tensor] = None,
+              batch_size: int = 16) -> torch.Tensor:
     """The head's marginal class probabilities, the shape of `unaries`."""
     head.eval()
-    device = next(iter(head.state_dict().values())).device
-    return torch.cat([head.log_marginals(unaries[i:i + batch_size].to(device)).exp().cpu()
+    device = _device_of(head)
+    return torch.cat([head.log_marginals(unaries[i:i + batch_size].to(device),
+                                         _rows(guide, i, batch_size, device)).exp().cpu()
                       for i in range(0, len(unaries), batch_size)])
 
 
@@ -52,4 +56,18 @@ def task_metrics(data: TaskData, split: str, unaries: torch.Tensor, head: Option
     y = data.splits[split]["y"]
     if data.task == "regression":
         return regression_metrics(y.numpy(), class_last(unaries).numpy())
-    return label_metrics(y.numpy(), decode(head, unaries).numpy(), data.num_classes, data.task)
+    labels = decode(head, unaries, guide_of(data, split))
+    return label_metrics(y.numpy(), labels.numpy(), data.num_classes, data.task)
+
+
+def guide_of(data: TaskData, split: str) -> torch.Tensor:
+    """The split's input windows in model layout: what an edge-aware CRF weighs its edges by."""
+    return model_input(data.splits[split]["x"])
+
+
+def _device_of(head: PGMHead) -> torch.device:
+    return next(iter(head.state_dict().values())).device
+
+
+def _rows(guide: Optional[torch.Tensor], start: int, size: int, device: torch.device) -> Optional[torch.Tensor]:
+    return None if guide is None else guide[start:start + size].to(device)

@@ -14,6 +14,8 @@ head into the plain `pgm_params.pkl` form and back.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -50,7 +52,8 @@ def pgm_settings(pgm: PGMConfig, task: str, num_classes: int) -> dict:
     if pgm.type == "crf":
         settings.update(neighbourhood=pgm.neighbourhood, temporal_links=pgm.temporal_links,
                         iterations=pgm.mean_field_iters, pairwise_weight=pgm.pairwise_weight,
-                        compatibility=pgm.compatibility, inference=pgm.inference, damping=pgm.damping)
+                        compatibility=pgm.compatibility, inference=pgm.inference, damping=pgm.damping,
+                        edge_aware=pgm.edge_aware)
     return settings
 
 
@@ -78,7 +81,8 @@ class PGMHead(nn.Module):
                                       pairwise_weight=settings["pairwise_weight"],
                                       compatibility=settings["compatibility"],
                                       inference=settings.get("inference", "mean_field"),
-                                      damping=settings.get("damping", 0.0))
+                                      damping=settings.get("damping", 0.0),
+                                      edge_aware=settings.get("edge_aware", False))
             return
         self.model = HMM(k, emission="given") if self.type == "hmm" else ChainCRF(k)
         self.raw_scale = nn.Parameter(torch.tensor(inverse_softplus(1.0)))
@@ -89,11 +93,12 @@ class PGMHead(nn.Module):
     def emission_scale(self) -> torch.Tensor:
         return F.softplus(self.raw_scale)
 
-    def log_marginals(self, unaries: torch.Tensor) -> torch.Tensor:
-        """Log marginals of every node, the shape of `unaries` (differentiable)."""
+    def log_marginals(self, unaries: torch.Tensor, guide: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Log marginals of every node, the shape of `unaries` (differentiable). `guide`: the input
+        windows `[B, T, C, H, W]` the unaries came from (what an edge-aware CRF weighs its edges by)."""
         unaries = unaries.float()
         if self.type == "crf":
-            return F.log_softmax(self.model(unaries), dim=2)
+            return F.log_softmax(self.model(unaries, _float(guide)), dim=2)
         emissions = self.emissions(self._chains(unaries))
         if self.type == "hmm":
             _, posteriors = forward_backward(self.model.log_start, self.model.log_trans, emissions)
@@ -102,11 +107,12 @@ class PGMHead(nn.Module):
         return self._unchain(posteriors.clamp_min(TINY).log(), unaries.shape)
 
     @torch.no_grad()
-    def decode(self, unaries: torch.Tensor) -> torch.Tensor:
-        """The jointly most likely labelling (Viterbi on chains; the mean-field argmax on the grid)."""
+    def decode(self, unaries: torch.Tensor, guide: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The jointly most likely labelling (Viterbi on chains; on the grid the mean-field argmax or
+        max-product BP)."""
         unaries = unaries.float()
         if self.type == "crf":
-            return self.model.decode(unaries)
+            return self.model.decode(unaries, _float(guide))
         emissions = self.emissions(self._chains(unaries))
         if self.type == "hmm":
             paths, _ = viterbi(self.model.log_start, self.model.log_trans, emissions)
@@ -114,13 +120,14 @@ class PGMHead(nn.Module):
             paths = self.model.decode(emissions)
         return self._unchain(paths[..., None], unaries[:, :, :1].shape).squeeze(2)
 
-    def nll(self, unaries: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def nll(self, unaries: torch.Tensor, labels: torch.Tensor, guide: Optional[torch.Tensor] = None
+            ) -> torch.Tensor:
         """Structured NLL per node: of the mean-field marginals (CRF), of the
         chain posteriors (HMM), or the exact chain likelihood divided by T (chain CRF)."""
         if self.type == "chain_crf":
             emissions = self.emissions(self._chains(unaries.float()))
             return -self.model.log_likelihood(emissions, self._label_chains(labels)).mean() / emissions.shape[1]
-        log_q = self.log_marginals(unaries)
+        log_q = self.log_marginals(unaries, guide)
         return F.nll_loss(log_q.movedim(2, -1).flatten(0, -2), labels.flatten())
 
     def emissions(self, chains: torch.Tensor) -> torch.Tensor:
@@ -152,6 +159,10 @@ class PGMHead(nn.Module):
         return chains.reshape(b, h, w, t, k).permute(0, 3, 4, 1, 2)
 
 
+def _float(guide: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if guide is None else guide.float()
+
+
 # --------------------------------------------------------------------------- pgm_params.pkl
 
 
@@ -175,16 +186,17 @@ def head_from_params(params: dict, source: str) -> PGMHead:
 
 
 def fit_pgm(head: PGMHead, unaries: torch.Tensor, labels: torch.Tensor, pgm: PGMConfig,
-            seed: int, batch_size: int = 8) -> dict:
+            seed: int, batch_size: int = 8, guide: Optional[torch.Tensor] = None) -> dict:
     """Fit the head's parameters on fixed unaries; returns a small report for metrics.json.
 
     HMM: MAP counts (`fit: mle`, Dirichlet `pseudo_count`, then the emission scale by
     gradient) or Baum-Welch (`fit: em`, labels unused). CRF and chain CRF: Adam on the structured NLL plus
-    `l2 * |theta - theta_0|^2` (a Gaussian prior at the initial values, MAP).
+    `l2 * |theta - theta_0|^2` (a Gaussian prior at the initial values, MAP). `guide`: the input
+    windows of the unaries, for an edge-aware CRF.
     """
     if head.type == "hmm":
         return _fit_hmm(head, unaries, labels, pgm, seed, batch_size)
-    return _fit_by_gradient(head, unaries, labels, pgm, seed, batch_size)
+    return _fit_by_gradient(head, unaries, labels, pgm, seed, batch_size, guide)
 
 
 def _fit_hmm(head: PGMHead, unaries: torch.Tensor, labels: torch.Tensor, pgm: PGMConfig, seed: int,
@@ -207,7 +219,7 @@ def _fit_hmm(head: PGMHead, unaries: torch.Tensor, labels: torch.Tensor, pgm: PG
 
 
 def _fit_by_gradient(head: PGMHead, unaries: torch.Tensor, labels: torch.Tensor, pgm: PGMConfig,
-                     seed: int, batch_size: int) -> dict:
+                     seed: int, batch_size: int, guide: Optional[torch.Tensor] = None) -> dict:
     params = list(head.parameters())
     frozen = [not p.requires_grad for p in params]  # the alternating mode freezes the head between fits
     start = [p.detach().clone() for p in params]
@@ -220,7 +232,7 @@ def _fit_by_gradient(head: PGMHead, unaries: torch.Tensor, labels: torch.Tensor,
         for _ in tqdm(range(pgm.fit_steps), desc=f"fit {head.type}", unit="step", leave=False, disable=None):
             rows = torch.randint(len(unaries), (min(batch_size, len(unaries)),), generator=generator)
             prior = sum((p - p0).pow(2).sum() for p, p0 in zip(params, start))
-            loss = head.nll(unaries[rows], labels[rows]) + pgm.l2 * prior
+            loss = head.nll(unaries[rows], labels[rows], None if guide is None else guide[rows]) + pgm.l2 * prior
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

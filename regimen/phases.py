@@ -23,8 +23,8 @@ from regimen.losses import consistency, resolve_unary_loss, unary_loss
 from regimen.metrics import MAIN_METRIC
 from regimen.pgm import (PGMHead, check_pgm_task, fit_pgm, head_from_params, pgm_params,
                          pgm_settings)
-from regimen.inference import predict, task_metrics
-from regimen.processed import TaskData, check_same_data, data_identity, load_checked_meta, load_task_data
+from regimen.inference import guide_of, predict, task_metrics
+from regimen.processed import TaskData, check_same_data, data_identity, load_task_data
 from regimen.stack import Stack, check_fits_data, new_stack, resolve_device, stack_from_checkpoint
 from regimen.training import Schedule, Trainer, attach_log_file
 
@@ -96,7 +96,8 @@ def fit_structure(config: Config, features_path: Path, save: Optional[Path]) -> 
     """Fit `model.pgm` on saved unaries; write pgm_params.pkl and metrics before/after."""
     started = time.time()
     features = files.load_features(features_path, "--features")
-    meta = load_checked_meta(config)
+    data = load_task_data(config)  # its labels are the features' (same data version); its inputs guide the CRF
+    meta = data.meta
     check_same_data(features["dataset"], meta, f"--features {features_path}")
     task, k = meta["task"], meta["num_classes"]
     check_pgm_task(config.model.pgm.type, task)
@@ -108,8 +109,8 @@ def fit_structure(config: Config, features_path: Path, save: Optional[Path]) -> 
     head = PGMHead(pgm_settings(config.model.pgm, task, k))
     train = features["splits"]["train"]
     log.info("phase 2: fitting a %s on %d training windows", head.type, len(train["unaries"]))
-    report = fit_pgm(head, train["unaries"], train["labels"], config.model.pgm, config.seed)
-    data = TaskData(meta, {split: {"y": part["labels"]} for split, part in features["splits"].items()})
+    report = fit_pgm(head, train["unaries"], train["labels"], config.model.pgm, config.seed,
+                     guide=guide_of(data, "train"))
     metric = MAIN_METRIC[task][0]
     results = {split: _before_after(data, split, features["splits"][split]["unaries"], head)
                for split in ("val", "test")}
@@ -162,7 +163,7 @@ def train_joint(config: Config, resume: Path, pgm_path: Optional[Path], save: Op
     def refit(epoch: int) -> dict:
         unaries, _ = predict(stack, train["x"], device, config.training.batch_size)
         return fit_pgm(stack.head, unaries.to(device), train["y"].to(device), config.model.pgm,
-                       config.seed + epoch)
+                       config.seed + epoch, guide=guide_of(data, "train").to(device))
 
     trainer = Trainer(stack, data, Schedule.joint(config), _joint_loss(unary, config),
                       lambda s: _split_metrics(s, data, "val", device, config), run,
@@ -191,9 +192,9 @@ def _joint_loss(unary: str, config: Config):
     def loss_fn(stack: Stack, batch: dict):
         out = stack.unaries(batch["x"])
         parts = {"unary": unary_loss(unary, out, batch["y"], batch.get("p")),
-                 "structured": stack.head.nll(out, batch["y"])}
+                 "structured": stack.head.nll(out, batch["y"], batch["x"])}
         if weights.gamma_consistency > 0:
-            parts["consistency"] = consistency(stack.head.log_marginals(out), batch["x"])
+            parts["consistency"] = consistency(stack.head.log_marginals(out, batch["x"]), batch["x"])
         total = (weights.alpha_unary * parts["unary"] + weights.beta_structured * parts["structured"]
                  + weights.gamma_consistency * parts.get("consistency", 0.0))
         return total, {key: value.item() for key, value in parts.items()}
@@ -287,19 +288,10 @@ def _check_run_folder(run: runs.RunFolder, flag: str, fresh: bool, overwrite: bo
     """Before any work: a new run goes into a folder without a run (or, with --overwrite, one that
     holds a run and nothing else); a continued run keeps a readable metrics.json. Then the folder
     is claimed: a second writer is refused here."""
-    folders.check_output(run.root, runs.RUN, flag, overwrite=fresh and overwrite)
-    if fresh and not overwrite:
-        _refuse_to_overwrite(run)
+    folders.check_output(run.root, runs.RUN, flag, overwrite=fresh and overwrite, fresh=fresh, resumable=True)
     if not fresh:
         files.check_metrics(run.metrics)
     folders.claim(run.root, flag)
-
-
-def _refuse_to_overwrite(run: runs.RunFolder) -> None:
-    held = folders.holds(run.root, runs.RUN)
-    if held:
-        raise UserError(f"{run.root} already holds a run ({', '.join(held[:3])}); pass --resume to "
-                        "continue it, --overwrite to start again, or another --save folder")
 
 
 def _open_run(run: runs.RunFolder, config: Config, fresh: bool) -> None:

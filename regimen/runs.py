@@ -48,7 +48,7 @@ def meta_path(folder: Path) -> Path:
     return Path(folder) / META_FILE
 
 
-PROCESSED = FolderKind("a processed data folder", (META_FILE, *(f"{split}.npz" for split in SPLITS)),
+PROCESSED = FolderKind("a processed data folder", "processed data", (META_FILE, *(f"{split}.npz" for split in SPLITS)),
                        writers="tools/preprocess.py")
 
 
@@ -56,18 +56,18 @@ PROCESSED = FolderKind("a processed data folder", (META_FILE, *(f"{split}.npz" f
 
 
 # Phases 1-3, fit_pgm.py and evaluate.py; ckpt.pt first: it is what --resume takes.
-RUN = FolderKind("a run folder", ("ckpt.pt", "best.pt", "features.pt", "pgm_params.pkl", "metrics.json",
+RUN = FolderKind("a run folder", "a run", ("ckpt.pt", "best.pt", "features.pt", "pgm_params.pkl", "metrics.json",
                                 "history.jsonl", "log.txt", "config.yaml", "learning_curve.png"), ("plots",),
                  writers="train_convlstm.py, fit_pgm.py, train_joint.py, evaluate.py")
 CMAES_TABLE, CMAES_PLOT = "cmaes.csv", "cmaes_loss.png"
-CMAES = FolderKind("a CMA-ES folder", (*RUN.files, CMAES_TABLE, CMAES_PLOT), RUN.folders,
+CMAES = FolderKind("a CMA-ES folder", "a CMA-ES run", (*RUN.files, CMAES_TABLE, CMAES_PLOT), RUN.folders,
                    writers="evolve.py --strategy cmaes, evaluate.py")
-BUNDLE = FolderKind("an export bundle", ("MANIFEST.json", "model.pt", "pgm_params.pkl", "config.yaml",
-                                      "calibration.npz", "metrics.json"), writers="export.py")
-SEARCH = FolderKind("a search folder", ("state.json", "config.yaml", "trials.csv", "logbook.csv",
+BUNDLE = FolderKind("an export bundle", "files", ("MANIFEST.json", "model.pt", "pgm_params.pkl", "config.yaml",
+                                      "calibration.npz", "metrics.json"), writers="export.py", whole=True)
+SEARCH = FolderKind("a search folder", "a search", ("state.json", "config.yaml", "trials.csv", "logbook.csv",
                                       "hall_of_fame.json", "pareto.json", "fitness.png", "pareto.png"),
                     ("trials", "best", "data", ".best.staging", ".best.old"), writers="evolve.py")
-PICTURES = FolderKind("a pictures folder", (), writers="tools/visualize.py")
+PICTURES = FolderKind("a pictures folder", "pictures", (), writers="tools/visualize.py")
 
 
 @dataclass(frozen=True)

@@ -228,7 +228,7 @@ CASES = {
 
     # ---- train_convlstm.py
     "phase 1 folder holds a run": Case("train_convlstm.py", lambda w, t: ["--save", str(w.base)],
-                                       "already holds a run (best.pt, ckpt.pt, config.yaml); pass --resume"),
+                                       "already holds a run (best.pt, ckpt.pt, config.yaml); pass --resume to continue it"),
     "phase 1 overwrite a foreign folder": Case("train_convlstm.py", lambda w, t: [
         "--save", str(foreign(t)), "--overwrite"], "--overwrite replaces only a run folder"),
     "phase 1 overwrite a bundle": Case("train_convlstm.py", lambda w, t: ["--save", str(w.bundle), "--overwrite"],
@@ -359,7 +359,7 @@ CASES = {
     "export overwrite a run folder": Case("export.py", lambda w, t: [
         "--ckpt", str(w.joint / "best.pt"), "--out", str(w.base), "--overwrite"], "this folder also holds best.pt"),
     "export full folder": Case("export.py", lambda w, t: ["--ckpt", str(w.joint / "best.pt"), "--out", str(w.bundle)],
-                               "already holds files; pass --overwrite"),
+                               "already holds files (MANIFEST.json, calibration.npz, config.yaml); pass --overwrite),
     "export out is a file": Case("export.py", lambda w, t: [
         "--ckpt", str(w.joint / "best.pt"), "--out", str(blocker(t))], "blocker.txt: is a file"),
     "export unwritable out": Case("export.py", lambda w, t: [
@@ -414,7 +414,7 @@ CASES = {
         "best.pt: damaged or not a regimen checkpoint"),
     "evolve cmaes folder holds a run": Case("evolve.py", lambda w, t: [
         "--strategy", "cmaes", "--ckpt", str(w.joint / "best.pt"), "--out", str(w.base)],
-        "already holds best.pt, ckpt.pt, config.yaml; pass --overwrite"),
+        "already holds a CMA-ES run (best.pt, ckpt.pt, config.yaml); pass --overwrite"),
     "evolve folder in use": Case("evolve.py", lambda w, t: ["--out", str(t / "s")], HELD,
                                  held=lambda w, t: t / "s"),
 }

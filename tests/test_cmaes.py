@@ -76,7 +76,7 @@ def test_evolve_cmaes_fine_tunes_a_checkpoint(tmp_path):
     ok("evaluate.py", "--config", config, "--ckpt", str(out / "ckpt.pt"), "--out", str(tmp_path / "eval"))
 
     before = snapshot(tmp_path)
-    for args, expected in ((["--ckpt", str(tmp_path / "base" / "best.pt"), "--out", str(out)], "already holds ckpt.pt"),
+    for args, expected in ((["--ckpt", str(tmp_path / "base" / "best.pt"), "--out", str(out)], "already holds a CMA-ES run ("),
                            ([], "--strategy cmaes needs --ckpt PATH"),
                            (["--ckpt", str(tmp_path / "base" / "best.pt"), "--out", str(tmp_path / "c2"),
                              "--set", "evolutionary.cmaes.groups=[encoder.cells.7]"], "matches no parameter")):

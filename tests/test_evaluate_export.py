@@ -150,7 +150,7 @@ BAD = {
     "export --out a file": (["export.py", "--ckpt", "{base}/best.pt", "--out", "{tmp}/file.txt"],
                             "--out {tmp}/file.txt: is a file; expected a folder"),
     "export over a bundle": (["export.py", "--ckpt", "{base}/best.pt", "--out", "{tmp}/full"],
-                             "--out {tmp}/full: already holds files; pass --overwrite"),
+                             "--out {tmp}/full: already holds files (keep.txt); pass --overwrite"),
     "verify a folder without a manifest": (["export.py", "--verify", "{tmp}/full"],
                                            "{tmp}/full/MANIFEST.json: missing"),
     "export without --ckpt": (["export.py"], "give --ckpt PATH to export, or --verify FOLDER"),

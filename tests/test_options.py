@@ -7,8 +7,10 @@ import torch
 
 from conftest import metrics_of, ok, phase_one
 from regimen import files
-from regimen.inference import decode
+from regimen.config_file import load_config
+from regimen.inference import decode, guide_of
 from regimen.pgm import PGMHead, head_from_params
+from regimen.processed import load_task_data
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +56,21 @@ def test_gradient_checkpointing_trains_the_same_weights(storms, tmp_path):
     assert ours["net"]["checkpoint_steps"] is True and theirs["net"]["checkpoint_steps"] is False
     for name, tensor in theirs["net_state"].items():  # recomputing the steps changes memory, not the result
         torch.testing.assert_close(ours["net_state"][name], tensor, rtol=1e-5, atol=1e-6)
+
+
+def test_an_edge_aware_crf_weighs_its_edges_by_the_input_window(storms, tmp_path):
+    config, base = storms
+    params = fitted(config, base, tmp_path / "edges", "model.pgm.edge_aware=true")
+    assert params["settings"]["edge_aware"] and "model.raw_bandwidth" in params["params"]
+    edges = head_from_params(params, "edges")
+    plain = PGMHead({**params["settings"], "edge_aware": False})
+    plain.load_state_dict({k: v for k, v in edges.state_dict().items() if k != "model.raw_bandwidth"})
+    data = load_task_data(load_config(config))
+    unaries = files.load_features(base / "features.pt", "test")["splits"]["val"]["unaries"]
+    guide = guide_of(data, "val")
+    assert (decode(edges, unaries, guide) != decode(plain, unaries, guide)).any()
+    ok("train_joint.py", "--config", config, "--resume", str(base / "ckpt.pt"), "--pgm",
+       str(tmp_path / "edges" / "pgm_params.pkl"), "--save", str(tmp_path / "joint"),
+       "--set", "model.pgm.edge_aware=true", "--set", "training.joint.mode=end_to_end")
+    ok("export.py", "--config", config, "--ckpt", str(tmp_path / "joint" / "best.pt"), "--out", str(tmp_path / "b"))
+    assert metrics_of(tmp_path / "joint")["train_joint"]["pgm"] == "crf"
