@@ -359,7 +359,7 @@ CASES = {
     "export overwrite a run folder": Case("export.py", lambda w, t: [
         "--ckpt", str(w.joint / "best.pt"), "--out", str(w.base), "--overwrite"], "this folder also holds best.pt"),
     "export full folder": Case("export.py", lambda w, t: ["--ckpt", str(w.joint / "best.pt"), "--out", str(w.bundle)],
-                               "already holds files (MANIFEST.json, calibration.npz, config.yaml); pass --overwrite),
+                               "already holds files (MANIFEST.json, calibration.npz, config.yaml); pass --overwrite"),
     "export out is a file": Case("export.py", lambda w, t: [
         "--ckpt", str(w.joint / "best.pt"), "--out", str(blocker(t))], "blocker.txt: is a file"),
     "export unwritable out": Case("export.py", lambda w, t: [
