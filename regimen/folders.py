@@ -111,7 +111,7 @@ def _check_writable(folder: Path, flag: str) -> None:
     if not existing.is_dir():
         raise UserError(f"{flag} {folder}: {existing} is a file; expected a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {folder}: {existing} is not writable")
+        raise UserError(f"{flag} {folder}: cannot write there ({existing} is not writable)")
 
 
 def claim(folder: Path, flag: str) -> Path:

@@ -363,7 +363,7 @@ CASES = {
     "export out is a file": Case("export.py", lambda w, t: [
         "--ckpt", str(w.joint / "best.pt"), "--out", str(blocker(t))], "blocker.txt: is a file"),
     "export unwritable out": Case("export.py", lambda w, t: [
-        "--ckpt", str(w.joint / "best.pt"), "--out", "/proc/regimen-bundle"], "/proc/regimen-bundle: cannot write"),
+        "--ckpt", str(w.joint / "best.pt"), "--out", "/proc/regimen-bundle"], "/proc/regimen-bundle: cannot write there"),
     "export unknown calibration": Case("export.py", lambda w, t: [
         "--ckpt", str(w.joint / "best.pt"), S, "evaluation.calibration=platt"],
         "evaluation.calibration = 'platt': expected one of"),
