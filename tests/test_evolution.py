@@ -88,6 +88,7 @@ def without_seconds(table):
     return [{k: v for k, v in row.items() if k not in ("seconds", "overhead_s")} for row in table]
 
 
+@pytest.mark.slow
 def test_a_tiny_search_leaves_every_output(tmp_path):
     """Population 6, 3 generations (the first at low fidelity), 2 islands, 2 slots, real training."""
     config = search_config(tmp_path, {"evolutionary": {
