@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from regimen import trials
+
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {
@@ -60,6 +62,13 @@ def phase_one(folder: Path) -> tuple[str, Path]:
 
 def metrics_of(folder: Path) -> dict:
     return json.loads((folder / "metrics.json").read_text())
+
+
+@pytest.fixture
+def stand_in_phases(monkeypatch):
+    """Trials of evolve.py run tests/fault_phase.py for every phase instead of training."""
+    for phase in trials.SCRIPTS:
+        monkeypatch.setitem(trials.SCRIPTS, phase, str(ROOT / "tests" / "fault_phase.py"))
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 from sklearn.isotonic import IsotonicRegression
 
 from regimen.calibration import Calibrator, choose_calibrator, fit_isotonic, fit_temperature
-from regimen.cli import UserError
+from regimen.errors import UserError
 from regimen.metrics import calibration
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from regimen.cli import UserError
+from regimen.errors import UserError
 from regimen.config import Config, config_hash, dump_config, leaf_keys
 from regimen.config_file import load_config
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from regimen import files, folders, processed, runs
-from regimen.cli import UserError
+from regimen.errors import UserError
 from regimen.config_file import load_config
 from regimen.data import (add_static_features, channel_statistics, cut_windows, preprocess,
                           split_sequences, window_starts)

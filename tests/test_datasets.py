@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from regimen.cli import UserError
+from regimen.errors import UserError
 from regimen.config import Config
 from regimen.config_file import load_config
 from regimen.datasets import load_dataset, storm_baselines, storm_classes

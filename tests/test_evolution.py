@@ -13,9 +13,8 @@ import time
 
 import pytest
 
-from conftest import ROOT, merge, run_script, snapshot, tiny_config
-from regimen import trials
-from regimen.cli import UserError
+from conftest import merge, run_script, snapshot, tiny_config
+from regimen.errors import UserError
 from regimen.config import from_dict
 from regimen.config_file import load_config
 from regimen.evolution import evolve
@@ -59,13 +58,6 @@ def test_decode_repairs_layers_against_hidden_sizes_and_even_kernels():
     assert values == {"model.convlstm.num_layers": 3, "model.convlstm.kernel_size": 4} and len(repairs) == 2
     config, _, _ = decode(genes, [1, 3], base)
     assert config.model.convlstm.hidden_sizes == [16]
-
-
-@pytest.fixture
-def stand_in_phases(monkeypatch):
-    """Trials run tests/fault_phase.py for every phase instead of training."""
-    for phase in trials.SCRIPTS:
-        monkeypatch.setitem(trials.SCRIPTS, phase, str(ROOT / "tests" / "fault_phase.py"))
 
 
 def search_config(folder, extra):

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from regimen.cli import UserError
+from regimen.errors import UserError
 from regimen.losses import consistency, resolve_unary_loss, unary_loss
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from models.hmm import forward_backward
-from regimen.cli import UserError
+from regimen.errors import UserError
 from regimen.config import PGMConfig
 from regimen.pgm import PGMHead, check_pgm_task, fit_pgm, head_from_params, pgm_params, pgm_settings
 

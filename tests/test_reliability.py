@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from conftest import ROOT, metrics_of, ok, phase_one, run_script, snapshot, tiny_config
-from regimen import folders, trials
+from regimen import folders
 from regimen.config_file import load_config
 from regimen.evolution import evolve
 from test_evolution import rows, search_config, without_seconds
@@ -152,12 +152,6 @@ def test_two_searches_into_one_folder(tmp_path, stand_in_phases):
     assert done.returncode == 2 and f"in use by PID {os.getpid()}" in done.stderr
     evolve(config, out, parallel=2, resume=False, overwrite=False)  # free again
     assert {r["folder"] for r in rows(out / "trials.csv")} <= {str(p) for p in (out / "trials").glob("g*/i*")}
-
-
-@pytest.fixture
-def stand_in_phases(monkeypatch):
-    for phase in trials.SCRIPTS:
-        monkeypatch.setitem(trials.SCRIPTS, phase, str(ROOT / "tests" / "fault_phase.py"))
 
 
 # --------------------------------------------------------------------------- 4: killed early

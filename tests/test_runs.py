@@ -12,7 +12,7 @@ import torch
 
 from conftest import malicious_pickle
 from regimen import files
-from regimen.cli import UserError
+from regimen.errors import UserError
 
 
 def test_checkpoints_round_trip_and_name_their_kind(tmp_path):

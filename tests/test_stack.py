@@ -8,7 +8,7 @@ import torch
 from regimen.allocator import keep_freed_memory
 from regimen.stack import autocast_for, build_net, net_spec, resolve_device
 from regimen.weights import load_state_checked
-from regimen.cli import UserError
+from regimen.errors import UserError
 from regimen.config_file import load_config
 from regimen.pgm import PGMHead, pgm_settings
 
