@@ -37,6 +37,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     cli.setup_logging()
     config = load_config(args.config, args.overrides)
+    cli.apply_machine(config)
     result = evaluate(config, args.ckpt, args.split or config.evaluation.split, args.out, args.pgm)
     metric = result["metric"]
     for name in ("unary", "pgm"):

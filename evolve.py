@@ -49,6 +49,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     cli.setup_logging()
     config = load_config(args.config, args.overrides)
+    cli.apply_machine(config)
     if args.strategy == "cmaes":
         from regimen.cmaes import fine_tune
 

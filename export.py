@@ -45,6 +45,7 @@ def main(argv=None) -> None:
     if not args.ckpt:
         raise cli.UserError("export.py: give --ckpt PATH to export, or --verify FOLDER")
     config = load_config(args.config, args.overrides)
+    cli.apply_machine(config)
     result = export(config, args.ckpt, args.out, args.overwrite, args.pgm)
     test = result["test"]
     if "calibrated" in test:

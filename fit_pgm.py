@@ -36,6 +36,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     cli.setup_logging()
     config = load_config(args.config, args.overrides)
+    cli.apply_machine(config)
     metrics = fit_structure(config, args.features, args.save)
     metric = metrics["metric"]
     for split in ("val", "test"):

@@ -35,6 +35,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     cli.setup_logging()
     config = load_config(args.config, args.overrides)
+    cli.apply_machine(config)
     resume = None
     if args.resume is not None:
         resume = runs.RunFolder(args.save).checkpoint if args.resume is True else args.resume

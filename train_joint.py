@@ -40,6 +40,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     cli.setup_logging()
     config = load_config(args.config, args.overrides)
+    cli.apply_machine(config)
     metrics = train_joint(config, args.resume, args.pgm, args.save, args.overwrite)
     metric = metrics["metric"]
     log.info("test %s: unaries %.4f, with the %s %.4f (%s)", metric, metrics["test"]["unary"][metric],

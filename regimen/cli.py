@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from regimen import folders
+from regimen import folders, machine, progress
 from regimen.allocator import keep_freed_memory
 from regimen.errors import UserError
 
@@ -55,6 +55,15 @@ def make_parser(doc: str | None) -> argparse.ArgumentParser:
                         help="override one config key, value parsed as YAML; repeatable "
                              "(e.g. --set data.T_window=6 --set model.convlstm.hidden_sizes=[8,8])")
     return parser
+
+
+def apply_machine(config) -> None:
+    """This process's torch threads and progress lines, from the config (see `machine.threads_to_use`)."""
+    import torch  # not at the top: evolve.py refuses bad input before it loads torch
+
+    machine.chosen_threads = machine.threads_to_use(config.threads)
+    torch.set_num_threads(machine.chosen_threads[0])
+    progress.INTERVAL_S = config.progress_interval_s
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
-from tqdm import tqdm
 
 from regimen import files, folders, runs
 from regimen.config import CMAESConfig, Config, config_hash
@@ -33,6 +32,7 @@ from regimen.evaluation import CHECKPOINT_KINDS, load_evaluated
 from regimen.losses import class_last
 from regimen.metrics import MAIN_METRIC, label_metrics, regression_metrics
 from regimen.plots import plot_cmaes
+from regimen.progress import track
 from regimen.stack import Stack, model_input, resolve_device
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def run_cmaes(objective: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, sig
                "tolfunhist": 0, "tolstagnation": generations + 1}
     strategy = cma.CMAEvolutionStrategy(x0, sigma, options)
     records, best_x, best_loss = [], x0, float("inf")
-    for generation in tqdm(range(generations), desc="cma-es", unit="gen", leave=False, disable=None):
+    for generation in track(range(generations), "cma-es", "generations"):
         started = time.perf_counter()
         candidates = strategy.ask()
         losses = objective(np.asarray(candidates))

@@ -233,6 +233,8 @@ class EvaluationConfig:
 class Config:
     seed: int = 42
     device: str = "auto"
+    threads: Optional[int] = None  # CPU threads of torch; None: the cores this process may use
+    progress_interval_s: float = 30.0  # seconds between progress lines when stderr is no terminal
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
-from tqdm import tqdm
 
 from regimen import files, folders, runs
 from regimen.errors import UserError
+from regimen.progress import track
 from regimen.runs import dataset_name
 from regimen.config import Config
 from regimen.datasets import load_dataset
@@ -125,7 +125,7 @@ def preprocess(config: Config) -> tuple[Path, dict]:
         arrays["P"] = dataset.P
 
     payloads, shapes, sizes = {}, {}, {}
-    for split in tqdm(runs.SPLITS, desc="windows", unit="split", leave=False, disable=None):
+    for split in track(runs.SPLITS, "windows", "splits"):
         windows = cut_windows(arrays, parts[split], data.T_window, data.stride)
         payloads[split] = files.npz_bytes(windows)
         shapes[split] = {key: list(a.shape) for key, a in windows.items() if key in ("X", "Y", "P")}

@@ -15,12 +15,12 @@ from typing import Any, Optional
 
 import numpy as np
 from scipy import ndimage
-from tqdm import tqdm
 
 from regimen.config import DataConfig
 from regimen.errors import UserError
 from regimen.machine import require_memory
 from regimen.metrics import mean_iou
+from regimen.progress import track
 
 STORM_THRESHOLDS = (0.3, 1.0)  # rain intensity separating none | light | heavy
 DIGIT_INK = 0.3  # canvas intensity above which a pixel belongs to a digit
@@ -83,7 +83,7 @@ def make_storms(data: DataConfig, rng: np.random.Generator) -> Dataset:
     yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     clean = np.empty((n, t + 1, h, w), dtype=np.float32)
     chunk = 16
-    for lo in tqdm(range(0, n, chunk), desc="storms", unit="chunk", leave=False, disable=None):
+    for lo in track(range(0, n, chunk), "storms", "chunks"):
         sl = slice(lo, lo + chunk)
         # shape: (chunk, T+1, M)
         envelope = np.exp(-0.5 * ((frames[None, :, None] - peak_time[sl, None]) / lifetime[sl, None]) ** 2)
@@ -211,7 +211,7 @@ def _paint_digits(patches: np.ndarray, position: np.ndarray, h: int, w: int) -> 
     offsets = np.arange(side)
     layers = np.zeros((d, n, frames, h, w), dtype=np.float32)
     nn, tt = np.meshgrid(np.arange(n), np.arange(frames), indexing="ij")
-    for k in tqdm(range(d), desc="digits", unit="digit", leave=False, disable=None):
+    for k in track(range(d), "digits", "digits"):
         rows = position[:, :, k, 0, None, None] + offsets[:, None]  # (N, T+1, side, 1)
         cols = position[:, :, k, 1, None, None] + offsets[None, :]  # (N, T+1, 1, side)
         layers[k, nn[..., None, None], tt[..., None, None], rows, cols] = patches[:, k, None]
@@ -246,7 +246,7 @@ def make_regimes(data: DataConfig, rng: np.random.Generator) -> Dataset:
 
     field_ = smooth_noise()
     frames = np.empty((n, t + 1, h, w), dtype=np.float32)
-    for s in tqdm(range(t + 1), desc="regimes", unit="frame", leave=False, disable=None):
+    for s in track(range(t + 1), "regimes", "frames"):
         # shape: (N, H, W); 5-point Laplacian on the torus, over the grid axes only
         laplacian = (np.roll(field_, 1, 1) + np.roll(field_, -1, 1) + np.roll(field_, 1, 2)
                      + np.roll(field_, -1, 2) - 4 * field_)

@@ -286,6 +286,7 @@ def provenance(config_hash: str, seed: int, meta: dict, device: str, started: fl
         "libraries": {"python": platform.python_version(),
                       **{name: _version(name) for name in LIBRARIES}},
         "device": device,
+        "threads": torch.get_num_threads(),
         "wall_time_s": round(ended - started, 3),
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
     }

@@ -10,6 +10,7 @@ from regimen.losses import class_last
 from regimen.metrics import label_metrics, regression_metrics
 from regimen.pgm import PGMHead
 from regimen.processed import TaskData
+from regimen.progress import track
 from regimen.stack import Stack, model_input
 
 
@@ -19,7 +20,7 @@ def predict(stack: Stack, x: torch.Tensor, device: torch.device, batch_size: int
     """Unaries (and the last layer's feature maps) for inputs `[N, T, H, W, C]`, on the CPU."""
     stack.eval()
     outputs, features = [], []
-    for start in range(0, len(x), batch_size):
+    for start in track(range(0, len(x), batch_size), "predict", "batches"):
         out, maps = stack.unaries(model_input(x[start:start + batch_size]).to(device), return_features=True)
         outputs.append(out.cpu())
         if feature_maps:

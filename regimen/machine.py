@@ -1,13 +1,39 @@
-"""What this machine offers a run: memory, so that one value in a config cannot ask for more than there is."""
+"""What this machine offers a run: the cores this process may use, and memory (so that one value in
+a config cannot ask for more than there is)."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
+from typing import Optional
 
 from regimen.errors import UserError
 
 CGROUP_LIMIT = Path("/sys/fs/cgroup/memory.max")
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu.max")  # "<quota> <period>" in microseconds, or "max <period>"
+chosen_threads: Optional[tuple[int, str]] = None  # what `cli.apply_machine` set: (threads, why)
+
+
+def threads_to_use(setting: Optional[int]) -> tuple[int, str]:
+    """Threads for torch, and why: the config's `threads`, else the cores this process may use.
+
+    torch's default (every core of the machine) collapses when the cores are shared: a laptop with
+    a browser, a cluster node with other jobs, or the slots of a search.
+    """
+    if setting:
+        return setting, "threads in the config"
+    limits = {"CPU affinity": len(os.sched_getaffinity(0))}
+    try:
+        quota, period = CGROUP_CPU.read_text().split()
+        if quota != "max":
+            limits["cgroup CPU quota"] = max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        limits["OMP_NUM_THREADS"] = int(os.environ["OMP_NUM_THREADS"])
+    why = min(limits, key=limits.get)
+    return limits[why], why
 
 
 def memory_bytes() -> int:

@@ -20,13 +20,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
+
 
 from models.chain_crf import ChainCRF
 from models.crf import SpaceTimeCRF, inverse_softplus
 from models.hmm import HMM, forward_backward, viterbi
 from regimen.config import PGMConfig
 from regimen.errors import UserError
+from regimen.progress import track
 from regimen.weights import load_state_checked
 
 TASKS_OF_PGM = {"crf": ("segmentation",), "hmm": ("segmentation", "tagging"),
@@ -229,7 +230,7 @@ def _fit_by_gradient(head: PGMHead, unaries: torch.Tensor, labels: torch.Tensor,
     with torch.enable_grad():
         for p in params:
             p.requires_grad_(True)
-        for _ in tqdm(range(pgm.fit_steps), desc=f"fit {head.type}", unit="step", leave=False, disable=None):
+        for _ in track(range(pgm.fit_steps), f"fit {head.type}", "steps"):
             rows = torch.randint(len(unaries), (min(batch_size, len(unaries)),), generator=generator)
             prior = sum((p - p0).pow(2).sum() for p, p0 in zip(params, start))
             loss = head.nll(unaries[rows], labels[rows], None if guide is None else guide[rows]) + pgm.l2 * prior

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-from tqdm import tqdm
 
 from regimen import runs
 from regimen.config import Config, digest, dump_config, to_dict
 from regimen.data import preprocess
 from regimen.errors import UserError
 from regimen.genome import Gene, decode
+from regimen.progress import track
 from regimen.trials import TrialSpec, run_trial
 
 
@@ -85,8 +85,7 @@ class TrialScheduler:
         for _, _, config in work.values():
             self._prepare_data(config)
         specs = [self._spec(record, config, slot) for slot, (_, record, config) in enumerate(work.values())]
-        finished = tqdm(self.map(run_trial, specs), total=len(specs), desc=f"generation {generation} trials",
-                        unit="trial", leave=False, disable=None)
+        finished = track(self.map(run_trial, specs), f"generation {generation}", "trials", total=len(specs))
         for (index, record, _), result in zip(work.values(), finished):
             self.cache[record.key] = {**result, "folder": record.folder}
             added.append((index, record, self.cache[record.key]))

@@ -22,13 +22,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from regimen import files, runs
+from regimen import files, machine, runs
 from regimen.augment import Augmenter, Batch
 from regimen.config import Config
 from regimen.errors import UserError
 from regimen.metrics import MAIN_METRIC
 from regimen.plots import plot_learning_curve
 from regimen.processed import TaskData
+from regimen.progress import track
 from regimen.stack import Stack, model_input, needs_grad_scaler
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,9 @@ class Trainer:
     def fit(self, resume: Optional[dict] = None) -> dict:
         """Train to the end (or early stop); returns a summary for metrics.json."""
         fit_started = time.time()
+        if self.device.type == "cpu" and machine.chosen_threads:
+            log.info("training on the CPU with %d threads (%s; set threads in the config to change it)",
+                     *machine.chosen_threads)
         if resume is not None:
             self._restore(resume["train_state"])
             log.info("resumed after epoch %d of %d", self.epoch, self.schedule.epochs)
@@ -175,8 +179,7 @@ class Trainer:
         n, size = len(train["x"]), self.schedule.batch_size
         order = torch.randperm(n, generator=self.order)
         totals: dict[str, float] = {}
-        for start in tqdm(range(0, n, size), desc=f"epoch {self.epoch + 1}", unit="batch",
-                          leave=False, disable=None):
+        for start in track(range(0, n, size), f"epoch {self.epoch + 1}", "batches"):
             rows = order[start:start + size]
             batch = self.augmenter({key: a[rows] for key, a in train.items()})
             batch = {key: a.to(self.device) for key, a in batch.items()}

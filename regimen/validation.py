@@ -47,6 +47,9 @@ def validate(config: Config, source: str = "config") -> None:
     """Check ranges and consistency between keys; raise UserError on the first problem."""
     check = _Checker(config, source)
     check.require(0 <= config.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}]")
+    check.require(config.threads is None or config.threads >= 1, "threads", "must be >= 1 (or null: the cores "
+                  "this process may use)")
+    check.positive("progress_interval_s")
     _validate_device(check)
     _validate_data(check)
     _validate_model(check)

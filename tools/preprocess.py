@@ -23,6 +23,7 @@ def main(argv=None) -> None:
     args = cli.make_parser(__doc__).parse_args(argv)
     cli.setup_logging()
     config = load_config(args.config, args.overrides)
+    cli.apply_machine(config)
     folder, meta = preprocess(config)
     for split, size in meta["splits"].items():
         log.info("%-5s %3d sequences -> %4d windows, X %s", split, size["sequences"],

@@ -33,6 +33,7 @@ def main(argv=None) -> None:
     if args.count < 1:
         raise cli.UserError(f"--count {args.count}: must be >= 1")
     config = load_config(args.config, args.overrides)
+    cli.apply_machine(config)
     folders.claim(folders.check_output(args.out, runs.PICTURES, "--out"), "--out")
     folder = runs.processed_dir(config.data.root, runs.dataset_name(config))
     predict = window_predictor(config, args.ckpt) if args.ckpt else None
