@@ -24,14 +24,11 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
-MAX_PATH = 4096  # Linux's PATH_MAX; one name at most NAME_MAX = 255 bytes
-
-
 def path_arg(text: str) -> Path:
     """argparse `type` of every path option: a path the file system can take, or a usage error."""
-    if not text or len(text.encode()) > MAX_PATH or any(len(part.encode()) > 255 for part in text.split("/")):
-        raise argparse.ArgumentTypeError(f"expected a path of 1 to {MAX_PATH} bytes, each name at most 255 "
-                                         f"(got {len(text)} characters)")
+    problem = machine.path_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{problem} (got {len(text)} characters)")
     return Path(text)
 
 

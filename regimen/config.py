@@ -44,7 +44,6 @@ CMAES_OBJECTIVES = ("kl", "nll", "metric")
 MAX_OBJECTIVES = 5  # evolutionary.objectives: DEAP fitness classes are made for 1 to this many
 MAX_SEED = 2 ** 31 - 1  # numpy's legacy seeding takes < 2**32, and phases add small offsets to the seed
 MAX_YAML_NODES = 100_000  # a config is a few hundred; an alias bomb expands to billions
-MAX_PATH = 4096  # Linux's PATH_MAX; one name at most NAME_MAX = 255 bytes
 # Bytes per generated pixel of a built-in dataset while phase 0 runs: the clean field, noise, observation,
 # labels, soft targets and the normalised copy (float64 where numpy computes in it).
 GENERATOR_BYTES_PER_PIXEL = 64

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from regimen.errors import UserError
+from regimen.folders import TEMPORARY_MARK
 
 CHECKPOINT_FORMAT = 1
 LIBRARIES = ("torch", "numpy", "scikit-learn", "deap", "cma", "pyyaml")
@@ -62,7 +63,7 @@ FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's 0600 would hi
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".{TEMPORARY_MARK}")
     try:
         with os.fdopen(handle, "wb") as out:
             os.fchmod(out.fileno(), FILE_MODE)

@@ -28,10 +28,11 @@ from pathlib import Path
 from regimen.errors import UserError
 
 LOCK_FILE = ".regimen.lock"
-# What `files.atomic_write_bytes` and the plot writer leave when killed mid-write: .<name>.<random>.tmp[.png]
-TEMPORARY = re.compile(r"^\..+\.tmp(\.[A-Za-z0-9]+)?$")
+TEMPORARY_MARK = "regimen-tmp"  # in the names of temporary files, so that cleaning never takes a user's file
+# What `files.atomic_write_bytes` and the plot writer leave when killed mid-write: .<name>.<random>.regimen-tmp[.png]
+TEMPORARY = re.compile(rf"^\..+\.{TEMPORARY_MARK}(\.[A-Za-z0-9]+)?$")
 _HELD: dict[Path, int] = {}  # folder -> the open lock file's descriptor, kept until the process ends
-_CREATED: dict[Path, list[Path]] = {}  # folder -> the lock file and folders its claim created, innermost first
+_CREATED: dict[Path, list] = {}  # folder -> [the lock file it created or None, then the folders, innermost first]
 _PREVIOUS: dict[Path, bytes] = {}  # folder -> what its lock file said before this process claimed it
 
 
@@ -125,19 +126,19 @@ def claim(folder: Path, flag: str) -> Path:
     if key in _HELD:
         return folder
     lock = folder / LOCK_FILE
-    created = [path for path in [lock, key, *key.parents] if not path.exists()]
+    created = [None if lock.exists() else lock] + [path for path in [key, *key.parents] if not path.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         handle = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as error:
-        _remove_created(created)
+        _remove_created(created[1:])  # the folders only: a lock file there is never ours to remove
         raise UserError(f"{flag} {folder}: cannot write there ({error.strerror or error})") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         holder = _holder(handle)
         os.close(handle)
-        _remove_created(created)
+        _remove_created(created[1:])
         raise UserError(f"{flag} {folder}: in use by {holder}; wait for it to finish, or choose another "
                         "folder") from None
     _PREVIOUS[key] = os.pread(handle, 1 << 16, 0)
@@ -163,22 +164,23 @@ def abandon() -> None:
     """Give back every claim of a run refused as bad input: remove the lock files and folders
     that claiming created, where nothing else has been written into them since."""
     for key in list(_HELD):
-        created = _CREATED.get(key, [])
-        if created and created[0].name == LOCK_FILE:
+        created = _CREATED.get(key, [None])
+        if created[0] is not None:  # the lock file this claim created, still held
             created[0].unlink(missing_ok=True)
         else:
             os.ftruncate(_HELD[key], 0)
             os.pwrite(_HELD[key], _PREVIOUS.get(key, b""), 0)
         if not contents(key):
-            _remove_created([path for path in created if path.name != LOCK_FILE])
+            _remove_created(created[1:])
         release(key)
 
 
-def _remove_created(created: list[Path]) -> None:
-    for path in created:
+def _remove_created(folders: list[Path]) -> None:
+    """Remove the folders a claim created, innermost first, while they are empty."""
+    for path in folders:
         try:
-            path.rmdir() if path.is_dir() else path.unlink()
-        except OSError:  # no longer empty, or gone: leave it
+            path.rmdir()
+        except OSError:  # no longer empty, or gone: leave it and the folders above it
             return
 
 
@@ -192,17 +194,25 @@ def _holder(handle: int) -> str:
 
 
 def _remove_interrupted_writes(folder: Path) -> None:
-    for path in [folder, *(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink())]:
+    """Our temporary files in the claimed folder and in its subfolders that no other writer claims
+    (those have a lock file of their own)."""
+    subfolders = [p for p in folder.iterdir() if p.is_dir() and not p.is_symlink() and not (p / LOCK_FILE).exists()]
+    for path in [folder, *subfolders]:
         for name in os.listdir(path):
             if TEMPORARY.match(name) and (path / name).is_file():
                 (path / name).unlink(missing_ok=True)
+
+
+def staging_names(out: Path) -> tuple[Path, Path]:
+    """The sibling folders `write_staged` swaps through, named so that no one else's could match."""
+    return out.with_name(f".{out.name}.regimen-staging"), out.with_name(f".{out.name}.regimen-old")
 
 
 def write_staged(out: Path, entries: dict[str, bytes | Path]) -> None:
     """Write `entries` (bytes, or a file to copy) into a sibling staging folder, then swap it in for
     `out`: a kill leaves the old folder or the new one, never a mix. A held lock moves along."""
     out = Path(out)
-    staging, old = out.with_name(f".{out.name}.staging"), out.with_name(f".{out.name}.old")
+    staging, old = staging_names(out)
     for leftover in (staging, old):  # a killed swap's, named by this function alone
         shutil.rmtree(leftover, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -61,9 +61,11 @@ def task_metrics(data: TaskData, split: str, unaries: torch.Tensor, head: Option
     return label_metrics(y.numpy(), labels.numpy(), data.num_classes, data.task)
 
 
-def guide_of(data: TaskData, split: str) -> torch.Tensor:
-    """The split's input windows in model layout: what an edge-aware CRF weighs its edges by."""
-    return model_input(data.splits[split]["x"])
+def guide_of(data: TaskData, split: str) -> Optional[torch.Tensor]:
+    """The split's input windows in model layout (what an edge-aware CRF weighs its edges by), or
+    None where the inputs were not loaded."""
+    x = data.splits[split].get("x")
+    return None if x is None else model_input(x)
 
 
 def _device_of(head: PGMHead) -> torch.device:

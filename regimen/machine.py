@@ -15,6 +15,20 @@ CGROUP_CPU = Path("/sys/fs/cgroup/cpu.max")  # "<quota> <period>" in microsecond
 chosen_threads: Optional[tuple[int, str]] = None  # what `cli.apply_machine` set: (threads, why)
 
 
+MAX_PATH, MAX_NAME = 4096, 255  # Linux's PATH_MAX and NAME_MAX, in bytes
+
+
+def path_problem(text: str) -> Optional[str]:
+    """What keeps `text` from being a path the file system takes, or None."""
+    if "\0" in text:
+        return "holds a NUL character; expected a file system path"
+    if not 0 < len(text.encode()) <= MAX_PATH:
+        return f"expected a path of 1 to {MAX_PATH} bytes"
+    if any(len(part.encode()) > MAX_NAME for part in text.split("/")):
+        return f"has a name longer than {MAX_NAME} bytes; expected a file system path"
+    return None
+
+
 def threads_to_use(setting: Optional[int]) -> tuple[int, str]:
     """Threads for torch, and why: the config's `threads`, else the cores this process may use.
 

@@ -24,7 +24,7 @@ from regimen.metrics import MAIN_METRIC
 from regimen.pgm import (PGMHead, check_pgm_task, fit_pgm, head_from_params, pgm_params,
                          pgm_settings)
 from regimen.inference import guide_of, predict, task_metrics
-from regimen.processed import TaskData, check_same_data, data_identity, load_task_data
+from regimen.processed import TaskData, check_same_data, data_identity, load_checked_meta, load_task_data
 from regimen.stack import Stack, check_fits_data, new_stack, resolve_device, stack_from_checkpoint
 from regimen.training import Schedule, Trainer, attach_log_file
 
@@ -96,10 +96,13 @@ def fit_structure(config: Config, features_path: Path, save: Optional[Path]) -> 
     """Fit `model.pgm` on saved unaries; write pgm_params.pkl and metrics before/after."""
     started = time.time()
     features = files.load_features(features_path, "--features")
-    data = load_task_data(config)  # its labels are the features' (same data version); its inputs guide the CRF
-    meta = data.meta
+    meta = load_checked_meta(config)
     check_same_data(features["dataset"], meta, f"--features {features_path}")
     task, k = meta["task"], meta["num_classes"]
+    if config.model.pgm.edge_aware and config.model.pgm.type == "crf":  # its edges are weighed by the inputs
+        data = load_task_data(config)
+    else:  # the features' labels are the data's (same data version): no need to read the inputs
+        data = TaskData(meta, {split: {"y": part["labels"]} for split, part in features["splits"].items()})
     check_pgm_task(config.model.pgm.type, task)
     run = runs.RunFolder(Path(save)) if save else runs.run_folder_of(features_path)
     folders.check_output(run.root, runs.RUN, "--save")
@@ -286,11 +289,9 @@ def _resume_point(resume: Path, run: runs.RunFolder, current: Config) -> tuple[O
 
 def _check_run_folder(run: runs.RunFolder, flag: str, fresh: bool, overwrite: bool) -> None:
     """Before any work: a new run goes into a folder without a run (or, with --overwrite, one that
-    holds a run and nothing else); a continued run keeps a readable metrics.json. Then the folder
-    is claimed: a second writer is refused here."""
+    holds a run and nothing else). Then the folder is claimed: a second writer is refused here.
+    (A continued run's metrics.json is checked by the caller, before it says anything of the resume.)"""
     folders.check_output(run.root, runs.RUN, flag, overwrite=fresh and overwrite, fresh=fresh, resumable=True)
-    if not fresh:
-        files.check_metrics(run.metrics)
     folders.claim(run.root, flag)
 
 

@@ -141,7 +141,7 @@ def render_gif(panel: SequencePanel, path: Path, fps: int = 3) -> None:
 def _save(fig, path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename into place."""
     path = Path(path)
-    temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    temporary = path.with_name(f".{path.stem}.{folders.TEMPORARY_MARK}{path.suffix}")
     try:
         write(temporary)
         temporary.replace(path)

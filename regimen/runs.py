@@ -9,13 +9,12 @@ the files are written and read is `regimen.files`; who may write a folder is
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from regimen.config import Config
-from regimen.folders import FolderKind
+from regimen.config import Config, digest
+from regimen.folders import FolderKind, staging_names
 
 SPLITS = ("train", "val", "test")
 META_FILE = "meta.json"
@@ -31,7 +30,7 @@ def dataset_name(config: Config) -> str:
     if config.data.dataset == "npz":
         path = Path(config.data.path).resolve()
         stem = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem).lstrip(".")[:64] or "data"
-        return f"{stem}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+        return f"{stem}-{digest(str(path))[:8]}"
     return config.data.dataset
 
 
@@ -66,7 +65,7 @@ BUNDLE = FolderKind("an export bundle", "files", ("MANIFEST.json", "model.pt", "
                                       "calibration.npz", "metrics.json"), writers="export.py", whole=True)
 SEARCH = FolderKind("a search folder", "a search", ("state.json", "config.yaml", "trials.csv", "logbook.csv",
                                       "hall_of_fame.json", "pareto.json", "fitness.png", "pareto.png"),
-                    ("trials", "best", "data", ".best.staging", ".best.old"), writers="evolve.py")
+                    ("trials", "best", "data", *(p.name for p in staging_names(Path("best")))), writers="evolve.py")
 PICTURES = FolderKind("a pictures folder", "pictures", (), writers="tools/visualize.py")
 
 

@@ -7,10 +7,10 @@ from typing import Any
 
 from regimen.config import (CALIBRATIONS, CMAES_OBJECTIVES, CRF_INFERENCE, DATASETS, GENERATOR_BYTES_PER_PIXEL,
                             JOINT_MODES,
-                            MAX_OBJECTIVES, MAX_PATH, MAX_SEED, OBJECTIVES, PGM_TYPES, STATIC_FEATURES, TASKS,
+                            MAX_OBJECTIVES, MAX_SEED, OBJECTIVES, PGM_TYPES, STATIC_FEATURES, TASKS,
                             TASKS_OF_DATASET, UNARY_LOSSES, Config, did_you_mean, get_key, leaf_keys, shown)
 from regimen.errors import UserError
-from regimen.machine import require_memory
+from regimen.machine import path_problem, require_memory
 
 
 class _Checker:
@@ -128,10 +128,8 @@ def _validate_path(check: _Checker, key: str) -> None:
     value = get_key(check.config, key)
     if value is None:
         return
-    check.require("\0" not in value, key, "holds a NUL character; expected a file system path")
-    check.require(0 < len(value.encode()) <= MAX_PATH, key, f"expected a path of 1 to {MAX_PATH} bytes")
-    check.require(all(len(part.encode()) <= 255 for part in value.split("/")), key,
-                  "has a name longer than 255 bytes; expected a file system path")
+    problem = path_problem(value)
+    check.require(problem is None, key, problem or "")
 
 
 def _validate_model(check: _Checker) -> None:

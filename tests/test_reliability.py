@@ -238,12 +238,18 @@ def test_interrupted_writes_are_cleaned_and_files_follow_the_umask(storms, tmp_p
     config, base = storms
     run = tmp_path / "run"
     shutil.copytree(base, run, ignore=shutil.ignore_patterns(folders.LOCK_FILE))
-    leftovers = [run / ".ckpt.pt.k2j3h4.tmp", run / ".learning_curve.tmp.png"]
-    leftovers[0].write_bytes(b"half a checkpoint")
-    leftovers[1].write_bytes(b"half a picture")
-    (run / "notes.tmp").write_text("a user's file that merely looks temporary")
+    leftovers = [run / ".ckpt.pt.k2j3h4.regimen-tmp", run / "plots" / ".learning_curve.regimen-tmp.png"]
+    (run / "plots").mkdir()
+    for path in leftovers:
+        path.write_bytes(b"half a file")
+    kept = [run / "notes.tmp", run / ".mine.tmp",  # a user's files that merely look temporary
+            run / "other" / ".ckpt.pt.x1y2.regimen-tmp"]  # in a subfolder another writer holds
+    (run / "other").mkdir()
+    (run / "other" / folders.LOCK_FILE).write_text("")
+    for path in kept:
+        path.write_text("keep me")
     ok("evaluate.py", "--config", config, "--ckpt", str(run / "best.pt"))
-    assert not leftovers[0].exists() and not leftovers[1].exists() and (run / "notes.tmp").exists()
+    assert not any(path.exists() for path in leftovers) and all(path.exists() for path in kept)
     for name in ("metrics.json", "plots/confusion_test.png"):
         assert stat.S_IMODE((run / name).stat().st_mode) == 0o666 & ~_umask(), name
 
