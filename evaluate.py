@@ -7,8 +7,10 @@
 Reports the unaries alone and, when there is a PGM (in the checkpoint, beside it,
 or --pgm), after it: accuracy, per-class and macro precision/recall/F1, mIoU,
 AUROC, KL, NLL, ECE/MCE with the reliability curve, boundary F1 and flicker
-(regression: RMSE, MAE, R2, OpenSTL per-frame MSE/MAE). The final predictor is
-also calibrated on val (evaluation.calibration) to show ECE before and after.
+(regression: RMSE, MAE, R2, OpenSTL per-frame MSE/MAE). The PGM is the final
+predictor only when it beats the unaries on val (evaluation.use_pgm: auto |
+always | never). The final predictor is also calibrated on val
+(evaluation.calibration) to show ECE before and after.
 Parameter count, latency per window and peak memory are measured too.
 
 Writes into --out (default: the checkpoint's run folder) the evaluate_<split>
@@ -42,7 +44,8 @@ def main(argv=None) -> None:
     metric = result["metric"]
     for name in ("unary", "pgm"):
         if name in result:
-            line = f"{result['split']} {name}: {metric} {result[name][metric]:.4f}"
+            line = f"{result['split']} {name}{' (final)' if name == result['final'] else ''}: " \
+                   f"{metric} {result[name][metric]:.4f}"
             if "calibration" in result[name]:
                 line += (f", ECE {result[name]['calibration']['ece']:.4f}, boundary F1 "
                          f"{result[name]['boundary']['f1']:.4f}, flicker {result[name]['temporal']['flicker']:.4f}")

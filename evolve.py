@@ -64,6 +64,18 @@ def main(argv=None) -> None:
     result = evolve(config, args.out, args.parallel, args.resume, args.overwrite, args.scheduler)
     log.info("best: %s -> %s (%d trials, %d failed); best/ is %s", result["best"]["values"],
              result["best"]["objectives"], result["trials"], result["failures"], result["best_folder"])
+    log.info(against_base(result))
+
+
+def against_base(result: dict) -> str:
+    """How the winner compares with the base config (both at full fidelity), on the first objective."""
+    name, base = result["objectives"][0], result["base"]
+    if base["status"] != "ok":
+        return f"the base config's own trial failed ({base['status']}); see trials.csv"
+    best, own = result["best"]["objectives"][name], base["objectives"][0]
+    if result["best"]["values"] == base["values"]:
+        return f"no genome beat the base config ({name} {own:.4f}): best/ holds the base config"
+    return f"the winner's {name} {best:.4f} against the base config's {own:.4f} ({best - own:+.4f})"
 
 
 if __name__ == "__main__":

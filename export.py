@@ -6,9 +6,10 @@
 Calibration (evaluation.calibration, fitted on the validation split): temperature
 scaling, isotonic regression, or auto (the lower val ECE). The bundle in --out:
 model.pt (weights, what rebuilds the network, input preparation), pgm_params.pkl
-(when there is a PGM), config.yaml, calibration.npz, metrics.json (test metrics
-before and after calibration, provenance) and MANIFEST.json (sha256 of each file,
-config hash, data version, git commit, library versions). It is written whole
+(when there is a PGM and it beats the unaries on val, see evaluation.use_pgm),
+config.yaml, calibration.npz, metrics.json (test metrics before and after
+calibration, provenance) and MANIFEST.json (sha256 of each file, config hash,
+data version, git commit, library versions). It is written whole
 or not at all; a folder that holds files is replaced only with --overwrite.
 
 --verify checks every hash, then loads the bundle. In Python:

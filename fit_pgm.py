@@ -13,7 +13,11 @@ CRF or every pixel's temporal chain; tagging uses the HMM or the chain CRF.
 
 Writes into --save (default: the folder of the features file): pgm_params.pkl
 and the fit_pgm section of metrics.json (val and test metric before and after
-the PGM, with provenance).
+the PGM, with provenance). A PGM of another type or other settings already
+there is replaced only with --overwrite: give each PGM you try its own --save
+(then --pgm FOLDER/pgm_params.pkl in train_joint.py, evaluate.py, export.py).
+When the PGM does not beat the unaries on val it says so; evaluate.py and
+export.py then use the unaries alone (evaluation.use_pgm: auto).
 """
 
 from __future__ import annotations
@@ -33,11 +37,13 @@ def main(argv=None) -> None:
                         help="features.pt written by train_convlstm.py")
     parser.add_argument("--save", default=None, type=cli.path_arg, metavar="FOLDER",
                         help="folder for pgm_params.pkl and metrics.json (default: the features' folder)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a PGM of another type or other settings already in the folder")
     args = parser.parse_args(argv)
     cli.setup_logging()
     config = load_config(args.config, args.overrides)
     cli.apply_machine(config)
-    metrics = fit_structure(config, args.features, args.save)
+    metrics = fit_structure(config, args.features, args.save, args.overwrite)
     metric = metrics["metric"]
     for split in ("val", "test"):
         log.info("%s %s: unaries %.4f -> %s %.4f (%+.2f points)", split, metric,

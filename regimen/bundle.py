@@ -2,7 +2,7 @@
 
 A bundle (`regimen.runs.BundleFolder`) holds `model.pt` (network weights, what
 rebuilds the network, and how raw inputs are prepared), `pgm_params.pkl` (when
-there is a PGM), the resolved `config.yaml`, `calibration.npz` (fitted on
+there is a PGM and it beats the unaries on val, see `evaluation.use_pgm`), the resolved `config.yaml`, `calibration.npz` (fitted on
 val), `metrics.json` (test metrics before and after calibration, with
 provenance) and `MANIFEST.json` (the sha256 of each, config hash, data
 version, git commit, library versions).
@@ -35,7 +35,7 @@ from regimen.errors import UserError
 from regimen.evaluation import Predictions, load_evaluated, predictions, probability_report, report
 from regimen.metrics import MAIN_METRIC
 from regimen.pgm import head_from_params, pgm_params
-from regimen.inference import predict as predict_unaries
+from regimen.inference import choose_predictor, predict as predict_unaries
 from regimen.processed import TaskData
 from regimen.stack import Stack, model_input, resolve_device, stack_from_checkpoint
 
@@ -119,6 +119,13 @@ def export(config: Config, ckpt: Path, out: Path, overwrite: bool, pgm_path: Opt
     folders.claim(out, "--out")
     made_with, data, stack = load_evaluated(config, ckpt, pgm_path)
     device = resolve_device(config.device)
+    choice = {"final": "unary", "use_pgm": config.evaluation.use_pgm}
+    if stack.head is not None:
+        val_unaries, _ = predict_unaries(stack.to(device), data.splits["val"]["x"], device, config.training.batch_size)
+        choice = choose_predictor(stack.head, data, val_unaries, config.evaluation.use_pgm)
+        if choice["final"] == "unary":
+            log.info("the bundle holds the network alone, without the %s", stack.head.type)
+            stack.head = None
     bundle = Bundle(stack, Calibrator("none"), preparation(data.meta), config.training.batch_size)
     val_ece = {}
     if data.task != "regression":
@@ -132,7 +139,8 @@ def export(config: Config, ckpt: Path, out: Path, overwrite: bool, pgm_path: Opt
     stack.cpu()
     metrics = {"export": {
         "task": data.task, "metric": MAIN_METRIC[data.task][0],
-        "pgm_type": None if stack.head is None else stack.head.type, "checkpoint": str(ckpt),
+        "pgm_type": None if stack.head is None else stack.head.type, "pgm_choice": choice,
+        "checkpoint": str(ckpt),
         "calibration": {"method": bundle.calibrator.method, "fitted_on": "val", "val_ece": val_ece},
         "test": test,
         "provenance": files.provenance(config_hash(made_with), made_with.seed, data.meta, str(device), started,

@@ -8,6 +8,7 @@ converts a mapping to them, refusing unknown keys and wrong types with a
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
@@ -36,11 +37,22 @@ CRF_INFERENCE = ("mean_field", "loopy_bp")
 JOINT_MODES = ("alternating", "end_to_end")
 UNARY_LOSSES = ("auto", "ce", "kl", "mse")
 CALIBRATIONS = ("auto", "temperature", "isotonic", "none")
+USE_PGM = ("auto", "always", "never")
 # What a trial can be selected on (evaluate.py's validation metrics), and whether higher is better;
 # `metric` is the task's main metric (mIoU, accuracy or RMSE).
 OBJECTIVES = {"metric": None, "ece": False, "nll": False, "boundary_f1": True, "flicker": False,
               "latency": False, "memory": False, "parameters": False}
 CMAES_OBJECTIVES = ("kl", "nll", "metric")
+# What evolve.py searches when the config names no search space (config.yaml spells it out).
+DEFAULT_SEARCH_SPACE = {
+    "model.convlstm.num_layers": {"type": "int", "low": 1, "high": 3},
+    "model.convlstm.kernel_size": {"choice": [3, 5]},
+    "model.convlstm.dropout": {"type": "float", "low": 0.0, "high": 0.3},
+    "model.pgm.pairwise_weight": {"type": "float", "low": 0.1, "high": 2.0},
+    "model.pgm.mean_field_iters": {"type": "int", "low": 1, "high": 8},
+    "training.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
+    "loss.beta_structured": {"type": "float", "low": 0.0, "high": 1.0},
+}
 MAX_OBJECTIVES = 5  # evolutionary.objectives: DEAP fitness classes are made for 1 to this many
 MAX_SEED = 2 ** 31 - 1  # numpy's legacy seeding takes < 2**32, and phases add small offsets to the seed
 MAX_YAML_NODES = 100_000  # a config is a few hundred; an alias bomb expands to billions
@@ -217,7 +229,7 @@ class EvolutionaryConfig:
     low_fidelity: LowFidelityConfig = field(default_factory=LowFidelityConfig)
     stagnation: StagnationConfig = field(default_factory=StagnationConfig)
     cmaes: CMAESConfig = field(default_factory=CMAESConfig)
-    search_space: dict[str, dict] = field(default_factory=dict)
+    search_space: dict[str, dict] = field(default_factory=lambda: copy.deepcopy(DEFAULT_SEARCH_SPACE))
 
 
 @dataclass
@@ -226,6 +238,7 @@ class EvaluationConfig:
     bins: int = 15  # equal-width confidence bins of ECE, MCE and the reliability curve
     boundary_tolerance: int = 1  # nodes a predicted boundary may be off and still count
     calibration: str = "auto"  # auto (lower val ECE) | temperature | isotonic | none
+    use_pgm: str = "auto"  # auto (only when it beats the unaries on val) | always | never
 
 
 @dataclass

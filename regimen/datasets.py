@@ -9,6 +9,7 @@ float32 `[..., K]`. Generators are vectorised numpy, driven by one
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -21,6 +22,8 @@ from regimen.errors import UserError
 from regimen.machine import require_memory
 from regimen.metrics import mean_iou
 from regimen.progress import track
+
+log = logging.getLogger(__name__)
 
 STORM_THRESHOLDS = (0.3, 1.0)  # rain intensity separating none | light | heavy
 DIGIT_INK = 0.3  # canvas intensity above which a pixel belongs to a digit
@@ -280,10 +283,13 @@ def load_npz(data: DataConfig) -> Dataset:
 
     `X` is `[N, T, H, W, C]` (or `[N, T, C, H, W]` with `data.format: NTCHW`),
     or non-grid features `[N, T, F]`, taken as a 1 x 1 grid with F channels.
+    Optional string arrays `class_names` `[K]` and `channel_names` `[C]` name them.
     """
     name = str(data.path)
     arrays = _read_npz(Path(data.path))
     x, y, p = arrays["X"], arrays["Y"], arrays.get("P")
+    hint = _layout_hint(x, data)
+    non_grid = x.ndim == 3
     x = _grid_features(name, "X", x, data.format)
     if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
         raise UserError(f"{name}: X has dtype {x.dtype}; expected real numbers")
@@ -309,7 +315,7 @@ def load_npz(data: DataConfig) -> Dataset:
         if y.shape != expected:
             layout = "[N, T]" if data.task == "tagging" else "[N, T, H, W]"
             raise UserError(f"{name}: Y has shape {y.shape}; {data.task} expects {layout} = "
-                            f"{expected} to match X {arrays['X'].shape}")
+                            f"{expected} to match X {arrays['X'].shape}" + (f" ({hint})" if hint else ""))
         y = _integer_labels(name, y)
         num_classes = data.num_classes or int(y.max()) + 1
         # The unaries of every window hold K floats per node (each frame sits in T_window / stride windows).
@@ -322,11 +328,17 @@ def load_npz(data: DataConfig) -> Dataset:
             where = tuple(int(i) for i in np.argwhere(bad)[0])
             raise UserError(f"{name}: Y has label {int(y[where])} at index {where}; expected "
                             f"labels in [0, {num_classes}) (data.num_classes = {data.num_classes})")
-        names = [str(i) for i in range(num_classes)]
+        names = _names(name, arrays, "class_names", num_classes, "class") or [str(i) for i in range(num_classes)]
         if p is not None:
             p = _validate_soft_targets(name, p, y.shape, num_classes)
 
-    channels = [f"channel_{i}" for i in range(x.shape[-1])]
+    channels = _names(name, arrays, "channel_names", x.shape[-1], "channel") or [
+        f"channel_{i}" for i in range(x.shape[-1])]
+    if hint:
+        log.warning("%s: %s", name, hint)
+    if non_grid and data.task == "segmentation":
+        log.warning("%s: non-grid X %s: each frame is a 1 x 1 grid with one label; data.task: tagging says "
+                    "so and reports frame accuracy and macro F1", name, arrays["X"].shape)
     return Dataset(X=x, Y=y, P=p, task=data.task, num_classes=num_classes, class_names=names,
                    channel_names=channels,
                    params={"dataset": "npz", "path": name, "format": data.format})
@@ -348,6 +360,28 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         if key not in arrays:
             raise UserError(f"{name}: no array '{key}' (found: {', '.join(sorted(arrays)) or 'none'})")
     return arrays
+
+
+def _names(name: str, arrays: dict, key: str, count: int, what: str) -> Optional[list[str]]:
+    """The npz's optional names of its classes or channels, one distinct string each."""
+    if key not in arrays:
+        return None
+    names = arrays[key]
+    if names.ndim != 1 or names.dtype.kind not in "US" or len(names) != count:
+        raise UserError(f"{name}: {key} has shape {names.shape} and dtype {names.dtype}; expected {count} "
+                        f"strings, one per {what}")
+    names = [str(n) for n in names]
+    if len(set(names)) != len(names) or "" in names:
+        raise UserError(f"{name}: {key} holds {names}; expected distinct, non-empty names")
+    return names
+
+
+def _layout_hint(x: np.ndarray, data: DataConfig) -> str:
+    """For an X that looks channels-first but is read as NTHWC, what it is taken for ("" otherwise)."""
+    if x.ndim == 5 and data.format == "NTHWC" and x.shape[2] < x.shape[4] and x.shape[2] <= 16:
+        return (f"X {x.shape} is read as [N, T, H, W, C]: a {x.shape[2]} x {x.shape[3]} grid with {x.shape[4]} "
+                "channels; if it is [N, T, C, H, W], set data.format: NTCHW")
+    return ""
 
 
 def _grid_features(name: str, key: str, a: np.ndarray, layout: str) -> np.ndarray:

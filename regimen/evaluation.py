@@ -3,7 +3,8 @@
 A checkpoint of any phase is rebuilt from itself. Its PGM is the one it holds
 (phase 3), or the `pgm_params.pkl` next to it (phase 2), or `--pgm`. The
 unaries are reported alone and, when there is a PGM, after it. The final
-predictor is also calibrated on the validation split (`evaluation.calibration`),
+predictor is the PGM only when it beats the unaries on validation
+(`evaluation.use_pgm: auto`); it is also calibrated on the validation split (`evaluation.calibration`),
 so the reliability diagram shows before and after.
 """
 
@@ -30,7 +31,7 @@ from regimen.metrics import (MAIN_METRIC, boundary_f1, calibration, class_report
                              probability_metrics, regression_report)
 from regimen.pgm import PGMHead, head_from_params
 from regimen.plots import plot_confusion, plot_learning_curve, plot_per_class_f1, plot_reliability
-from regimen.inference import decode, guide_of, marginals, predict
+from regimen.inference import choose_predictor, decode, guide_of, marginals, predict
 from regimen.processed import TaskData, check_same_data, load_task_data
 from regimen.stack import Stack, check_fits_data, model_input, resolve_device, stack_from_checkpoint
 
@@ -160,9 +161,10 @@ def evaluate(config: Config, ckpt: Path, split: str, out: Optional[Path], pgm_pa
     predictors = {"unary": None} if stack.head is None else {"unary": None, "pgm": stack.head}
     predicted = {name: predictions(unaries[split], data.task, head, guide_of(data, split))
                  for name, head in predictors.items()}
-    final = list(predictors)[-1]
+    choice = choose_predictor(stack.head, data, unaries["val"], settings.use_pgm)
+    final = choice["final"]
     result = {"split": split, "task": data.task, "metric": MAIN_METRIC[data.task][0], "final": final,
-              "pgm_type": None if stack.head is None else stack.head.type,
+              "pgm_type": None if stack.head is None else stack.head.type, "choice": choice,
               **{name: report(data, split, p, settings) for name, p in predicted.items()}}
     if data.task != "regression":
         val_probs = class_probs(unaries["val"], predictors[final], guide_of(data, "val"))  # no decoding needed

@@ -120,7 +120,7 @@ class Search:
             self._generation(self.generation)
             bar.update(1)
         bar.close()
-        return self._finish()
+        return self._finish(self._score_base())
 
     def _generation(self, generation: int) -> None:
         """Evaluate, select survivors, keep the hall of fame, migrate, record and save the state."""
@@ -222,8 +222,26 @@ class Search:
         state = search_state.state_of(self, search_hash(self.config))
         files.atomic_write_json(self.folder.state, state)  # last: it vouches for the tables
 
-    def _finish(self) -> dict:
-        """best/ (the winner's config, checkpoint and metrics), pareto.json with its plot."""
+    def _score_base(self) -> dict:
+        """The base config's own values at full fidelity: the yardstick of the search, and a
+        contender for best/. One more trial (after the last generation, in its own generation
+        folder) unless a generation ran it already."""
+        genome = incumbent(self.genes, self.config, random.Random(self.config.seed))
+        results, added = self.trials.run(self.generation, [genome], "full")
+        for index, record, result in added:
+            self.records.log_trial(self.generation, index, record, result)
+        base = self.individual(genome)
+        base.fitness.values, base.fidelity = self._fitness(results[0]), "full"
+        if base.fitness.values[0] > WORST:
+            self.hall.update([base])
+        if added:
+            self._save_state()
+        return {"values": self.trials.values(genome), "objectives": results[0]["objectives"],
+                "status": results[0]["status"]}
+
+    def _finish(self, base: dict) -> dict:
+        """best/ (the winner's config, checkpoint and metrics), pareto.json with its plot; `base`:
+        the base config's result, for the comparison."""
         rows = self.records.trial_rows
         if not len(self.hall):
             raise UserError("no trial finished at full fidelity; see trials.csv for the reasons")
@@ -234,7 +252,8 @@ class Search:
             plot_pareto(full, front, self.objectives, self.folder.pareto_plot)
         entry = self._hall_entry(max(self.hall, key=lambda ind: ind.fitness.values[0]))
         self._copy_best(Path(self.trials.cache[entry["key"]].get("folder") or entry["trial"]))
-        return {"best": entry, "generations": self.generation, "trials": len(rows),
+        return {"best": entry, "base": base, "objectives": self.objectives, "generations": self.generation,
+                "trials": len(rows),
                 "failures": sum(row["status"] != "ok" for row in rows), "best_folder": str(self.folder.best)}
 
     def _copy_best(self, trial: Path) -> None:
@@ -269,7 +288,7 @@ def evolve(config: Config, out: Path, parallel: int, resume: bool, overwrite: bo
         raise UserError("evolutionary.enabled is false: set it to true to run the search")
     folders.check_output(out, runs.SEARCH, "--out", overwrite and not resume, fresh=not resume, resumable=True)
     search = runs.SearchFolder(Path(out).resolve())  # trials and Dask workers run elsewhere: absolute paths
-    genes_of(config)  # an empty search space is refused before anything is written
+    genes_of(config, say=True)  # a search space with nothing to act is refused before anything is written
     scheduler = scheduler or config.evolutionary.scheduler
     if scheduler:
         require_dask()

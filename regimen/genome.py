@@ -11,6 +11,7 @@ the repairs are reported, not hidden.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from typing import Any
 from regimen.config import Config, from_dict, get_key, to_dict
 from regimen.validation import validate
 from regimen.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -88,13 +91,42 @@ class Gene:
         return (value - self.low) / (self.high - self.low)
 
 
-def genes_of(config: Config) -> list[Gene]:
-    """The search space's genes (the config loader has checked every entry)."""
+CRF_KEYS = {f"model.pgm.{key}" for key in ("pairwise_weight", "temporal_links", "mean_field_iters", "neighbourhood",
+                                          "inference", "damping", "edge_aware", "compatibility")}
+HMM_KEYS = {"model.pgm.pseudo_count", "model.pgm.fit"}
+
+
+def idle_reason(key: str, config: Config) -> str:
+    """Why a search-space key would change nothing in a trial ("" when it acts): a trial runs
+    phases 1 and 2 (and phase 3 with `evolutionary.trial_joint`), then evaluates."""
+    space, pgm = config.evolutionary.search_space, config.model.pgm.type
+    if (key.startswith(("loss.", "training.joint.")) and key != "loss.unary"
+            and not config.evolutionary.trial_joint):
+        return "it acts in joint training (phase 3) only, which trials skip (evolutionary.trial_joint: false)"
+    if key.startswith("model.pgm.") and config.data.task == "regression":
+        return "task 'regression' has no PGM"
+    if "model.pgm.type" not in space and ((key in CRF_KEYS and pgm != "crf") or (key in HMM_KEYS and pgm != "hmm")):
+        return f"it does not act on model.pgm.type {pgm!r}"
+    return ""
+
+
+def genes_of(config: Config, say: bool = False) -> list[Gene]:
+    """The genes of the search-space keys that act in a trial (the config loader has checked every
+    entry); `say`: log each key left out, and why."""
     space = config.evolutionary.search_space
     if not space:
         raise UserError("evolutionary.search_space is empty: add at least one key to evolve, e.g. "
                         "training.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}")
-    return [Gene.from_spec(key, spec) for key, spec in space.items()]
+    idle = {key: idle_reason(key, config) for key in space}
+    if say:
+        for key, reason in idle.items():
+            if reason:
+                log.info("evolutionary.search_space: %s is left out: %s", key, reason)
+    genes = [Gene.from_spec(key, spec) for key, spec in space.items() if not idle[key]]
+    if not genes:
+        raise UserError(f"evolutionary.search_space: none of {', '.join(space)} acts in a trial "
+                        f"({'; '.join(f'{k}: {r}' for k, r in idle.items())})")
+    return genes
 
 
 def incumbent(genes: list[Gene], base: Config, rng: random.Random) -> list:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import torch
 
 from regimen.losses import class_last
-from regimen.metrics import label_metrics, regression_metrics
+from regimen.metrics import MAIN_METRIC, label_metrics, regression_metrics
 from regimen.pgm import PGMHead
 from regimen.processed import TaskData
 from regimen.progress import track
 from regimen.stack import Stack, model_input
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -59,6 +62,37 @@ def task_metrics(data: TaskData, split: str, unaries: torch.Tensor, head: Option
         return regression_metrics(y.numpy(), class_last(unaries).numpy())
     labels = decode(head, unaries, guide_of(data, split))
     return label_metrics(y.numpy(), labels.numpy(), data.num_classes, data.task)
+
+
+def compare_with_unaries(task: str, unary: dict, pgm: dict) -> dict:
+    """The main metric of the unaries alone and after the PGM (`task_metrics` of each), the
+    gain in points and whether the PGM beats the unaries."""
+    metric, higher_is_better = MAIN_METRIC[task]
+    gain = pgm[metric] - unary[metric]
+    return {"metric": metric, "unary": unary[metric], "pgm": pgm[metric], "gain_points": 100 * gain,
+            "pgm_better": gain > 0 if higher_is_better else gain < 0}
+
+
+def pgm_is_worse(head_type: str, split: str, comparison: dict) -> str:
+    """The line that says a PGM does not beat the unaries, with both scores."""
+    return (f"the {head_type} does not beat the unaries on {split}: {comparison['metric']} "
+            f"{comparison['unary']:.4f} -> {comparison['pgm']:.4f} ({comparison['gain_points']:+.2f} points)")
+
+
+def choose_predictor(head: Optional[PGMHead], data: TaskData, val_unaries: torch.Tensor, use_pgm: str) -> dict:
+    """Which predictor is final: the PGM or the unaries alone. `use_pgm` (evaluation.use_pgm):
+    always, never, or auto: the PGM only when it beats the unaries on the validation split.
+    Returns `final` ("pgm" or "unary"), the setting and the validation comparison."""
+    if head is None:
+        return {"final": "unary", "use_pgm": use_pgm}
+    comparison = compare_with_unaries(data.task, task_metrics(data, "val", val_unaries),
+                                      task_metrics(data, "val", val_unaries, head))
+    final = {"always": "pgm", "never": "unary"}.get(use_pgm, "pgm" if comparison["pgm_better"] else "unary")
+    if not comparison["pgm_better"]:
+        log.warning("%s; %s", pgm_is_worse(head.type, "val", comparison),
+                    f"the {'unaries alone are' if final == 'unary' else head.type + ' is'} the final predictor "
+                    f"(evaluation.use_pgm: {use_pgm})")
+    return {"final": final, "use_pgm": use_pgm, "val": comparison}
 
 
 def guide_of(data: TaskData, split: str) -> Optional[torch.Tensor]:

@@ -123,13 +123,23 @@ class PGMHead(nn.Module):
 
     def nll(self, unaries: torch.Tensor, labels: torch.Tensor, guide: Optional[torch.Tensor] = None
             ) -> torch.Tensor:
-        """Structured NLL per node: of the mean-field marginals (CRF), of the
-        chain posteriors (HMM), or the exact chain likelihood divided by T (chain CRF)."""
+        """Structured NLL per node: of the mean-field marginals (CRF), or of the labelled path
+        under the chain (HMM, chain CRF: `-log p(y_1..y_T | unaries) / T`, exact). The path's
+        likelihood is what Viterbi decoding maximises: fitting the HMM's emission scale to the
+        nodes' marginals instead under-weighs the network against sticky transitions, and the
+        decoded labels switch late wherever the label moves (a flood front)."""
+        if self.type == "crf":
+            log_q = self.log_marginals(unaries, guide)
+            return F.nll_loss(log_q.movedim(2, -1).flatten(0, -2), labels.flatten())
+        emissions = self.emissions(self._chains(unaries.float()))  # (M, T, K)
+        paths = self._label_chains(labels)  # (M, T)
         if self.type == "chain_crf":
-            emissions = self.emissions(self._chains(unaries.float()))
-            return -self.model.log_likelihood(emissions, self._label_chains(labels)).mean() / emissions.shape[1]
-        log_q = self.log_marginals(unaries, guide)
-        return F.nll_loss(log_q.movedim(2, -1).flatten(0, -2), labels.flatten())
+            return -self.model.log_likelihood(emissions, paths).mean() / emissions.shape[1]
+        log_start, log_trans = self.model.log_start, self.model.log_trans
+        log_z, _ = forward_backward(log_start, log_trans, emissions)
+        score = (log_start[paths[:, 0]] + log_trans[paths[:, :-1], paths[:, 1:]].sum(dim=1)
+                 + emissions.gather(2, paths[..., None])[..., 0].sum(dim=1))
+        return (log_z - score).mean() / emissions.shape[1]
 
     def emissions(self, chains: torch.Tensor) -> torch.Tensor:
         """Scaled emission scores of chains `[M, T, K]` of unaries."""

@@ -23,7 +23,7 @@ from regimen.losses import consistency, resolve_unary_loss, unary_loss
 from regimen.metrics import MAIN_METRIC
 from regimen.pgm import (PGMHead, check_pgm_task, fit_pgm, head_from_params, pgm_params,
                          pgm_settings)
-from regimen.inference import guide_of, predict, task_metrics
+from regimen.inference import compare_with_unaries, guide_of, pgm_is_worse, predict, task_metrics
 from regimen.processed import TaskData, check_same_data, data_identity, load_checked_meta, load_task_data
 from regimen.stack import Stack, check_fits_data, new_stack, resolve_device, stack_from_checkpoint
 from regimen.training import Schedule, Trainer, attach_log_file
@@ -92,8 +92,9 @@ def pretrain(config: Config, save: Path, resume: Optional[Path], overwrite: bool
 # --------------------------------------------------------------------------- phase 2
 
 
-def fit_structure(config: Config, features_path: Path, save: Optional[Path]) -> dict:
-    """Fit `model.pgm` on saved unaries; write pgm_params.pkl and metrics before/after."""
+def fit_structure(config: Config, features_path: Path, save: Optional[Path], overwrite: bool = False) -> dict:
+    """Fit `model.pgm` on saved unaries; write pgm_params.pkl and metrics before/after. A PGM
+    of another type or other settings already in the folder is replaced only with `overwrite`."""
     started = time.time()
     features = files.load_features(features_path, "--features")
     meta = load_checked_meta(config)
@@ -107,9 +108,12 @@ def fit_structure(config: Config, features_path: Path, save: Optional[Path]) -> 
     run = runs.RunFolder(Path(save)) if save else runs.run_folder_of(features_path)
     folders.check_output(run.root, runs.RUN, "--save")
     files.check_metrics(run.metrics)
+    settings = pgm_settings(config.model.pgm, task, k)
+    if not overwrite:
+        _check_not_replaced(run.pgm_params, settings)
     folders.claim(run.root, "--save")
 
-    head = PGMHead(pgm_settings(config.model.pgm, task, k))
+    head = PGMHead(settings)
     train = features["splits"]["train"]
     log.info("phase 2: fitting a %s on %d training windows", head.type, len(train["unaries"]))
     report = fit_pgm(head, train["unaries"], train["labels"], config.model.pgm, config.seed,
@@ -117,16 +121,36 @@ def fit_structure(config: Config, features_path: Path, save: Optional[Path]) -> 
     metric = MAIN_METRIC[task][0]
     results = {split: _before_after(data, split, features["splits"][split]["unaries"], head)
                for split in ("val", "test")}
+    on_val = compare_with_unaries(task, results["val"]["unary"], results["val"]["pgm"])
+    if not on_val["pgm_better"]:
+        use = config.evaluation.use_pgm
+        log.warning("%s; evaluate.py and export.py %s (evaluation.use_pgm: %s)", pgm_is_worse(head.type, "val", on_val),
+                    "keep it" if use == "always" else "use the unaries alone", use)
     files.save_pgm_params(run.pgm_params, pgm_params(head, data_identity(meta)))
     metrics = {
         "task": task, "metric": metric, "pgm": head.type, "fit": report,
-        "learned": _learned(head), **results,
+        "learned": _learned(head), **results, "pgm_better_on_val": on_val["pgm_better"],
         "gain": {split: results[split]["pgm"][metric] - results[split]["unary"][metric]
                  for split in results},
         "provenance": _provenance(config, meta, torch.device("cpu"), started),
     }
     files.update_metrics(run.metrics, "fit_pgm", metrics)
     return metrics
+
+
+def _check_not_replaced(path: Path, settings: dict) -> None:
+    """Trying a second PGM must not quietly replace the first one fitted into the same folder."""
+    if not path.is_file():
+        return
+    try:
+        held = files.load_pgm_params(path, "--save")
+    except UserError as error:
+        raise UserError(f"{error}; pass --overwrite to replace it") from None
+    if held.get("settings") == settings:
+        return  # the same PGM fitted again
+    what = f"a {held['type']} fitted with other settings" if held["type"] == settings["type"] else f"a {held['type']}"
+    raise UserError(f"{path}: holds {what}, which this {settings['type']} would replace; pass --save FOLDER "
+                    "to keep both, or --overwrite to replace it")
 
 
 # --------------------------------------------------------------------------- phase 3

@@ -10,6 +10,7 @@ made from other data.
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -61,6 +62,9 @@ def data_identity(meta: dict) -> dict:
 def load_checked_meta(config: Config) -> dict:
     """The processed data's meta.json, checked against the config that asks for it."""
     folder = runs.processed_dir(config.data.root, runs.dataset_name(config))
+    if not runs.meta_path(folder).is_file():
+        raise UserError(f"{runs.meta_path(folder)} not found: this config's data ({_described(config)}) has not "
+                        f"been preprocessed; run tools/preprocess.py with this config first{_others(folder)}")
     meta = load_meta(folder)
     made = {"task": meta["task"], "T_window": meta["T_window"], "stride": meta["stride"],
             "static_features": meta["static_features"]}
@@ -71,6 +75,30 @@ def load_checked_meta(config: Config) -> dict:
             raise UserError(f"data.{key} = {asked[key]!r} but {folder} was made with {value!r}; "
                             "run tools/preprocess.py again with this config")
     return meta
+
+
+def _described(config: Config) -> str:
+    data = config.data
+    return f"data.dataset: {data.dataset}" + (f", data.path: {data.path}" if data.dataset == "npz" else "")
+
+
+def _others(folder: Path) -> str:
+    """What else phase 0 made beside `folder`, and from which data: the hint when a phase was given
+    another config than preprocess was."""
+    made = []
+    for meta_file in sorted(folder.parent.glob(f"*/{runs.META_FILE}")):
+        try:
+            made_from = json.loads(meta_file.read_text())["generator"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        source = f"data.dataset: {made_from.get('dataset')}"
+        if "path" in made_from:
+            source += f", data.path: {made_from['path']}"
+        made.append(f"{meta_file.parent.name} ({source})")
+    if not made:
+        return ""
+    return (f". {folder.parent} holds {'; '.join(made)}: give every phase the config (--config, the same "
+            "--set) that tools/preprocess.py was given")
 
 
 def load_task_data(config: Config) -> TaskData:

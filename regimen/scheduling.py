@@ -62,10 +62,13 @@ class TrialScheduler:
     def fidelity(self, generation: int) -> str:
         return "low" if generation < self.evo.low_fidelity.generations else "full"
 
+    def values(self, genome: list) -> dict:
+        """The config values a genome sets."""
+        return {gene.key: gene.decode(value) for gene, value in zip(self.genes, genome)}
+
     def key(self, genome: list, fidelity: str) -> str:
         """The trial cache's key: the genome's config values and the fidelity."""
-        values = {gene.key: gene.decode(value) for gene, value in zip(self.genes, genome)}
-        return digest({"values": values, "fidelity": fidelity})[:16]
+        return digest({"values": self.values(genome), "fidelity": fidelity})[:16]
 
     def run(self, generation: int, genomes: list[list], fidelity: str
             ) -> tuple[list[dict], list[tuple[int, TrialRecord, dict]]]:
@@ -113,16 +116,22 @@ class TrialScheduler:
                          self.evo.trial_retries, self.slot_env(slot))
 
     def _lower_fidelity(self, config: Config) -> None:
+        """Fewer epochs; and a built-in dataset generated on a coarser grid (an npz stays as it is)."""
         low = self.evo.low_fidelity
-        generator = config.data.generator
-        generator.height = max(4, generator.height // low.downsample_factor)
-        generator.width = max(4, generator.width // low.downsample_factor)
+        if config.data.dataset != "npz":
+            generator = config.data.generator
+            generator.height = max(4, generator.height // low.downsample_factor)
+            generator.width = max(4, generator.width // low.downsample_factor)
         config.training.epochs = min(config.training.epochs, low.max_epochs)
         config.training.joint.epochs = min(config.training.joint.epochs, low.max_epochs)
 
     def _data_root(self, config: Config) -> Path:
-        """Processed data per distinct data section, shared by the trials that use it."""
-        return self.folder.data / digest(to_dict(config)["data"] | {"seed": config.seed})[:12]
+        """The base config's processed data when the trial's data is the same (nothing is copied),
+        else the search's own folder per distinct data section, shared by the trials that use it."""
+        section = digest(to_dict(config)["data"] | {"seed": config.seed})
+        if section == digest(to_dict(self.config)["data"] | {"seed": self.config.seed}):
+            return Path(self.config.data.root).resolve()
+        return self.folder.data / section[:12]
 
     @staticmethod
     def _prepare_data(config: Config) -> None:

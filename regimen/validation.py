@@ -6,9 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from regimen.config import (CALIBRATIONS, CMAES_OBJECTIVES, CRF_INFERENCE, DATASETS, GENERATOR_BYTES_PER_PIXEL,
-                            JOINT_MODES,
-                            MAX_OBJECTIVES, MAX_SEED, OBJECTIVES, PGM_TYPES, STATIC_FEATURES, TASKS,
-                            TASKS_OF_DATASET, UNARY_LOSSES, Config, did_you_mean, get_key, leaf_keys, shown)
+                            JOINT_MODES, MAX_OBJECTIVES, MAX_SEED, OBJECTIVES, PGM_TYPES, STATIC_FEATURES, TASKS,
+                            TASKS_OF_DATASET, UNARY_LOSSES, USE_PGM, Config, did_you_mean, get_key, leaf_keys, shown)
 from regimen.errors import UserError
 from regimen.machine import path_problem, require_memory
 
@@ -59,6 +58,7 @@ def validate(config: Config, source: str = "config") -> None:
     check.positive("evaluation.bins")
     check.non_negative("evaluation.boundary_tolerance")
     check.one_of("evaluation.calibration", CALIBRATIONS)
+    check.one_of("evaluation.use_pgm", USE_PGM)
 
 
 def _validate_device(check: _Checker) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from regimen.errors import UserError
-from regimen.config import Config, config_hash, dump_config, leaf_keys
+from regimen.config import Config, config_hash, dump_config, get_key, leaf_keys
 from regimen.config_file import load_config
 
 from conftest import ROOT
@@ -67,6 +67,12 @@ def test_overrides_parse_yaml_and_apply_in_order():
     assert config.training.lr == 5e-4  # the last --set wins
     assert isinstance(config.training.lr, float)
     assert config.data.static_features == ["edges", "mask"]
+
+
+def test_the_shipped_config_holds_the_defaults():
+    """A config file with only the keys that differ means what the shipped config plus those keys means."""
+    shipped, defaults = load_config(ROOT / "config.yaml"), Config()
+    assert {key: get_key(shipped, key) for key in leaf_keys()} == {key: get_key(defaults, key) for key in leaf_keys()}
 
 
 def test_missing_keys_take_defaults(tmp_path):

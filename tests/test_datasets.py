@@ -137,6 +137,33 @@ def test_npz_reads_grid_channels_first_and_non_grid(tmp_path):
     assert d.X.shape == (3, 5, 1, 1, 7) and d.num_classes == 4
 
 
+def test_npz_names_its_classes_and_channels(tmp_path):
+    x, y = np.zeros((2, 3, 2, 2, 2)), np.arange(24).reshape(2, 3, 2, 2) % 3
+    names = {"class_names": np.array(["land", "water", "cloud"]), "channel_names": np.array(["vv", "vh"])}
+    d = load_dataset(npz_config(save_npz(tmp_path / "named.npz", X=x, Y=y, **names)).data, 0)
+    assert d.class_names == ["land", "water", "cloud"] and d.channel_names == ["vv", "vh"]
+    d = load_dataset(npz_config(save_npz(tmp_path / "plain.npz", X=x, Y=y)).data, 0)
+    assert d.class_names == ["0", "1", "2"] and d.channel_names == ["channel_0", "channel_1"]
+    with pytest.raises(UserError, match=r"bad.npz: class_names has shape \(2,\) and dtype <U5; expected 3 strings, "
+                                        "one per class"):
+        load_dataset(npz_config(save_npz(tmp_path / "bad.npz", X=x, Y=y, class_names=np.array(["land", "water"])))
+                     .data, 0)
+
+
+def test_npz_says_what_an_ambiguous_shape_is_taken_for(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    channels_first = rng.normal(size=(2, 3, 2, 12, 20))  # [N, T, C, H, W] with the default NTHWC
+    with pytest.raises(UserError, match=r"expects \[N, T, H, W\] = \(2, 3, 2, 12\) to match X \(2, 3, 2, 12, 20\) "
+                                        r"\(X \(2, 3, 2, 12, 20\) is read as \[N, T, H, W, C\]: a 2 x 12 grid with 20 "
+                                        r"channels; if it is \[N, T, C, H, W\], set data.format: NTCHW\)"):
+        load_dataset(npz_config(save_npz(tmp_path / "cf.npz", X=channels_first,
+                                         Y=np.zeros((2, 3, 12, 20), int))).data, 0)
+    load_dataset(npz_config(save_npz(tmp_path / "sensors.npz", X=rng.normal(size=(2, 5, 6)),
+                                     Y=rng.integers(0, 3, size=(2, 5)))).data, 0)
+    assert ("non-grid X (2, 5, 6): each frame is a 1 x 1 grid with one label; data.task: tagging says so"
+            in caplog.text)
+
+
 def test_npz_soft_targets_are_checked(tmp_path):
     x = np.zeros((2, 3, 2, 2, 1))
     y = np.zeros((2, 3, 2, 2), dtype=int)

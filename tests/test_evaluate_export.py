@@ -33,7 +33,7 @@ def bundle(phase2, tmp_path_factory):
 def test_evaluate_reports_unaries_and_pgm_with_plots(phase2, tmp_path):
     config, base = phase2
     done = ok("evaluate.py", "--config", config, "--ckpt", str(base / "best.pt"), "--out", str(tmp_path))
-    assert "test pgm: miou" in done.stderr
+    assert "test pgm (final): miou" in done.stderr
     result = metrics_of(tmp_path)["evaluate_test"]
     assert result["final"] == "pgm" and result["pgm_type"] == "crf"
     nodes = 0
@@ -49,6 +49,54 @@ def test_evaluate_reports_unaries_and_pgm_with_plots(phase2, tmp_path):
     assert {"seed", "config_hash", "data_version", "git_commit"} <= set(result["provenance"])
     for name in ("learning_curve.png", "confusion_test.png", "reliability_test.png", "per_class_f1_test.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 1000
+
+
+def test_a_pgm_worse_than_the_unaries_is_said_and_left_out(phase2, tmp_path):
+    config, base = phase2
+    smoothed = tmp_path / "oversmoothed"  # a Potts CRF this strong paints every window one label
+    done = ok("fit_pgm.py", "--config", config, "--features", str(base / "features.pt"), "--save", str(smoothed),
+              "--set", "model.pgm.compatibility=potts", "--set", "model.pgm.pairwise_weight=50",
+              "--set", "model.pgm.fit_lr=1e-9")
+    fit = metrics_of(smoothed)["fit_pgm"]
+    unary, pgm = fit["val"]["unary"]["miou"], fit["val"]["pgm"]["miou"]
+    assert pgm < unary and fit["pgm_better_on_val"] is False
+    warning = (f"WARNING the crf does not beat the unaries on val: miou {unary:.4f} -> {pgm:.4f} "
+               f"({100 * (pgm - unary):+.2f} points); evaluate.py and export.py use the unaries alone "
+               "(evaluation.use_pgm: auto)")
+    assert warning in done.stderr
+
+    pgm_file = ["--ckpt", str(base / "best.pt"), "--pgm", str(smoothed / "pgm_params.pkl")]
+    done = ok("evaluate.py", "--config", config, *pgm_file, "--out", str(tmp_path / "auto"))
+    result = metrics_of(tmp_path / "auto")["evaluate_test"]
+    assert result["final"] == "unary" and result["choice"]["val"]["pgm_better"] is False
+    assert result["choice"]["val"]["unary"] == unary and result["choice"]["val"]["pgm"] == pgm
+    assert "test unary (final): miou" in done.stderr and "does not beat the unaries on val" in done.stderr
+    ok("evaluate.py", "--config", config, *pgm_file, "--out", str(tmp_path / "always"),
+       "--set", "evaluation.use_pgm=always")
+    assert metrics_of(tmp_path / "always")["evaluate_test"]["final"] == "pgm"
+
+    ok("export.py", "--config", config, *pgm_file, "--out", str(tmp_path / "bundle"))
+    exported = metrics_of(tmp_path / "bundle")["export"]
+    assert not (tmp_path / "bundle" / "pgm_params.pkl").exists() and exported["pgm_type"] is None
+    assert exported["test"]["uncalibrated"]["miou"] == result["unary"]["miou"]
+
+
+def test_a_second_pgm_type_never_replaces_the_first(phase2, tmp_path):
+    config, base = phase2
+    folder = tmp_path / "run"
+    shutil.copytree(base, folder)
+    features = ["--config", config, "--features", str(folder / "features.pt")]
+    before = snapshot(folder)
+    done = run_script("fit_pgm.py", *features, "--set", "model.pgm.type=hmm")
+    assert done.returncode == 2 and done.stderr.strip() == (
+        f"error: {folder / 'pgm_params.pkl'}: holds a crf, which this hmm would replace; pass --save FOLDER to keep "
+        "both, or --overwrite to replace it")
+    done = run_script("fit_pgm.py", *features, "--set", "model.pgm.pairwise_weight=0.2")
+    assert done.returncode == 2 and "holds a crf fitted with other settings, which this crf" in done.stderr
+    assert snapshot(folder) == before
+    ok("fit_pgm.py", *features)  # the same PGM fitted again replaces itself
+    ok("fit_pgm.py", *features, "--set", "model.pgm.type=hmm", "--overwrite")
+    assert metrics_of(folder)["fit_pgm"]["pgm"] == "hmm"
 
 
 def test_visualize_draws_a_checkpoints_predictions(phase2, tmp_path):

@@ -71,6 +71,10 @@ def search_config(folder, extra):
     return tiny_config(folder, raw)
 
 
+BASE_VALUES = {"model.convlstm.num_layers": 2, "model.convlstm.kernel_size": 3, "training.lr": 2e-3,
+               "model.pgm.pairwise_weight": 0.7}  # the tiny config's own values of SPACE
+
+
 def rows(path):
     with open(path) as handle:
         return list(csv.DictReader(handle))
@@ -107,7 +111,11 @@ def test_a_tiny_search_leaves_every_output(tmp_path):
             p.name for p in trial.iterdir()}
     hall = json.loads((out / "hall_of_fame.json").read_text())
     best = json.loads((out / "best" / "metrics.json").read_text())["evaluate_val"]
-    assert best["pgm"]["miou"] == hall[0]["objectives"]["metric"]  # best/ is the hall of fame's first
+    assert best[best["final"]]["miou"] == hall[0]["objectives"]["metric"]  # best/ is the hall of fame's first
+    base = [r for r in table if r["fidelity"] == "full" and json.loads(r["values"]) == BASE_VALUES]
+    assert len(base) == 1 and base[0]["status"] == "ok"  # the base config scored once at full fidelity
+    assert ("no genome beat the base config" in done.stderr
+            or f"against the base config's {float(base[0]['objective_metric']):.4f}" in done.stderr)
     state = json.loads((out / "state.json").read_text())
     assert state["generation"] == 3 and len(state["islands"]) == 2 and {"random", "numpy", "torch"} <= set(state["rng"])
 
@@ -245,6 +253,42 @@ def test_a_dask_cluster_runs_the_same_search_and_survives_a_killed_worker(tmp_pa
         (r["key"], r["status"], r["objective_metric"]) for r in local]
     assert json.loads((tmp_path / "dask" / "hall_of_fame.json").read_text()) == json.loads(
         (tmp_path / "local" / "hall_of_fame.json").read_text().replace(str(tmp_path / "local"), str(tmp_path / "dask")))
+
+
+def test_only_genes_that_act_in_a_trial_are_searched(caplog):
+    space = {"loss.beta_structured": {"type": "float", "low": 0.0, "high": 1.0},
+             "model.pgm.pseudo_count": {"type": "float", "low": 0.0, "high": 2.0}, **SPACE}
+    config = from_dict({"evolutionary": {"search_space": space}})
+    caplog.set_level("INFO")
+    assert [g.key for g in genes_of(config, say=True)] == list(SPACE)
+    assert ("loss.beta_structured is left out: it acts in joint training (phase 3) only, which trials skip "
+            "(evolutionary.trial_joint: false)") in caplog.text
+    assert "model.pgm.pseudo_count is left out: it does not act on model.pgm.type 'crf'" in caplog.text
+    joint_hmm = from_dict({"model": {"pgm": {"type": "hmm"}},
+                           "evolutionary": {"search_space": space, "trial_joint": True}})
+    assert [g.key for g in genes_of(joint_hmm)] == ["loss.beta_structured", "model.pgm.pseudo_count",
+                                                    "model.convlstm.num_layers", "model.convlstm.kernel_size",
+                                                    "training.lr"]
+    with pytest.raises(UserError, match="none of loss.beta_structured acts in a trial"):
+        genes_of(from_dict({"evolutionary": {"search_space": {"loss.beta_structured": space["loss.beta_structured"]}}}))
+
+
+def test_trials_on_unchanged_data_read_the_base_configs_processed_data(tmp_path):
+    from regimen import runs
+    from regimen.scheduling import TrialScheduler
+    for dataset, low_root in (("npz", tmp_path / "data"), ("storms", None)):
+        config = from_dict({"data": {"dataset": dataset, "path": "floods.npz" if dataset == "npz" else None,
+                                     "root": str(tmp_path / "data")}, "evolutionary": {"search_space": SPACE}})
+        scheduler = TrialScheduler(config, genes_of(config), runs.SearchFolder(tmp_path / "search"), map,
+                                   lambda slot: {})
+        genome = incumbent(scheduler.genes, config, random.Random(0))
+        for fidelity, expected in (("full", tmp_path / "data"), ("low", low_root)):
+            _, trial = scheduler._prepare(0, 0, genome, fidelity)
+            if expected is None:  # a coarser grid of a built-in dataset is new data, in the search's folder
+                assert trial.data.root.startswith(str(tmp_path / "search")) and trial.data.generator.height == 16
+            else:  # the same arrays: no copy
+                assert trial.data.root == str(expected) and trial.training.epochs == (
+                    2 if fidelity == "low" else config.training.epochs)
 
 
 def test_the_first_individual_is_the_base_configs_own():

@@ -70,6 +70,23 @@ def test_the_chain_crf_nll_is_the_exact_likelihood_per_step():
     torch.testing.assert_close(h.nll(unaries, tags), -(score((0, 2, 1)) - log_z) / 3)
 
 
+def test_the_hmm_nll_is_the_exact_likelihood_of_the_labelled_path_per_step():
+    torch.manual_seed(3)
+    h = head("hmm", "tagging")
+    h.model.log_start.copy_(torch.tensor([0.6, 0.3, 0.1]).log())
+    h.model.log_trans.copy_(torch.tensor([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.3, 0.3, 0.4]]).log())
+    h.raw_scale.data.fill_(0.3)
+    unaries, tags = torch.randn(1, 3, 3), torch.tensor([[0, 2, 1]])
+    emissions = h.emissions(unaries)[0]
+
+    def score(path):
+        total = h.model.log_start[path[0]] + sum(emissions[t, y] for t, y in enumerate(path))
+        return total + sum(h.model.log_trans[a, b] for a, b in zip(path, path[1:]))
+
+    log_z = torch.logsumexp(torch.stack([score(p) for p in itertools.product(range(3), repeat=3)]), 0)
+    torch.testing.assert_close(h.nll(unaries, tags), -(score((0, 2, 1)) - log_z) / 3)
+
+
 def test_hmm_fit_counts_transitions_and_priors():
     labels = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 0]])
     h = head("hmm", "tagging")
