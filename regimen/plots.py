@@ -9,6 +9,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no screen needed
 
+import matplotlib.ticker  # noqa: E402
+
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import animation  # noqa: E402
@@ -42,6 +44,7 @@ class SequencePanel:
         # The first window of each of the first `count` distinct sequences.
         picks = np.sort(np.unique(split["sequence"], return_index=True)[1])[:count]
         self.x = split["X"][picks, ..., channel]  # (n, T, H, W)
+        self.features = split["X"][picks, :, 0, 0, :]  # (n, T, C): what non-grid data draws
         self.y = split["Y"][picks]
         self.predicted = predict(split["X"][picks]) if predict else None
         self.sequence_ids = split["sequence"][picks]
@@ -98,6 +101,11 @@ class SequencePanel:
     def label_title(self) -> str:
         return {"segmentation": "labels", "tagging": "tag", "regression": "target"}[self.task]
 
+    @property
+    def non_grid(self) -> bool:
+        """Features `[N, T, F]` taken as a 1 x 1 grid: nothing to draw as an image."""
+        return self.x.shape[2:] == (1, 1)
+
 
 def render_grid(panel: SequencePanel, path: Path) -> None:
     """A PNG: per sequence one row per picture kind (input, labels, ...), frames left to right."""
@@ -114,6 +122,39 @@ def render_grid(panel: SequencePanel, path: Path) -> None:
         for r, (title, _) in enumerate(rows):
             prefix = f"seq {panel.sequence_ids[i]}\n" if r == 0 else ""
             axes[n * i + r, 0].set_ylabel(prefix + title, fontsize=8)
+    panel.legend(fig)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    _save(fig, path, lambda target: fig.savefig(target, dpi=90, format="png"))
+
+
+def render_series(panel: SequencePanel, path: Path) -> None:
+    """A PNG for non-grid data: per sequence, every feature against time, and beneath it the
+    labels (and predictions) as coloured bands, or the target (and predicted) values as lines."""
+    predicted = None if panel.predicted is None else panel.predicted.get("labels", panel.predicted.get("values"))
+    rows = [("truth", panel.y)] + ([] if predicted is None else [("predicted", predicted)])
+    fig, axes = plt.subplots(panel.count * 2, 1, squeeze=False, sharex=True,
+                             figsize=(max(7.0, 0.35 * panel.frames + 1.5), 2.6 * panel.count + 0.6),
+                             gridspec_kw={"height_ratios": [3, 0.4 + 0.35 * len(rows)] * panel.count})
+    time = np.arange(panel.frames)
+    names = panel.meta["channel_names"]
+    for i in range(panel.count):
+        top, bottom = axes[2 * i, 0], axes[2 * i + 1, 0]
+        for c in range(panel.features.shape[-1]):
+            top.plot(time, panel.features[i, :, c], linewidth=1, label=names[c] if c < len(names) else f"{c}")
+        top.set_ylabel(f"seq {panel.sequence_ids[i]}\nfeatures", fontsize=8)
+        top.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        top.grid(alpha=0.3)
+        if panel.task == "regression":
+            for name, values in rows:
+                bottom.plot(time, values[i].reshape(panel.frames, -1)[:, 0], marker=".", label=name)
+            bottom.legend(fontsize=6)
+        else:
+            labels = np.stack([values[i].reshape(panel.frames) for _, values in rows])  # (rows, T)
+            bottom.imshow(labels, cmap=panel.cmap, norm=panel.norm, aspect="auto", interpolation="nearest",
+                          extent=(-0.5, panel.frames - 0.5, len(rows) - 0.5, -0.5))
+            bottom.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=7)
+    axes[-1, 0].set_xlabel("t (frame)")
+    axes[-1, 0].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     panel.legend(fig)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     _save(fig, path, lambda target: fig.savefig(target, dpi=90, format="png"))
@@ -156,17 +197,21 @@ def _bare(ax) -> None:
 
 
 def visualize_split(folder: Path, split: str, count: int, out: Path,
-                    predict: Optional[Callable[[np.ndarray], dict]] = None) -> tuple[Path, Path]:
+                    predict: Optional[Callable[[np.ndarray], dict]] = None) -> list[Path]:
     """Render `count` sequences of a processed split to `<out>/<name>_<split>.{png,gif}`
-    (`<name>_<split>_predicted.*` with a model's predictions)."""
+    (`<name>_<split>_predicted.*` with a model's predictions); non-grid data: features against
+    time, PNG only."""
     meta = processed.load_meta(folder)
     panel = SequencePanel(processed.load_split(folder, split, meta), meta, count, predict=predict)
     folders.claim(out, "--out")
     stem = f"{meta['name']}_{split}" + ("_predicted" if predict else "")
     png, gif = out / f"{stem}.png", out / f"{stem}.gif"
+    if panel.non_grid:
+        render_series(panel, png)
+        return [png]
     render_grid(panel, png)
     render_gif(panel, gif)
-    return png, gif
+    return [png, gif]
 
 
 def plot_learning_curve(history: list[dict], metric: str, path: Path) -> None:
@@ -204,19 +249,29 @@ def plot_confusion(matrix: list[list[int]], class_names: list[str], path: Path) 
     _save(fig, path, lambda target: fig.savefig(target, dpi=90))
 
 
-def plot_reliability(curves: dict[str, dict], path: Path) -> None:
-    """Reliability diagram: accuracy against confidence per bin, one line per predictor
-    (e.g. before and after calibration), with the ECE in the legend."""
-    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+def plot_reliability(curves: dict[str, dict], path: Path, min_share: float = 1e-3) -> None:
+    """Reliability diagram: accuracy against confidence per bin, one line per predictor (e.g.
+    before and after calibration) with the ECE in the legend, each bin's marker sized by the
+    nodes it holds; beneath, those counts. A bin with under `min_share` of the nodes is left
+    out of the line (its accuracy rests on a handful of nodes) but counted below."""
+    fig, (ax, counts) = plt.subplots(2, 1, figsize=(4.2, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
     for name, curve in curves.items():
         reliability = curve["reliability"]
-        filled = np.asarray(reliability["count"]) > 0
-        ax.plot(np.asarray(reliability["confidence"])[filled], np.asarray(reliability["accuracy"])[filled],
-                marker="o", markersize=3, label=f"{name} (ECE {curve['ece']:.4f})")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title="reliability")
+        count = np.asarray(reliability["count"], dtype=float)
+        share = count / max(count.sum(), 1.0)
+        shown = share >= min_share
+        confidence, accuracy = np.asarray(reliability["confidence"]), np.asarray(reliability["accuracy"])
+        line, = ax.plot(confidence[shown], accuracy[shown], linewidth=1, label=f"{name} (ECE {curve['ece']:.4f})")
+        ax.scatter(confidence[shown], accuracy[shown], s=6 + 120 * np.sqrt(share[shown]), color=line.get_color(),
+                   alpha=0.8, zorder=3)
+        counts.bar((np.arange(len(count)) + 0.5) / len(count), count, width=1 / len(count), alpha=0.5,
+                   color=line.get_color())
+    ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title="reliability (marker area: nodes in the bin)")
     ax.legend(fontsize=7, loc="upper left")
     ax.grid(alpha=0.3)
+    counts.set(yscale="log", xlabel="confidence", ylabel="nodes")
+    counts.grid(alpha=0.3)
     fig.tight_layout()
     _save(fig, path, lambda target: fig.savefig(target, dpi=90))
 
@@ -237,18 +292,28 @@ def plot_per_class_f1(f1_by_predictor: dict[str, list[float]], class_names: list
 
 
 def plot_fitness(logbook: list[dict], objective: str, higher_is_better: bool, path: Path) -> None:
-    """Best and mean fitness over generations, one line pair per island; low fidelity shaded."""
+    """Best and mean fitness per generation, one line pair per island. Low-fidelity generations
+    are shaded and drawn apart from the full-fidelity ones: their scores come from fewer epochs
+    (and a coarser grid), so a line across the switch would show a jump evolution did not make."""
     fig, ax = plt.subplots(figsize=(6, 3.4))
     islands = sorted({r["island"] for r in logbook})
     best = "max" if higher_is_better else "min"
     for island in islands:
-        rows = [r for r in logbook if r["island"] == island and r[best] is not None]
         label = f" (island {island})" if len(islands) > 1 else ""
-        ax.plot([r["generation"] for r in rows], [r[best] for r in rows], marker="o", label=f"best{label}")
-        ax.plot([r["generation"] for r in rows], [r["mean"] for r in rows], linestyle="--", label=f"mean{label}")
+        colour = f"C{islands.index(island)}"
+        for fidelity, marker in (("low", "s"), ("full", "o")):
+            rows = [r for r in logbook if r["island"] == island and r["fidelity"] == fidelity and r[best] is not None]
+            if not rows:
+                continue
+            generations = [r["generation"] for r in rows]
+            ax.plot(generations, [r[best] for r in rows], marker=marker, color=colour,
+                    label=f"best{label}" if fidelity == "full" else None)
+            ax.plot(generations, [r["mean"] for r in rows], linestyle="--", color=colour, alpha=0.6,
+                    label=f"mean{label}" if fidelity == "full" else None)
     low = [r["generation"] for r in logbook if r["fidelity"] == "low"]
     if low:
-        ax.axvspan(min(low) - 0.5, max(low) + 0.5, color="grey", alpha=0.15, label="low fidelity")
+        ax.axvspan(min(low) - 0.5, max(low) + 0.5, color="grey", alpha=0.15, label="low fidelity (not comparable)")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set(xlabel="generation", ylabel=f"val {objective}", title="fitness over generations")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)

@@ -30,7 +30,7 @@ def test_the_readme_walkthrough_runs_every_phase_on_your_own_npz(tmp_path):
     config, commands = walkthrough()
     (tmp_path / "mydata.yaml").write_text(config)
     (tmp_path / "data" / "raw").mkdir(parents=True)
-    np.savez(tmp_path / "data" / "raw" / "floods.npz", **flood_arrays(8, t=10, h=10, w=16))
+    np.savez(tmp_path / "data" / "raw" / "floods.npz", **flood_arrays(8, t=10, h=8, w=12))
     for command in commands:
         words = shlex.split(command)
         assert words[0] == "python", command

@@ -5,7 +5,8 @@
     python tools/visualize.py --split test --ckpt runs/joint/best.pt
 
 Reads data/processed/<name>/ (run tools/preprocess.py first) and writes
-<out>/<name>_<split>.png and .gif, with a colour legend for the classes. With
+<out>/<name>_<split>.png and .gif, with a colour legend for the classes
+(non-grid data [N, T, F]: the PNG only, every feature against time). With
 --ckpt it adds rows of predicted labels (through the checkpoint's PGM, or the
 pgm_params.pkl beside it) and per-pixel confidence, to <name>_<split>_predicted.*.
 """
@@ -37,8 +38,8 @@ def main(argv=None) -> None:
     folders.claim(folders.check_output(args.out, runs.PICTURES, "--out"), "--out")
     folder = runs.processed_dir(config.data.root, runs.dataset_name(config))
     predict = window_predictor(config, args.ckpt) if args.ckpt else None
-    png, gif = visualize_split(folder, args.split, args.count, args.out, predict)
-    log.info("wrote %s and %s", png, gif)
+    written = visualize_split(folder, args.split, args.count, args.out, predict)
+    log.info("wrote %s", " and ".join(map(str, written)))
 
 
 if __name__ == "__main__":
