@@ -21,7 +21,8 @@ from scipy import ndimage
 CLASSES = ("land", "shallow", "deep", "river")
 
 
-def flood_arrays(n: int, t: int = 24, h: int = 24, w: int = 40, noise: float = 0.3, seed: int = 0) -> dict[str, np.ndarray]:
+def flood_arrays(n: int, t: int = 24, h: int = 24, w: int = 40, noise: float = 0.3, rise: tuple = (0.1, 0.25),
+                 seed: int = 0) -> dict[str, np.ndarray]:
     """X `[N, T, H, W, 2]` (backscatter, water index) and Y `[N, T, H, W]`: water rises over a
     random terrain at a random steady rate; a pixel that floods stays flooded."""
     rng = np.random.default_rng(seed)
@@ -31,7 +32,7 @@ def flood_arrays(n: int, t: int = 24, h: int = 24, w: int = 40, noise: float = 0
     terrain = terrain / terrain.std(axis=(1, 2), keepdims=True)
     distance = np.stack([ndimage.distance_transform_edt(~river)] * n)  # pixels from the river
     height = 0.5 * distance + terrain  # (N, H, W)
-    rate = rng.uniform(0.1, 0.25, size=(n, 1, 1, 1))
+    rate = rng.uniform(*rise, size=(n, 1, 1, 1))
     level = rate * np.arange(t)[None, :, None, None] + rng.uniform(-0.5, 0.5, size=(n, 1, 1, 1))
     depth = level - height[:, None]  # (N, T, H, W); only ever grows
     y = np.where(depth > 1.0, 2, np.where(depth > 0, 1, 0))
@@ -53,10 +54,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/flood_hmm"))
     parser.add_argument("--sequences", type=int, default=48)
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--rise", type=float, nargs=2, default=(0.1, 0.25), metavar=("LOW", "HIGH"),
+                        help="range of the water level's rise per frame (slower: rarer water classes)")
+    parser.add_argument("--noise", type=float, default=0.3, help="sensor noise std of both bands")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     npz = args.out / "floods.npz"
-    np.savez(npz, **flood_arrays(args.sequences))
+    np.savez(npz, **flood_arrays(args.sequences, noise=args.noise, rise=tuple(args.rise)))
     common = ["--set", "data.dataset=npz", "--set", f"data.path={npz}", "--set", f"data.root={args.out / 'data'}",
               "--set", "threads=1", "--set", f"training.epochs={args.epochs}"]
     run("tools/preprocess.py", *common)

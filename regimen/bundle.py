@@ -32,10 +32,10 @@ from regimen.calibration import Calibrator, choose_calibrator
 from regimen.config import Config, EvaluationConfig, config_hash, dump_config
 from regimen.data import add_static_features
 from regimen.errors import UserError
-from regimen.evaluation import Predictions, load_evaluated, predictions, probability_report, report
+from regimen.evaluation import Predictions, keep_the_better, load_evaluated, predictions, probability_report, report
 from regimen.metrics import MAIN_METRIC
 from regimen.pgm import head_from_params, pgm_params
-from regimen.inference import choose_predictor, predict as predict_unaries
+from regimen.inference import predict as predict_unaries
 from regimen.processed import TaskData
 from regimen.stack import Stack, model_input, resolve_device, stack_from_checkpoint
 
@@ -119,13 +119,7 @@ def export(config: Config, ckpt: Path, out: Path, overwrite: bool, pgm_path: Opt
     folders.claim(out, "--out")
     made_with, data, stack = load_evaluated(config, ckpt, pgm_path)
     device = resolve_device(config.device)
-    choice = {"final": "unary", "use_pgm": config.evaluation.use_pgm}
-    if stack.head is not None:
-        val_unaries, _ = predict_unaries(stack.to(device), data.splits["val"]["x"], device, config.training.batch_size)
-        choice = choose_predictor(stack.head, data, val_unaries, config.evaluation.use_pgm)
-        if choice["final"] == "unary":
-            log.info("the bundle holds the network alone, without the %s", stack.head.type)
-            stack.head = None
+    choice = keep_the_better(stack, data, device, config)
     bundle = Bundle(stack, Calibrator("none"), preparation(data.meta), config.training.batch_size)
     val_ece = {}
     if data.task != "regression":

@@ -231,12 +231,27 @@ def model_cost(stack: Stack, x: torch.Tensor, device: torch.device, batch_size: 
             "memory_kind": "cuda_allocated" if device.type == "cuda" else "process_rss"}
 
 
+def keep_the_better(stack: Stack, data: TaskData, device: torch.device, config: Config) -> dict:
+    """Choose the final predictor (`choose_predictor`) on val; the stack drops a PGM that is not
+    chosen. Returns the choice."""
+    if stack.head is None:
+        return {"final": "unary", "use_pgm": config.evaluation.use_pgm}
+    val_unaries, _ = predict(stack.to(device), data.splits["val"]["x"], device, config.training.batch_size)
+    choice = choose_predictor(stack.head, data, val_unaries, config.evaluation.use_pgm)
+    if choice["final"] == "unary":
+        log.info("predicting with the network alone, without the %s", stack.head.type)
+        stack.head = None
+    return choice
+
+
 def window_predictor(config: Config, ckpt: Path, pgm_path: Optional[Path] = None):
     """`X [n, T, H, W, C]` (processed windows) -> predicted `labels` and top-label `confidence`
-    (or `values` for regression), through the checkpoint's PGM when it has one; for pictures."""
+    (or `values` for regression), by the final predictor evaluate.py reports (the checkpoint's
+    PGM when it has one that beats the unaries on val); for pictures."""
     _, data, stack = load_evaluated(config, ckpt, pgm_path)
     device = resolve_device(config.device)
     stack.to(device)
+    keep_the_better(stack, data, device, config)
 
     def predict_windows(x: np.ndarray) -> dict:
         unaries, _ = predict(stack, torch.from_numpy(x), device, config.training.batch_size)
