@@ -50,6 +50,18 @@ def threads_to_use(setting: Optional[int]) -> tuple[int, str]:
     return limits[why], why
 
 
+def shared_cores_hint(threads: int, load: Optional[float] = None) -> Optional[str]:
+    """A warning when other jobs keep the cores busy: several torch threads then wait on each other
+    (an epoch 3.8x slower beside one busy process, bench/threads.py). The thread count itself never
+    follows the load: the same config gives the same numbers whatever else runs."""
+    load = os.getloadavg()[0] if load is None else load
+    others = load - 1.0  # this process is one of the load's runnable tasks
+    if threads < 2 or others < 0.5 or others + threads <= (os.cpu_count() or 1):
+        return None
+    return (f"other jobs keep about {others:.1f} of the {os.cpu_count()} cores busy (load average {load:.1f}): "
+            f"{threads} threads will wait on them; set threads: 1 in the config if an epoch is slow")
+
+
 def memory_bytes() -> int:
     """Physical memory, or the cgroup's memory limit when that is lower (a container, a batch job)."""
     total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -136,6 +136,9 @@ class Trainer:
         if self.device.type == "cpu" and machine.chosen_threads:
             log.info("training on the CPU with %d threads (%s; set threads in the config to change it)",
                      *machine.chosen_threads)
+            hint = machine.shared_cores_hint(machine.chosen_threads[0])
+            if hint:
+                log.warning(hint)
         if resume is not None:
             self._restore(resume["train_state"])
             log.info("resumed after epoch %d of %d", self.epoch, self.schedule.epochs)

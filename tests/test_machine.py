@@ -25,6 +25,17 @@ def test_threads_follow_affinity_omp_and_the_config(monkeypatch):
         assert machine.threads_to_use(None) == (1, "OMP_NUM_THREADS")
 
 
+def test_busy_cores_are_named_but_never_change_the_thread_count(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert machine.shared_cores_hint(2, load=1.2) is None  # this process alone
+    assert machine.shared_cores_hint(2, load=2.1) == (
+        "other jobs keep about 1.1 of the 2 cores busy (load average 2.1): 2 threads will wait on them; "
+        "set threads: 1 in the config if an epoch is slow")
+    assert machine.shared_cores_hint(1, load=4.0) is None
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert machine.shared_cores_hint(2, load=3.0) is None  # cores to spare
+
+
 def test_a_run_pinned_to_one_core_trains_with_one_thread(tmp_path):
     config = tiny_config(tmp_path, {"training": {"epochs": 1}})
     ok("tools/preprocess.py", "--config", config)
