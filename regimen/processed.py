@@ -61,10 +61,7 @@ def data_identity(meta: dict) -> dict:
 
 def load_checked_meta(config: Config) -> dict:
     """The processed data's meta.json, checked against the config that asks for it."""
-    folder = runs.processed_dir(config.data.root, runs.dataset_name(config))
-    if not runs.meta_path(folder).is_file():
-        raise UserError(f"{runs.meta_path(folder)} not found: this config's data ({_described(config)}) has not "
-                        f"been preprocessed; run tools/preprocess.py with this config first{_others(folder)}")
+    folder = processed_folder(config)
     meta = load_meta(folder)
     made = {"task": meta["task"], "T_window": meta["T_window"], "stride": meta["stride"],
             "static_features": meta["static_features"]}
@@ -75,6 +72,16 @@ def load_checked_meta(config: Config) -> dict:
             raise UserError(f"data.{key} = {asked[key]!r} but {folder} was made with {value!r}; "
                             "run tools/preprocess.py again with this config")
     return meta
+
+
+def processed_folder(config: Config) -> Path:
+    """Phase 0's folder for the configured data; a UserError when phase 0 has not made it, naming
+    what phase 0 did make (another config's data) instead."""
+    folder = runs.processed_dir(config.data.root, runs.dataset_name(config))
+    if not runs.meta_path(folder).is_file():
+        raise UserError(f"{runs.meta_path(folder)} not found: this config's data ({_described(config)}) has not "
+                        f"been preprocessed; run tools/preprocess.py with this config first{_others(folder)}")
+    return folder
 
 
 def _described(config: Config) -> str:

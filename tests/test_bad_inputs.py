@@ -151,6 +151,8 @@ class Case:
 
 
 S = "--set"
+NOT_PREPROCESSED = ("meta.json not found: this config's data (data.dataset: storms) has not been preprocessed; "
+                    "run tools/preprocess.py with this config first")
 CASES = {
     # ---- tools/preprocess.py: config values, --set syntax, YAML, npz contents, output paths
     "preprocess negative seed": Case("tools/preprocess.py", lambda w, t: [S, "seed=-1"],
@@ -212,7 +214,7 @@ CASES = {
     "visualize out is a file": Case("tools/visualize.py", lambda w, t: ["--out", str(blocker(t))],
                                     "blocker.txt: is a file; expected a folder"),
     "visualize before preprocess": Case("tools/visualize.py", lambda w, t: [S, f"data.root={t}"],
-                                        "meta.json not found; run tools/preprocess.py first"),
+                                        NOT_PREPROCESSED),
     "visualize damaged meta.json": Case("tools/visualize.py", damaged_data("meta.json"),
                                         "meta.json: damaged ("),
     "visualize damaged split": Case("tools/visualize.py", damaged_data("train.npz"),
@@ -259,7 +261,7 @@ CASES = {
     "phase 1 damaged val split": Case("train_convlstm.py", lambda w, t: [
         *damaged_data("val.npz")(w, t), "--save", str(t / "run")], "val.npz: damaged (its sha256 differs"),
     "phase 1 data not processed": Case("train_convlstm.py", lambda w, t: [
-        S, f"data.root={t}", "--save", str(t / "run")], "meta.json not found; run tools/preprocess.py first"),
+        S, f"data.root={t}", "--save", str(t / "run")], NOT_PREPROCESSED),
     "phase 1 window differs from the data": Case("train_convlstm.py", lambda w, t: [
         S, "data.T_window=3", "--save", str(t / "run")], "data.T_window = 3 but"),
     "phase 1 absent device": Case("train_convlstm.py", lambda w, t: [S, "device=cuda:7", "--save", str(t / "run")],
@@ -342,7 +344,7 @@ CASES = {
         "best.pt: damaged or not a regimen checkpoint"),
     "evaluate without processed data": Case("evaluate.py", lambda w, t: [
         "--ckpt", str(w.joint / "best.pt"), S, f"data.root={t}", "--out", str(t / "e")],
-        "meta.json not found; run tools/preprocess.py first"),
+        NOT_PREPROCESSED),
     "evaluate zero bins": Case("evaluate.py", lambda w, t: ["--ckpt", str(w.joint / "best.pt"), S,
                                                            "evaluation.bins=0"], "evaluation.bins = 0: must be > 0"),
     "evaluate folder in use": Case("evaluate.py", lambda w, t: [

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_script, snapshot
+from conftest import ok, run_script, snapshot
 from regimen import folders
 
 
@@ -111,6 +111,13 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, write_config, 
 def test_visualize_before_preprocess_and_bad_count(write_config):
     config = write_config()
     done = run_script("tools/visualize.py", "--config", str(config))
-    assert done.returncode == 2 and "meta.json not found; run tools/preprocess.py first" in done.stderr
+    assert done.returncode == 2 and ("meta.json not found: this config's data (data.dataset: storms) has not been "
+                                     "preprocessed; run tools/preprocess.py with this config first\n") in done.stderr
+    ok("tools/preprocess.py", "--config", str(config), "--set", "data.dataset=regimes", "--set", "data.task=tagging")
+    done = run_script("tools/visualize.py", "--config", str(config))
+    processed = config.parent / "data" / "processed"
+    assert done.returncode == 2 and (f"run tools/preprocess.py with this config first. {processed} holds regimes "
+                                     "(data.dataset: regimes): give every phase the config (--config, the same "
+                                     "--set) that tools/preprocess.py was given") in done.stderr
     done = run_script("tools/visualize.py", "--config", str(config), "--count", "0")
     assert done.returncode == 2 and "--count 0: must be >= 1" in done.stderr

@@ -19,6 +19,7 @@ from regimen import cli, folders, runs
 from regimen.config_file import load_config
 from regimen.evaluation import window_predictor
 from regimen.plots import visualize_split
+from regimen.processed import processed_folder
 
 log = logging.getLogger("visualize")
 
@@ -36,7 +37,7 @@ def main(argv=None) -> None:
     config = load_config(args.config, args.overrides)
     cli.apply_machine(config)
     folders.claim(folders.check_output(args.out, runs.PICTURES, "--out"), "--out")
-    folder = runs.processed_dir(config.data.root, runs.dataset_name(config))
+    folder = processed_folder(config)
     predict = window_predictor(config, args.ckpt) if args.ckpt else None
     written = visualize_split(folder, args.split, args.count, args.out, predict)
     log.info("wrote %s", " and ".join(map(str, written)))
