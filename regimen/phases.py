@@ -271,9 +271,11 @@ def _learned(head: PGMHead) -> dict:
         crf = head.model
         return {"spatial_weight": float(crf.spatial_weight), "temporal_weight": float(crf.temporal_weight),
                 "compatibility": crf.compatibility_matrix().tolist()}
+    scale = float(head.emission_scale)  # the network's weight against the transitions
     if head.type == "hmm":
-        return {"transitions": head.model.log_trans.exp().tolist(), "prior": head.log_prior.exp().tolist()}
-    return {"transitions": head.model.transitions.tolist()}
+        return {"transitions": head.model.log_trans.exp().tolist(), "prior": head.log_prior.exp().tolist(),
+                "emission_scale": scale}
+    return {"transitions": head.model.transitions.tolist(), "emission_scale": scale}
 
 
 def _resumable(path: Path, kinds: tuple[str, ...], payload: Optional[dict] = None) -> dict:
