@@ -3,6 +3,7 @@
     python evolve.py --config config.yaml --out runs/evo_search --parallel 8
     python evolve.py --out runs/evo_search --resume                      # after a crash or a kill
     python evolve.py --out runs/evo_search --scheduler tcp://host:8786   # trials on a Dask cluster
+    python evolve.py --out runs/evo_search --export-optuna runs/evo_search/optuna.log   # then optuna-dashboard it
     python evolve.py --strategy cmaes --ckpt runs/joint/best.pt --out runs/cmaes
 
 GA (default): genomes from evolutionary.search_space, decoded to full configs
@@ -17,7 +18,9 @@ crashes, hangs past evolutionary.trial_timeout_s or yields NaN gets the worst
 fitness and its reason in trials.csv. Writes state.json after every generation
 (--resume continues it exactly), logbook.csv, trials.csv, hall_of_fame.json,
 pareto.json (multi-objective), fitness.png and best/ (the winner's config,
-ckpt.pt, pgm_params.pkl, metrics.json).
+ckpt.pt, pgm_params.pkl, metrics.json). --export-optuna PATH also writes the
+trials as an Optuna study (a journal file, pip install -r requirements-optuna.txt)
+for optuna-dashboard.
 
 CMA-ES (--strategy cmaes): pycma over the flattened weights of
 evolutionary.cmaes.groups of --ckpt, on evolutionary.cmaes.objective, every
@@ -46,6 +49,8 @@ def main(argv=None) -> None:
     parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
                         help="Dask scheduler address (default: evolutionary.scheduler; none: local slots)")
     parser.add_argument("--ckpt", type=cli.path_arg, metavar="PATH", help="cmaes: the checkpoint to fine-tune")
+    parser.add_argument("--export-optuna", type=cli.path_arg, metavar="PATH",
+                        help="at the end, write the trials into this new Optuna journal (optuna-dashboard PATH)")
     args = parser.parse_args(argv)
     cli.setup_logging()
     config = load_config(args.config, args.overrides)
@@ -61,10 +66,14 @@ def main(argv=None) -> None:
         return
     from regimen.evolution import evolve
 
-    result = evolve(config, args.out, args.parallel, args.resume, args.overwrite, args.scheduler)
+    result = evolve(config, args.out, args.parallel, args.resume, args.overwrite, args.scheduler,
+                    args.export_optuna)
     log.info("best: %s -> %s (%d trials, %d failed); best/ is %s", result["best"]["values"],
              result["best"]["objectives"], result["trials"], result["failures"], result["best_folder"])
     log.info(against_base(result))
+    if "optuna_journal" in result:
+        log.info("%d trials written to the Optuna journal %s; look at them with: optuna-dashboard %s",
+                 result["optuna_trials"], result["optuna_journal"], result["optuna_journal"])
 
 
 def against_base(result: dict) -> str:

@@ -32,6 +32,7 @@ from regimen.config import MAX_OBJECTIVES, Config, digest, dump_config, to_dict
 from regimen.config_file import load_config
 from regimen.errors import UserError
 from regimen.genome import Gene, crossover, genes_of, incumbent, mutate
+from regimen.optuna_export import check_export_path, export_optuna
 from regimen.plots import plot_pareto
 from regimen.scheduling import TrialScheduler, slot_environment, trial_mapper
 from regimen.search_state import WORST, SearchRecords
@@ -280,8 +281,9 @@ def search_hash(config: Config) -> str:
 
 
 def evolve(config: Config, out: Path, parallel: int, resume: bool, overwrite: bool,
-           scheduler: Optional[str] = None) -> dict:
-    """Run (or resume) the search; returns a summary."""
+           scheduler: Optional[str] = None, optuna_journal: Optional[Path] = None) -> dict:
+    """Run (or resume) the search; returns a summary. `optuna_journal`: also write the trials
+    into this new Optuna journal file at the end."""
     if parallel < 1:
         raise UserError(f"--parallel {parallel}: must be >= 1 (the number of trials run at once)")
     if not config.evolutionary.enabled:
@@ -292,6 +294,8 @@ def evolve(config: Config, out: Path, parallel: int, resume: bool, overwrite: bo
     scheduler = scheduler or config.evolutionary.scheduler
     if scheduler:
         require_dask()
+    if optuna_journal is not None:
+        check_export_path(optuna_journal)
     state = load_state(search, config) if resume else None
     folders.claim(search.root, "--out")
     if not resume:
@@ -303,7 +307,11 @@ def evolve(config: Config, out: Path, parallel: int, resume: bool, overwrite: bo
             search_state.restore(evolution, state)
             log.info("resuming after generation %d of %d", evolution.generation - 1,
                      config.evolutionary.generations)
-        return evolution.run()
+        summary = evolution.run()
+    if optuna_journal is not None:
+        summary["optuna_trials"] = export_optuna(config, search, optuna_journal)
+        summary["optuna_journal"] = str(optuna_journal)
+    return summary
 
 
 def load_state(search: runs.SearchFolder, config: Config) -> Optional[dict]:

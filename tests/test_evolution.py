@@ -299,3 +299,56 @@ def test_the_first_individual_is_the_base_configs_own():
     decoded, values, repairs = decode(genes_of(config), genome, config)
     assert values == {"model.convlstm.num_layers": 2, "model.convlstm.kernel_size": 5, "training.lr": 2e-3,
                       "model.pgm.pairwise_weight": 0.7} and repairs == []
+
+
+def test_a_search_exports_its_trials_to_an_optuna_journal(tmp_path, stand_in_phases):
+    optuna = pytest.importorskip("optuna", reason="Optuna is optional: pip install -r requirements-optuna.txt")
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import TrialState
+
+    path = search_config(tmp_path, {"evolutionary": {
+        "population_size": 4, "generations": 3, "low_fidelity": {"generations": 1},
+        "search_space": {"training.lr": {"choice": [0.001, 0.002, 0.006]},  # 0.002: the stand-in fails
+                         "model.pgm.pairwise_weight": {"type": "float", "low": 0.1, "high": 2.0}}}})
+    out, journal = tmp_path / "search", tmp_path / "optuna.log"
+    summary = evolve(load_config(path), out, parallel=2, resume=False, overwrite=False, optuna_journal=journal)
+    study = optuna.load_study(study_name="regimen search", storage=JournalStorage(JournalFileBackend(str(journal))))
+    table = rows(out / "trials.csv")
+    by_genome = {}
+    for row in table:
+        by_genome.setdefault(row["values"], {})[row["fidelity"]] = row
+    assert len(study.trials) == len(by_genome) == summary["optuna_trials"]
+    states = set()
+    for trial, (values, fidelities) in zip(study.trials, by_genome.items()):
+        assert trial.params == json.loads(values)
+        full, low = fidelities.get("full"), fidelities.get("low")
+        states.add(trial.state)
+        if full is not None and full["status"] == "ok":
+            assert trial.state == TrialState.COMPLETE and trial.values == [float(full["objective_metric"])]
+        elif full is None and low["status"] == "ok":
+            assert trial.state == TrialState.PRUNED
+        else:
+            assert trial.state == TrialState.FAIL and "exited 1: injected failure" in trial.user_attrs["reason"]
+        if low is not None and low["status"] == "ok":  # the low-fidelity score at the epochs it trained
+            assert trial.intermediate_values == {1: float(low["objective_metric"])}
+    assert TrialState.COMPLETE in states and TrialState.FAIL in states
+    assert study.best_trial.values[0] == max(float(r["objective_metric"]) for r in table
+                                             if r["fidelity"] == "full" and r["status"] == "ok")
+    with pytest.raises(UserError, match="optuna.log: already exists; name a new file"):
+        evolve(load_config(path), out, parallel=1, resume=True, overwrite=False, optuna_journal=journal)
+    again = evolve(load_config(path), out, parallel=1, resume=True, overwrite=False,  # a finished search
+                   optuna_journal=tmp_path / "again.log")
+    assert again["optuna_trials"] == summary["optuna_trials"] and rows(out / "trials.csv") == table
+
+
+def test_the_optuna_export_is_checked_before_the_search(tmp_path, monkeypatch):
+    from regimen import optuna_export
+    (tmp_path / "taken.log").write_text("")
+    with pytest.raises(UserError, match="taken.log: already exists; name a new file"):
+        optuna_export.check_export_path(tmp_path / "taken.log")
+    with pytest.raises(UserError, match="nowhere is not a writable folder"):
+        optuna_export.check_export_path(tmp_path / "nowhere" / "optuna.log")
+    monkeypatch.setattr(optuna_export.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError, match="--export-optuna needs Optuna: pip install -r requirements-optuna.txt"):
+        optuna_export.check_export_path(tmp_path / "new.log")
