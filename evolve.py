@@ -9,7 +9,7 @@
 GA (default): genomes from evolutionary.search_space, decoded to full configs
 (inconsistent ones repaired); each trial runs train_convlstm.py, fit_pgm.py
 (and train_joint.py with evolutionary.trial_joint), then evaluate.py --split val
-as subprocesses in <out>/trials/g<gen>/i<idx>/, and its fitness is the validation
+in one subprocess in <out>/trials/g<gen>/i<idx>/, and its fitness is the validation
 objective(s). A genome never trains twice at the same fidelity. Tournament
 selection with elitism (NSGA-II for two or more objectives), islands with ring
 migration, low-fidelity first generations, stagnation handling. --parallel N

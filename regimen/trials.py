@@ -3,9 +3,10 @@
 `run_trial(spec)` is what the local slots and the Dask workers execute. It
 writes the trial's config (`trial.yaml`), runs `train_convlstm.py`, `fit_pgm.py`
 (when the task has a PGM), optionally `train_joint.py`, then `evaluate.py
---split val` as subprocesses (argument lists, no shell), each in its own
-process group with the time left of the trial's timeout, and reads the
-objectives from the trial's `metrics.json`. It never raises for the trial's
+--split val`, one after the other in one subprocess (`regimen.trial_process`:
+the scripts run as from the shell, with argument lists, no shell, but Python
+and torch start once), in its own process group with the trial's timeout, and
+reads the objectives from the trial's `metrics.json`. It never raises for the trial's
 sake: a crash, a timeout or a NaN becomes a result with a `status` and a
 `reason`, and the search goes on. The finished result is also written to the
 folder's `result.json`, so a resumed search reuses it instead of training
@@ -117,24 +118,27 @@ def _attempt(spec: TrialSpec, trial: runs.TrialFolder) -> dict:
     trial.root.mkdir(parents=True)
     trial.config.write_text(spec.config_yaml)
     env = {**os.environ, **spec.env}
-    deadline = time.monotonic() + spec.timeout_s
+    phases = [(phase, str(trial.log(phase)), command[1:])
+              for phase, command in trial_commands(trial.root, spec.has_pgm, spec.joint)]
     launched = time.time()
-    for phase, command in trial_commands(trial.root, spec.has_pgm, spec.joint):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return _failed("timeout", f"{phase}: no time left of {spec.timeout_s:g} s")
-        with open(trial.log(phase), "w") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                       start_new_session=True, preexec_fn=_die_with_parent)
-            try:
-                code = process.wait(timeout=left)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-                return _failed("timeout", f"{phase}: still running after the trial's {spec.timeout_s:g} s")
-        if code != 0:
-            return _phase_failed(phase, code, trial.log(phase))
+    process = subprocess.Popen([sys.executable, "-m", "regimen.trial_process", json.dumps(phases)],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=env, start_new_session=True, preexec_fn=_die_with_parent)
+    try:
+        code = process.wait(timeout=spec.timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        return _failed("timeout", f"{_last_phase(phases)}: still running after the trial's {spec.timeout_s:g} s")
+    if code != 0:
+        phase = _last_phase(phases)
+        return _phase_failed(phase, code, trial.log(phase))
     return _read_objectives(spec, trial, launched)
+
+
+def _last_phase(phases: list[tuple[str, str, list[str]]]) -> str:
+    """The phase the trial process was in: the last whose log it opened."""
+    return [phase for phase, log, _ in phases if Path(log).exists()][-1]
 
 
 def _phase_failed(phase: str, code: int, log: Path) -> dict:
