@@ -344,11 +344,13 @@ def test_a_search_exports_its_trials_to_an_optuna_journal(tmp_path, stand_in_pha
 
 def test_the_optuna_export_is_checked_before_the_search(tmp_path, monkeypatch):
     from regimen import optuna_export
+    monkeypatch.setattr(optuna_export.importlib.util, "find_spec", lambda name: None)  # Optuna absent
+    with pytest.raises(UserError, match="--export-optuna needs Optuna: pip install -r requirements-optuna.txt"):
+        optuna_export.check_export_path(tmp_path / "new.log")
+    monkeypatch.setattr(optuna_export.importlib.util, "find_spec", lambda name: object())  # installed
     (tmp_path / "taken.log").write_text("")
     with pytest.raises(UserError, match="taken.log: already exists; name a new file"):
         optuna_export.check_export_path(tmp_path / "taken.log")
     with pytest.raises(UserError, match="nowhere is not a writable folder"):
         optuna_export.check_export_path(tmp_path / "nowhere" / "optuna.log")
-    monkeypatch.setattr(optuna_export.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(UserError, match="--export-optuna needs Optuna: pip install -r requirements-optuna.txt"):
-        optuna_export.check_export_path(tmp_path / "new.log")
+    optuna_export.check_export_path(tmp_path / "new.log")
