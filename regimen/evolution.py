@@ -77,10 +77,12 @@ class Search:
         mapper: `map(function, specs)` that runs trials (local slots or a Dask client) and yields
             their results in order.
         slot_env: `i -> environment` of parallel slot i (devices, threads).
+        slots: the number of local slots, to measure how busy they are (None on a cluster).
     """
 
-    def __init__(self, config: Config, out: Path, mapper: Callable, slot_env: Callable[[int], dict]):
-        self.config, self.evo = config, config.evolutionary
+    def __init__(self, config: Config, out: Path, mapper: Callable, slot_env: Callable[[int], dict],
+                 slots: Optional[int] = None):
+        self.config, self.evo, self.slots = config, config.evolutionary, slots
         self.folder = runs.SearchFolder(out)
         self.genes: list[Gene] = genes_of(config)
         self.objectives = list(self.evo.objectives)
@@ -125,11 +127,11 @@ class Search:
 
     def _generation(self, generation: int) -> None:
         """Evaluate, select survivors, keep the hall of fame, migrate, record and save the state."""
-        started = time.perf_counter()
+        started, began = time.perf_counter(), time.time()
         fidelity = self.trials.fidelity(generation)
         if fidelity == "full" and generation == self.evo.low_fidelity.generations and generation > 0:
             self._promote()
-        failures, evaluated = self._evaluate(generation, fidelity)
+        failures, evaluated, trial_seconds = self._evaluate(generation, fidelity, began)
         if self.multi_objective:  # NSGA-II keeps the best n of parents and offspring
             self.islands = [self.toolbox.select(island, self.evo.population_size) for island in self.islands]
         event = ""
@@ -142,8 +144,11 @@ class Search:
             tools.migRing(self.islands, self.evo.migrants, tools.selBest)
             event = (event + "; " if event else "") + f"migration of {self.evo.migrants}"
         seconds = round(time.perf_counter() - started, 3)
+        # The share of the slots' time spent in trials (local slots only: a cluster's size is its own).
+        busy = None if not self.slots or seconds <= 0 else round(min(1.0, trial_seconds / (self.slots * seconds)), 3)
         for i, island in enumerate(self.islands):
-            self.records.record_generation(generation, i, island, fidelity, failures[i], evaluated[i], seconds, event)
+            self.records.record_generation(generation, i, island, fidelity, failures[i], evaluated[i], seconds, event,
+                                           busy)
         self.generation = generation + 1
         self._save_state()
         best = self.records.natural(self._best(), 0)
@@ -151,10 +156,13 @@ class Search:
                  self.objectives[0], "n/a" if best is None else f"{best:.4f}", sum(failures), seconds,
                  f" [{event}]" if event else "")
 
-    def _evaluate(self, generation: int, fidelity: str) -> tuple[list[int], list[int]]:
-        """Fitness for every individual without one; failures and evaluations per island."""
+    def _evaluate(self, generation: int, fidelity: str, began: float) -> tuple[list[int], list[int], float]:
+        """Fitness for every individual without one; failures and evaluations per island, and the
+        seconds of the trials that ran since `began` (not those a resume read back)."""
         pending = [(i, ind) for i, island in enumerate(self.islands) for ind in island if not ind.fitness.valid]
         results, added = self.trials.run(generation, [list(ind) for _, ind in pending], fidelity)
+        trial_seconds = sum(result.get("seconds") or 0.0 for _, _, result in added
+                            if (result.get("started_unix") or 0) >= began)
         for index, record, result in added:
             self.records.log_trial(generation, index, record, result)
         failures, evaluated = [0] * len(self.islands), [0] * len(self.islands)
@@ -163,7 +171,7 @@ class Search:
             ind.fidelity = fidelity
             failures[island] += result["status"] != "ok"
             evaluated[island] += 1
-        return failures, evaluated
+        return failures, evaluated, trial_seconds
 
     def _breed(self) -> None:
         """The next generation of each island: elites, then selection, crossover and mutation, and
@@ -302,7 +310,8 @@ def evolve(config: Config, out: Path, parallel: int, resume: bool, overwrite: bo
         folders.clear(search.root, runs.SEARCH)
     files.atomic_write_text(search.config, dump_config(config))
     with trial_mapper(parallel, scheduler) as mapper:
-        evolution = Search(config, search.root, mapper, slot_environment(parallel, config, scheduler))
+        evolution = Search(config, search.root, mapper, slot_environment(parallel, config, scheduler),
+                           None if scheduler else parallel)
         if state is not None:
             search_state.restore(evolution, state)
             log.info("resuming after generation %d of %d", evolution.generation - 1,

@@ -56,14 +56,14 @@ class SearchRecords:
             "key": record.key})
 
     def record_generation(self, generation: int, island: int, population: list, fidelity: str, failures: int,
-                          evaluated: int, seconds: float, event: str) -> None:
+                          evaluated: int, seconds: float, event: str, slot_busy: Optional[float] = None) -> None:
         values = [self.natural(ind.fitness.values[0], 0) for ind in population]
         values = [v for v in values if v is not None]
         self.logbook.record(generation=generation, island=island, fidelity=fidelity,
                             min=min(values) if values else None, mean=float(np.mean(values)) if values else None,
                             max=max(values) if values else None,
                             diversity=round(diversity(self.genes, population), 6), failures=failures,
-                            evaluated=evaluated, seconds=seconds, event=event)
+                            evaluated=evaluated, seconds=seconds, slot_busy=slot_busy, event=event)
 
     def hall_entry(self, ind, key: str, cache: dict) -> dict:
         result = cache.get(key, {})

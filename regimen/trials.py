@@ -94,8 +94,8 @@ def run_trial(spec: TrialSpec) -> dict:
         attempts.append(result["reason"])
         if result["status"] in ("ok", "out_of_memory"):  # the same genome would run out again
             break
-    result.update(key=spec.key, attempts=len(attempts), seconds=round(time.time() - started, 3),
-                  reasons=attempts if result["status"] != "ok" else [])
+    result.update(key=spec.key, attempts=len(attempts), started_unix=started,
+                  seconds=round(time.time() - started, 3), reasons=attempts if result["status"] != "ok" else [])
     files.atomic_write_json(trial.result, result)
     return result
 

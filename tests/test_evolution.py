@@ -81,7 +81,7 @@ def rows(path):
 
 
 def without_seconds(table):
-    return [{k: v for k, v in row.items() if k not in ("seconds", "overhead_s")} for row in table]
+    return [{k: v for k, v in row.items() if k not in ("seconds", "overhead_s", "slot_busy")} for row in table]
 
 
 @pytest.mark.slow
@@ -101,6 +101,7 @@ def test_a_tiny_search_leaves_every_output(tmp_path):
         ("0", "0", "low"), ("0", "1", "low"), ("1", "0", "full"), ("1", "1", "full"),
         ("2", "0", "full"), ("2", "1", "full")]
     assert "migration" in logbook[-1]["event"]
+    assert all(0 < float(r["slot_busy"]) <= 1 for r in logbook)  # the two slots' share of time in trials
     table = rows(out / "trials.csv")
     assert all(r["status"] == "ok" for r in table)
     keys = [(r["key"], r["fidelity"]) for r in table]
