@@ -11,6 +11,7 @@ saved unaries and prints the val/test mIoU of the unaries and after each.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -65,7 +66,6 @@ def main() -> None:
               "--set", "threads=1", "--set", f"training.epochs={args.epochs}"]
     run("tools/preprocess.py", *common)
     run("train_convlstm.py", *common, "--save", str(args.out / "phase1"), "--overwrite")
-    import json
     rows = []
     for name, sets in VARIANTS.items():
         folder = args.out / name

@@ -140,7 +140,7 @@ def render_series(panel: SequencePanel, path: Path) -> None:
     for i in range(panel.count):
         top, bottom = axes[2 * i, 0], axes[2 * i + 1, 0]
         for c in range(panel.features.shape[-1]):
-            top.plot(time, panel.features[i, :, c], linewidth=1, label=names[c] if c < len(names) else f"{c}")
+            top.plot(time, panel.features[i, :, c], linewidth=1, label=names[c])
         top.set_ylabel(f"seq {panel.sequence_ids[i]}\nfeatures", fontsize=8)
         top.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         top.grid(alpha=0.3)

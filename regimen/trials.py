@@ -121,9 +121,10 @@ def _attempt(spec: TrialSpec, trial: runs.TrialFolder) -> dict:
     phases = [(phase, str(trial.log(phase)), command[1:])
               for phase, command in trial_commands(trial.root, spec.has_pgm, spec.joint)]
     launched = time.time()
-    process = subprocess.Popen([sys.executable, "-m", "regimen.trial_process", json.dumps(phases)],
-                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env=env, start_new_session=True, preexec_fn=_die_with_parent)
+    with open(phases[0][1], "w") as first_log:  # until the process opens it itself: its own start-up errors
+        process = subprocess.Popen([sys.executable, "-m", "regimen.trial_process", json.dumps(phases)],
+                                   stdin=subprocess.DEVNULL, stdout=first_log, stderr=subprocess.STDOUT,
+                                   env=env, start_new_session=True, preexec_fn=_die_with_parent)
     try:
         code = process.wait(timeout=spec.timeout_s)
     except subprocess.TimeoutExpired:
@@ -137,7 +138,8 @@ def _attempt(spec: TrialSpec, trial: runs.TrialFolder) -> dict:
 
 
 def _last_phase(phases: list[tuple[str, str, list[str]]]) -> str:
-    """The phase the trial process was in: the last whose log it opened."""
+    """The phase the trial process was in: the last whose log exists (the first phase's is made
+    before the process starts)."""
     return [phase for phase, log, _ in phases if Path(log).exists()][-1]
 
 

@@ -45,3 +45,12 @@ def test_the_phase_that_fails_ends_the_trial_with_its_exit_code(tmp_path):
     assert (tmp_path / "first.log").read_text() == "ran ['0']\n"
     assert (tmp_path / "second.log").read_text() == "ran ['3']\n" and not (tmp_path / "third.log").exists()
     assert trials._last_phase(phases) == "second"
+
+
+def test_a_phase_that_cannot_even_start_is_named_with_its_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(trials.SCRIPTS, "train_convlstm", str(tmp_path / "missing.py"))
+    spec = trials.TrialSpec(str(tmp_path / "trial"), "k", "seed: 1\n", has_pgm=True, joint=False,
+                            objectives=["metric"], timeout_s=60, retries=0)
+    result = trials.run_trial(spec)
+    assert result["status"] == "crashed"
+    assert result["reason"].startswith("train_convlstm exited 1: FileNotFoundError") and "missing.py" in result["reason"]
