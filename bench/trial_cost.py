@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/trial_cost"))
     args = parser.parse_args()
     if args.out.exists():
-        sys.exit(f"--out {args.out}: already exists; name a new folder (the benchmark writes its trials there)")
+        parser.error(f"--out {args.out}: already exists; name a new folder (the benchmark writes its trials there)")
     args.out.mkdir(parents=True)
     raw = dict(TINY, data=dict(TINY["data"], root=str((args.out / "data").resolve())))
     config = yaml.safe_dump(raw)
