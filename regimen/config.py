@@ -191,6 +191,12 @@ class LowFidelityConfig:
 
 
 @dataclass
+class HalvingConfig:
+    eta: int = 3  # each rung keeps the best 1/eta of the one before and trains it eta times longer
+    rungs: int = 3  # epoch budgets training.epochs / eta^(rungs-1), ..., training.epochs
+
+
+@dataclass
 class StagnationConfig:
     generations: int = 3  # generations without a better best fitness that count as stagnation
     mutation_boost: float = 2.0  # the mutation rate is multiplied by this while stagnating
@@ -217,6 +223,8 @@ class EvolutionaryConfig:
     tournament_k: int = 3
     mutation_rate: float = 0.15
     crossover_rate: float = 0.7
+    mode: str = "generational"  # generational | steady_state (a freed slot breeds the next child at once)
+    fidelity: str = "generations"  # generations (low_fidelity's first generations) | halving (in every generation)
     n_islands: int = 1
     migration_interval: int = 2
     migrants: int = 1
@@ -227,6 +235,7 @@ class EvolutionaryConfig:
     devices: Optional[list[int]] = None
     scheduler: Optional[str] = None
     low_fidelity: LowFidelityConfig = field(default_factory=LowFidelityConfig)
+    halving: HalvingConfig = field(default_factory=HalvingConfig)
     stagnation: StagnationConfig = field(default_factory=StagnationConfig)
     cmaes: CMAESConfig = field(default_factory=CMAESConfig)
     search_space: dict[str, dict] = field(default_factory=lambda: copy.deepcopy(DEFAULT_SEARCH_SPACE))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from regimen.errors import UserError
 from regimen.genome import Gene, crossover, genes_of, incumbent, mutate
 from regimen.optuna_export import check_export_path, export_optuna
 from regimen.plots import plot_pareto
-from regimen.scheduling import TrialScheduler, slot_environment, trial_mapper
+from regimen.scheduling import TrialRecord, TrialScheduler, slot_environment, trial_mapper
 from regimen.search_state import WORST, SearchRecords
 from regimen.trials import higher_is_better
 
@@ -160,18 +161,62 @@ class Search:
         """Fitness for every individual without one; failures and evaluations per island, and the
         seconds of the trials that ran since `began` (not those a resume read back)."""
         pending = [(i, ind) for i, island in enumerate(self.islands) for ind in island if not ind.fitness.valid]
-        results, added = self.trials.run(generation, [list(ind) for _, ind in pending], fidelity)
+        genomes = [list(ind) for _, ind in pending]
+        if fidelity == "full" and self.evo.fidelity == "halving":
+            results, fidelities, added = self._halving(generation, genomes)
+        else:
+            (results, added), fidelities = self.trials.run(generation, genomes, fidelity), [fidelity] * len(genomes)
         trial_seconds = sum(result.get("seconds") or 0.0 for _, _, result in added
                             if (result.get("started_unix") or 0) >= began)
         for index, record, result in added:
             self.records.log_trial(generation, index, record, result)
         failures, evaluated = [0] * len(self.islands), [0] * len(self.islands)
-        for (island, ind), result in zip(pending, results):
+        for (island, ind), result, reached in zip(pending, results, fidelities):
             ind.fitness.values = self._fitness(result)
-            ind.fidelity = fidelity
+            ind.fidelity = reached
             failures[island] += result["status"] != "ok"
             evaluated[island] += 1
         return failures, evaluated, trial_seconds
+
+    def _halving(self, generation: int, genomes: list[list]
+                 ) -> tuple[list[dict], list[str], list[tuple[int, TrialRecord, dict]]]:
+        """Successive halving over a generation's new genomes: all train for the first rung's epochs,
+        and the best 1/eta of each rung continue from their own checkpoint to the next. Returns each
+        genome's result at the last rung it reached, that rung's fidelity, and the trials added.
+        A genome already scored at full fidelity skips the rungs."""
+        full = self.trials.rungs()[-1].fidelity
+        known = [i for i, genome in enumerate(genomes) if self.trials.key(genome, full) in self.trials.cache]
+        known_results, added = self.trials.run(generation, [genomes[i] for i in known], full, known)
+        results = dict(zip(known, known_results))
+        reached = dict.fromkeys(known, full)
+        alive = [i for i in range(len(genomes)) if i not in reached]
+        for rung in self.trials.rungs():
+            if not alive:
+                break
+            rung_results, rung_added = self.trials.run(generation, [genomes[i] for i in alive], rung.fidelity,
+                                                        alive, rung)
+            added += rung_added
+            results.update(zip(alive, rung_results))
+            reached.update(dict.fromkeys(alive, rung.fidelity))
+            trained = len(alive)
+            alive = self._promoted(alive, rung_results, math.ceil(len(alive) / self.evo.halving.eta))
+            if rung.fidelity != full:
+                log.info("%s (%d of %d epochs): %d trained, %d continue", rung.fidelity, rung.epochs,
+                         self.config.training.epochs, trained, len(alive))
+        order = range(len(genomes))
+        return [results[i] for i in order], [reached[i] for i in order], added
+
+    def _promoted(self, indices: list[int], results: list[dict], k: int) -> list[int]:
+        """The best k of a rung's finished trials (non-dominated sorting and crowding distance with
+        several objectives, as NSGA-II), in their original order."""
+        scored = []
+        for index, result in zip(indices, results):
+            if result["status"] == "ok":
+                ind = self.individual([index])
+                ind.fitness.values = self._fitness(result)
+                scored.append(ind)
+        best = tools.selNSGA2(scored, k) if self.multi_objective else tools.selBest(scored, k)
+        return sorted(ind[0] for ind in best)
 
     def _breed(self) -> None:
         """The next generation of each island: elites, then selection, crossover and mutation, and

@@ -36,8 +36,10 @@ DEFAULT_JOINT_FOLDER = Path("runs/joint")
 # --------------------------------------------------------------------------- phase 1
 
 
-def pretrain(config: Config, save: Path, resume: Optional[Path], overwrite: bool) -> dict:
-    """Train the ConvLSTM on the unary loss; write ckpt/best/features/metrics into `save`."""
+def pretrain(config: Config, save: Path, resume: Optional[Path], overwrite: bool,
+             until_epoch: Optional[int] = None) -> dict:
+    """Train the ConvLSTM on the unary loss; write ckpt/best/features/metrics into `save`.
+    `until_epoch`: pause after that epoch of `training.epochs` (successive halving's rungs)."""
     started = time.time()
     payload = None
     if resume is not None:
@@ -47,6 +49,8 @@ def pretrain(config: Config, save: Path, resume: Optional[Path], overwrite: bool
     else:
         run = runs.RunFolder(Path(save))
     fresh = payload is None
+    if until_epoch is not None and not 1 <= until_epoch <= config.training.epochs:
+        raise UserError(f"--until-epoch {until_epoch}: expected 1 to training.epochs ({config.training.epochs})")
     _check_run_folder(run, "--save", fresh and resume is None, overwrite)
     data = load_task_data(config)
     device = resolve_device(config.device)
@@ -67,7 +71,7 @@ def pretrain(config: Config, save: Path, resume: Optional[Path], overwrite: bool
     trainer = Trainer(stack, data, Schedule.pretraining(config), loss_fn,
                       lambda s: _split_metrics(s, data, "val", device, config), run,
                       _info("convlstm", data, config), config.seed, device, config.data.augmentations)
-    summary = trainer.fit(payload)
+    summary = trainer.fit(payload, until_epoch)
 
     best = stack_from_checkpoint(files.load_checkpoint(run.best, run.best.name, ("convlstm",)), str(run.best),
                                  config.training.mixed_precision).to(device)

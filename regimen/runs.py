@@ -184,8 +184,12 @@ class TrialFolder:
         self.run = RunFolder(self.root)
         self.joint = RunFolder(self.root / "joint")
 
-    def log(self, phase: str) -> Path:
-        return self.root / f"{phase}.log"
+    def result_of(self, stage: str = "") -> Path:
+        """The result of the trial, or of one of its successive-halving rungs (`stage`: rung0, ...)."""
+        return self.root / f"result.{stage}.json" if stage else self.result
+
+    def log(self, phase: str, stage: str = "") -> Path:
+        return self.root / (f"{phase}.{stage}.log" if stage else f"{phase}.log")
 
     @property
     def final(self) -> RunFolder:

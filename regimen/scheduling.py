@@ -37,6 +37,18 @@ class TrialRecord:
     fidelity: str
     values: dict
     repairs: list[str]
+    epochs: Optional[int] = None  # phase 1's epoch budget
+
+
+@dataclass
+class Rung:
+    """One rung of successive halving: its epochs of `training.epochs`, its fidelity (rung0,
+    rung1, ..., full for the last) and the fidelity of the rung before, whose trial folders it
+    continues (None for the first)."""
+
+    epochs: int
+    fidelity: str
+    previous: Optional[str]
 
 
 log = logging.getLogger(__name__)
@@ -62,6 +74,14 @@ class TrialScheduler:
     def fidelity(self, generation: int) -> str:
         return "low" if generation < self.evo.low_fidelity.generations else "full"
 
+    def rungs(self) -> list[Rung]:
+        """Successive halving's rungs: epochs training.epochs / eta^(rungs-1), ..., training.epochs
+        (rounded, at least 1, each budget once)."""
+        halving, epochs = self.evo.halving, self.config.training.epochs
+        budgets = sorted({max(1, round(epochs / halving.eta ** (halving.rungs - 1 - r))) for r in range(halving.rungs)})
+        names = [f"rung{r}" for r in range(len(budgets) - 1)] + ["full"]
+        return [Rung(e, name, names[r - 1] if r else None) for r, (e, name) in enumerate(zip(budgets, names))]
+
     def values(self, genome: list) -> dict:
         """The config values a genome sets."""
         return {gene.key: gene.decode(value) for gene, value in zip(self.genes, genome)}
@@ -70,14 +90,16 @@ class TrialScheduler:
         """The trial cache's key: the genome's config values and the fidelity."""
         return digest({"values": self.values(genome), "fidelity": fidelity})[:16]
 
-    def run(self, generation: int, genomes: list[list], fidelity: str
-            ) -> tuple[list[dict], list[tuple[int, TrialRecord, dict]]]:
+    def run(self, generation: int, genomes: list[list], fidelity: str, indices: Optional[list[int]] = None,
+            rung: Optional[Rung] = None) -> tuple[list[dict], list[tuple[int, TrialRecord, dict]]]:
         """Each genome's result, in order, and the trials this call added (index, record, result:
-        genomes no repair makes valid, then the trials that ran), for trials.csv."""
+        genomes no repair makes valid, then the trials that ran), for trials.csv. `indices`: the
+        genomes' places in the generation, which name their trial folders (default 0, 1, ...);
+        `rung`: train only to its epochs, continuing the previous rung's folders."""
         added, work = [], {}
         keys = []
-        for index, genome in enumerate(genomes):
-            record, config = self._prepare(generation, index, genome, fidelity)
+        for index, genome in zip(indices or range(len(genomes)), genomes):
+            record, config = self._prepare(generation, index, genome, fidelity, rung)
             keys.append(record.key)
             if config is None and record.key not in self.cache:  # a genome no repair makes valid
                 self.cache[record.key] = {"status": "invalid", "reason": record.repairs[-1], "objectives": None,
@@ -87,16 +109,20 @@ class TrialScheduler:
                 work[record.key] = (index, record, config)
         for _, _, config in work.values():
             self._prepare_data(config)
-        specs = [self._spec(record, config, slot) for slot, (_, record, config) in enumerate(work.values())]
+        specs = [self._spec(record, config, slot, rung) for slot, (_, record, config) in enumerate(work.values())]
         finished = track(self.map(run_trial, specs), f"generation {generation}", "trials", total=len(specs))
         for (index, record, _), result in zip(work.values(), finished):
             self.cache[record.key] = {**result, "folder": record.folder}
             added.append((index, record, self.cache[record.key]))
         return [self.cache[key] for key in keys], added
 
-    def _prepare(self, generation: int, index: int, genome: list, fidelity: str
+    def _prepare(self, generation: int, index: int, genome: list, fidelity: str, rung: Optional[Rung]
                  ) -> tuple[TrialRecord, Optional[Config]]:
-        folder, key = str(self.folder.trial(generation, index)), self.key(genome, fidelity)
+        key = self.key(genome, fidelity)
+        if rung is not None and rung.previous is not None:  # the folder the rung before trained in
+            folder = self.cache[self.key(genome, rung.previous)]["folder"]
+        else:
+            folder = str(self.folder.trial(generation, index))
         try:
             config, values, repairs = decode(self.genes, genome, self.config)
         except UserError as error:
@@ -108,12 +134,18 @@ class TrialScheduler:
         if config.data.path:
             config.data.path = str(Path(config.data.path).resolve())
         config.evolutionary.search_space = {}  # a trial's config is a plain run
-        return TrialRecord(folder, key, fidelity, values, repairs), config
+        epochs = config.training.epochs if rung is None else rung.epochs
+        return TrialRecord(folder, key, fidelity, values, repairs, epochs), config
 
-    def _spec(self, record: TrialRecord, config: Config, slot: int) -> TrialSpec:
-        return TrialSpec(record.folder, record.key, dump_config(config), config.data.task != "regression",
+    def _spec(self, record: TrialRecord, config: Config, slot: int, rung: Optional[Rung]) -> TrialSpec:
+        spec = TrialSpec(record.folder, record.key, dump_config(config), config.data.task != "regression",
                          self.evo.trial_joint, list(self.evo.objectives), self.evo.trial_timeout_s,
                          self.evo.trial_retries, self.slot_env(slot))
+        if rung is not None:
+            last = rung.fidelity == "full"
+            spec.until_epoch, spec.stage = (None, "") if last else (rung.epochs, rung.fidelity)
+            spec.continues = rung.previous is not None
+        return spec
 
     def _lower_fidelity(self, config: Config) -> None:
         """Fewer epochs; and a built-in dataset generated on a coarser grid (an npz stays as it is)."""

@@ -47,6 +47,7 @@ class SearchRecords:
     def log_trial(self, generation: int, index: int, record: TrialRecord, result: dict) -> None:
         self.trial_rows.append({
             "generation": generation, "index": index, "folder": record.folder, "fidelity": record.fidelity,
+            "epochs": record.epochs, "epochs_trained": result.get("epochs_trained"),
             "status": result["status"], "reason": "; ".join(result.get("reasons") or [result["reason"]]),
             "attempts": result.get("attempts", 1), "seconds": result.get("seconds"),
             "overhead_s": result.get("overhead_s"),

@@ -130,8 +130,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ public
 
-    def fit(self, resume: Optional[dict] = None) -> dict:
-        """Train to the end (or early stop); returns a summary for metrics.json."""
+    def fit(self, resume: Optional[dict] = None, until_epoch: Optional[int] = None) -> dict:
+        """Train to the end (or early stop), or only up to `until_epoch` of the schedule's epochs
+        (a later resume continues where it paused, as if never paused); returns a summary for
+        metrics.json."""
         fit_started = time.time()
         if self.device.type == "cpu" and machine.chosen_threads:
             log.info("training on the CPU with %d threads (%s; set threads in the config to change it)",
@@ -144,8 +146,9 @@ class Trainer:
             log.info("resumed after epoch %d of %d", self.epoch, self.schedule.epochs)
         elif self.validate_start or self.refit:
             self._start()
-        bar = tqdm(total=self.schedule.epochs, initial=self.epoch, desc="epochs", unit="epoch", disable=None)
-        while self.epoch < self.schedule.epochs and self.since_best < self.schedule.patience:
+        first, last = self.epoch, min(self.schedule.epochs, until_epoch or self.schedule.epochs)
+        bar = tqdm(total=last, initial=self.epoch, desc="epochs", unit="epoch", disable=None)
+        while self.epoch < last and self.since_best < self.schedule.patience:
             started = time.perf_counter()
             train = self._train_epoch()
             record = {"epoch": self.epoch + 1, "lr": self.scheduler.get_last_lr()[0], "train": train}
@@ -158,11 +161,14 @@ class Trainer:
             bar.update(1)
             bar.set_postfix({self.metric: f"{record['val'][self.metric]:.4f}"})
         bar.close()
-        stopped_early = self.epoch < self.schedule.epochs
+        stopped_early = self.epoch < self.schedule.epochs and self.since_best >= self.schedule.patience
         if stopped_early:
             log.info("early stop after epoch %d: no better val %s for %d epochs",
                      self.epoch, self.metric, self.since_best)
-        return {"epochs_run": self.epoch, "stopped_early": stopped_early,
+        elif self.epoch < self.schedule.epochs:
+            log.info("paused after epoch %d of %d (--until-epoch): --resume continues", self.epoch,
+                     self.schedule.epochs)
+        return {"epochs_run": self.epoch, "epochs_this_run": self.epoch - first, "stopped_early": stopped_early,
                 f"best_val_{self.metric}": self.best, "started_unix": fit_started}
 
     # ------------------------------------------------------------------ epochs

@@ -53,6 +53,10 @@ class TrialSpec:
         timeout_s: the whole trial's time limit.
         retries: how often a failed trial runs again.
         env: the slot's extra environment (devices, threads).
+        until_epoch: phase 1 pauses after this epoch (a successive-halving rung); None: to the end.
+        stage: the rung's name, which names its result and logs; "" for the trial's last.
+        continues: a rung after the first: phase 1 resumes from the folder's checkpoint, and the
+            folder is kept.
     """
 
     folder: str
@@ -64,18 +68,27 @@ class TrialSpec:
     timeout_s: float
     retries: int
     env: dict[str, str] = field(default_factory=dict)
+    until_epoch: Optional[int] = None
+    stage: str = ""
+    continues: bool = False
 
 
-def trial_commands(folder: Path, has_pgm: bool, joint: bool) -> list[tuple[str, list[str]]]:
-    """The (phase, command) pairs of a trial folder, in order (each attempt starts in an empty folder)."""
+def trial_commands(folder: Path, has_pgm: bool, joint: bool, until_epoch: Optional[int] = None,
+                   continues: bool = False) -> list[tuple[str, list[str]]]:
+    """The (phase, command) pairs of a trial folder, in order (each attempt starts in an empty folder,
+    unless it `continues` the folder's phase 1, to `until_epoch` or the end)."""
     trial = runs.TrialFolder(folder)
-    phases = [("train_convlstm", ["--save", str(trial.run.root)])]
+    train = ["--resume", str(trial.run.checkpoint)] if continues else []
+    train += ["--save", str(trial.run.root)]
+    if until_epoch is not None:
+        train += ["--until-epoch", str(until_epoch)]
+    phases = [("train_convlstm", train)]
     ckpt = trial.run.best
     if has_pgm:
         phases.append(("fit_pgm", ["--features", str(trial.run.features)]))
-        if joint:
-            phases.append(("train_joint", ["--resume", str(trial.run.checkpoint),
-                                           "--save", str(trial.joint.root)]))
+        if joint:  # phase 3 starts again from the continued phase 1
+            phases.append(("train_joint", ["--resume", str(trial.run.checkpoint), "--save", str(trial.joint.root),
+                                           *(["--overwrite"] if continues else [])]))
             ckpt = trial.joint.best
     phases.append(("evaluate", ["--ckpt", str(ckpt), "--split", "val", "--out", str(trial.root)]))
     return [(phase, [sys.executable, str(PROJECT / SCRIPTS[phase]), "--config", str(trial.config), *args])
@@ -85,7 +98,7 @@ def trial_commands(folder: Path, has_pgm: bool, joint: bool) -> list[tuple[str, 
 def run_trial(spec: TrialSpec) -> dict:
     """Run one trial (see the module docstring) and return its result."""
     trial = runs.TrialFolder(spec.folder)
-    done = read_result(trial, spec.key)
+    done = read_result(trial, spec.key, spec.stage)
     if done is not None:
         return done
     attempts, started = [], time.time()
@@ -96,13 +109,13 @@ def run_trial(spec: TrialSpec) -> dict:
             break
     result.update(key=spec.key, attempts=len(attempts), started_unix=started,
                   seconds=round(time.time() - started, 3), reasons=attempts if result["status"] != "ok" else [])
-    files.atomic_write_json(trial.result, result)
+    files.atomic_write_json(trial.result_of(spec.stage), result)
     return result
 
 
-def read_result(trial: runs.TrialFolder, key: str) -> Optional[dict]:
-    """A finished trial's result, when it is the same genome and fidelity."""
-    path = trial.result
+def read_result(trial: runs.TrialFolder, key: str, stage: str = "") -> Optional[dict]:
+    """A finished trial's (or rung's) result, when it is the same genome and fidelity."""
+    path = trial.result_of(stage)
     if not path.is_file():
         return None
     try:
@@ -113,13 +126,17 @@ def read_result(trial: runs.TrialFolder, key: str) -> Optional[dict]:
 
 
 def _attempt(spec: TrialSpec, trial: runs.TrialFolder) -> dict:
-    if trial.root.exists():  # a killed attempt's leftovers (this trial has no result yet)
-        shutil.rmtree(trial.root)
-    trial.root.mkdir(parents=True)
-    trial.config.write_text(spec.config_yaml)
+    if not spec.continues:
+        if trial.root.exists():  # a killed attempt's leftovers (this trial has no result yet)
+            shutil.rmtree(trial.root)
+        trial.root.mkdir(parents=True)
+        trial.config.write_text(spec.config_yaml)
     env = {**os.environ, **spec.env}
-    phases = [(phase, str(trial.log(phase)), command[1:])
-              for phase, command in trial_commands(trial.root, spec.has_pgm, spec.joint)]
+    phases = [(phase, str(trial.log(phase, spec.stage)), command[1:])
+              for phase, command in trial_commands(trial.root, spec.has_pgm, spec.joint, spec.until_epoch,
+                                                   spec.continues)]
+    for _, log, _ in phases[1:]:  # a retried rung's: the last existing log names the phase it was in
+        Path(log).unlink(missing_ok=True)
     launched = time.time()
     with open(phases[0][1], "w") as first_log:  # until the process opens it itself: its own start-up errors
         process = subprocess.Popen([sys.executable, "-m", "regimen.trial_process", json.dumps(phases)],
@@ -133,7 +150,7 @@ def _attempt(spec: TrialSpec, trial: runs.TrialFolder) -> dict:
         return _failed("timeout", f"{_last_phase(phases)}: still running after the trial's {spec.timeout_s:g} s")
     if code != 0:
         phase = _last_phase(phases)
-        return _phase_failed(phase, code, trial.log(phase))
+        return _phase_failed(phase, code, trial.log(phase, spec.stage))
     return _read_objectives(spec, trial, launched)
 
 
@@ -167,7 +184,8 @@ def _read_objectives(spec: TrialSpec, trial: runs.TrialFolder, launched: float) 
         return _failed("nan", f"objectives {dict(zip(spec.objectives, values))} are not finite")
     training = metrics.get("train_convlstm", {}).get("training", {})
     overhead = training["started_unix"] - launched if "started_unix" in training else None
-    return {"status": "ok", "reason": "", "objectives": values, "overhead_s": overhead}
+    return {"status": "ok", "reason": "", "objectives": values, "overhead_s": overhead,
+            "epochs": training.get("epochs_run"), "epochs_trained": training.get("epochs_this_run")}
 
 
 def objective_value(name: str, evaluation: dict) -> Optional[float]:

@@ -193,6 +193,12 @@ def _validate_evolutionary(check: _Checker) -> None:
                       f"item {i} {name!r} is not one of {', '.join(OBJECTIVES)}")
     check.require(evo.devices is None or (len(evo.devices) > 0 and all(d >= 0 for d in evo.devices)),
                   "evolutionary.devices", "expected null (every visible GPU) or a list of GPU indices")
+    check.one_of("evolutionary.mode", ("generational", "steady_state"))
+    check.one_of("evolutionary.fidelity", ("generations", "halving"))
+    check.require(evo.halving.eta >= 2, "evolutionary.halving.eta", "expected an integer >= 2")
+    check.require(evo.halving.rungs >= 2, "evolutionary.halving.rungs", "expected an integer >= 2")
+    check.require(evo.mode == "generational" or evo.n_islands == 1, "evolutionary.n_islands",
+                  "steady_state mode evolves one population: expected 1 (or evolutionary.mode: generational)")
     check.one_of("evolutionary.cmaes.objective", CMAES_OBJECTIVES)
     check.one_of("evolutionary.cmaes.covariance", ("auto", "full", "diagonal"))
     check.require(len(evo.cmaes.groups) > 0, "evolutionary.cmaes.groups", "expected at least one group")

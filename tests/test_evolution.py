@@ -174,6 +174,63 @@ def test_resume_after_sigkill_ends_like_an_uninterrupted_run(tmp_path, stand_in_
         [{k: v.replace(str(straight), str(killed)) for k, v in r.items()} for r in rows(straight / "trials.csv")])
 
 
+def test_successive_halving_promotes_the_best_third_from_their_checkpoints(tmp_path, stand_in_phases):
+    """9 new genomes, eta 3, 9 epochs: rungs of 1, 3 and 9 epochs; 3 continue, then 1."""
+    path = search_config(tmp_path, {"training": {"epochs": 9}, "evolutionary": {
+        "population_size": 9, "generations": 1, "fidelity": "halving", "halving": {"eta": 3, "rungs": 3},
+        "search_space": {"training.lr": {"choice": [0.001, 0.006, 0.007, 0.008, 0.009, 0.01]},
+                         "model.pgm.pairwise_weight": {"type": "float", "low": 0.1, "high": 0.3}}}})
+    out = tmp_path / "search"
+    evolve(load_config(path), out, parallel=3, resume=False, overwrite=False)
+    table = [r for r in rows(out / "trials.csv") if r["generation"] == "0"]
+    by_rung = {name: [r for r in table if r["fidelity"] == name] for name in ("rung0", "rung1", "full")}
+    assert [len(by_rung[name]) for name in by_rung] == [len({r["key"] for r in by_rung["rung0"]}), 3, 1]
+    assert {r["epochs"] for r in table} == {"1", "3", "9"} and {r["fidelity"] for r in table} == set(by_rung)
+
+    def genome(row):
+        return row["values"]
+
+    def best(rung_rows, k):
+        return sorted(rung_rows, key=lambda r: -float(r["objective_metric"]))[:k]
+
+    assert {genome(r) for r in by_rung["rung1"]} == {genome(r) for r in best(by_rung["rung0"], 3)}
+    assert [genome(r) for r in by_rung["full"]] == [genome(r) for r in best(by_rung["rung1"], 1)]
+    winner = by_rung["full"][0]
+    rungs_of_winner = [r for r in table if genome(r) == genome(winner)]
+    assert len({r["folder"] for r in rungs_of_winner}) == 1  # one folder, continued rung by rung
+    assert [r["epochs_trained"] for r in rungs_of_winner] == ["1", "2", "6"]  # only the extra epochs
+    trial = out / "trials" / "g0" / f"i{winner['index']}"
+    assert {"result.rung0.json", "result.rung1.json", "result.json", "train_convlstm.rung1.log"} <= {
+        p.name for p in trial.iterdir()}
+    hall = json.loads((out / "hall_of_fame.json").read_text())
+    full = {genome(r) for r in rows(out / "trials.csv") if r["fidelity"] == "full"}
+    assert hall and all(json.dumps(entry["values"]) in full for entry in hall)  # full budgets only
+    assert hall[0]["objectives"]["metric"] == pytest.approx(float(winner["objective_metric"]))
+
+
+def test_two_objectives_promote_rungs_by_non_dominated_sorting(tmp_path, stand_in_phases):
+    path = search_config(tmp_path, {"training": {"epochs": 4}, "evolutionary": {
+        "population_size": 8, "generations": 1, "objectives": ["metric", "latency"], "fidelity": "halving",
+        "halving": {"eta": 2, "rungs": 2},
+        "search_space": {"training.lr": {"type": "float", "low": 1e-3, "high": 1e-2},
+                         "model.pgm.pairwise_weight": {"type": "float", "low": 0.1, "high": 2.0}}}})
+    out = tmp_path / "search"
+    evolve(load_config(path), out, parallel=2, resume=False, overwrite=False)
+    table = [r for r in rows(out / "trials.csv") if r["generation"] == "0" and r["status"] == "ok"]
+    first = {r["values"]: (float(r["objective_metric"]), float(r["objective_latency"]))
+             for r in table if r["fidelity"] == "rung0"}
+    promoted = {r["values"] for r in table if r["fidelity"] == "full"}
+    assert len(promoted) == -(-len(first) // 2)
+
+    def dominated(a, b):  # a by b: metric higher is better, latency lower
+        return b[0] >= a[0] and b[1] <= a[1] and a != b
+
+    left = set(first) - promoted
+    assert not any(dominated(first[p], first[q]) for p in promoted for q in left)
+    front = {v for v in first if not any(dominated(first[v], first[w]) for w in first)}
+    assert front <= promoted or promoted <= front  # the first front goes first
+
+
 def test_faulty_trials_get_the_worst_fitness_and_a_reason(tmp_path, stand_in_phases):
     path = search_config(tmp_path, {"evolutionary": {
         "population_size": 12, "generations": 1, "trial_timeout_s": 3, "trial_retries": 1,
@@ -284,7 +341,7 @@ def test_trials_on_unchanged_data_read_the_base_configs_processed_data(tmp_path)
                                    lambda slot: {})
         genome = incumbent(scheduler.genes, config, random.Random(0))
         for fidelity, expected in (("full", tmp_path / "data"), ("low", low_root)):
-            _, trial = scheduler._prepare(0, 0, genome, fidelity)
+            _, trial = scheduler._prepare(0, 0, genome, fidelity, None)
             if expected is None:  # a coarser grid of a built-in dataset is new data, in the search's folder
                 assert trial.data.root.startswith(str(tmp_path / "search")) and trial.data.generator.height == 16
             else:  # the same arrays: no copy

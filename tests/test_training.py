@@ -65,3 +65,26 @@ def test_a_trainer_killed_mid_epoch_and_resumed_ends_with_the_same_weights(write
         assert torch.equal(value, resumed.stack.state_dict()[name]), name
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "b" / "history.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]
+
+
+def test_a_run_paused_at_rungs_and_resumed_ends_like_a_straight_run(write_config, tmp_path):
+    """train_convlstm.py --until-epoch (successive halving's rungs): each call trains only the extra
+    epochs, on the schedule of training.epochs, and the last ends with the straight run's weights."""
+    from conftest import run_script
+    config = write_config({"model": {"convlstm": {"hidden_sizes": [4, 4]}}, "training": {"epochs": 3}})
+    assert run_script("tools/preprocess.py", "--config", str(config)).returncode == 0
+    straight = run_script("train_convlstm.py", "--config", str(config), "--save", str(tmp_path / "a"))
+    assert straight.returncode == 0, straight.stderr
+    trained = []
+    for until in (["--until-epoch", "1"], ["--resume", "--until-epoch", "2"], ["--resume"]):
+        done = run_script("train_convlstm.py", "--config", str(config), "--save", str(tmp_path / "b"), *until)
+        assert done.returncode == 0, done.stderr
+        summary = json.loads((tmp_path / "b" / "metrics.json").read_text())["train_convlstm"]["training"]
+        trained.append((summary["epochs_run"], summary["epochs_this_run"]))
+    assert trained == [(1, 1), (2, 1), (3, 1)]
+    a, b = (files.load_checkpoint(tmp_path / run / "ckpt.pt", "ckpt", ("convlstm",)) for run in "ab")
+    for name, value in a["net_state"].items():
+        assert torch.equal(value, b["net_state"][name]), name
+    bad = run_script("train_convlstm.py", "--config", str(config), "--save", str(tmp_path / "c"), "--until-epoch", "4")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "error: --until-epoch 4: expected 1 to training.epochs (3)"] and not (tmp_path / "c").exists()
