@@ -5,9 +5,10 @@
 
 Each evolved genome is one Optuna trial: its parameters are the genes' values
 (the search space as Optuna distributions), its values the full-fidelity
-objectives. A genome scored at low fidelity only is a pruned trial (it stopped
-early), with the low-fidelity score as its intermediate value at the epochs it
-trained; a genome that failed is a failed trial with the reason. Optuna is an
+objectives. Its scores at low fidelity and at successive halving's rungs are its
+intermediate values, at the epochs each trained (one objective); a genome that
+never reached full fidelity is a pruned trial (it stopped early); a genome
+that failed is a failed trial with the reason. Optuna is an
 optional dependency: `pip install -r requirements-optuna.txt`.
 """
 
@@ -50,7 +51,6 @@ def export_optuna(config: Config, search: runs.SearchFolder, path: Path) -> int:
 
     genes = genes_of(config)
     objectives = list(config.evolutionary.objectives)
-    low_epochs = min(config.training.epochs, config.evolutionary.low_fidelity.max_epochs)
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{folders.TEMPORARY_MARK}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -61,7 +61,7 @@ def export_optuna(config: Config, search: runs.SearchFolder, path: Path) -> int:
             directions=["maximize" if higher_is_better(name, config.data.task) else "minimize"
                         for name in objectives])
         study.set_user_attr("objectives", objectives)
-        trials = [_trial(genome, genes, objectives, low_epochs) for genome in _genomes(search)]
+        trials = [_trial(genome, genes, objectives) for genome in _genomes(search)]
         study.add_trials(trials)
         os.replace(temporary, path)
     finally:
@@ -78,7 +78,7 @@ def _genomes(search: runs.SearchFolder) -> list[list[dict]]:
     return list(grouped.values())
 
 
-def _trial(rows: list[dict], genes: list[Gene], objectives: list[str], low_epochs: int):
+def _trial(rows: list[dict], genes: list[Gene], objectives: list[str]):
     """One genome's Optuna trial from its trials.csv rows (one per fidelity)."""
     import optuna
     from optuna.trial import TrialState
@@ -86,17 +86,17 @@ def _trial(rows: list[dict], genes: list[Gene], objectives: list[str], low_epoch
     values = json.loads(rows[0]["values"])
     params = {gene.key: _plain(values[gene.key]) for gene in genes}
     by_fidelity = {row["fidelity"]: row for row in rows}
-    full, low = by_fidelity.get("full"), by_fidelity.get("low")
     scores = {name: _objectives(row, objectives) for name, row in by_fidelity.items()}
-    intermediate = ({low_epochs: scores["low"][0]} if low is not None and scores["low"] and len(objectives) == 1
-                    else {})
+    partial = {name: score for name, score in scores.items() if name != "full" and score}
+    intermediate = ({int(by_fidelity[name]["epochs"]): score[0] for name, score in partial.items()}
+                    if len(objectives) == 1 else {})
     attrs = {"generation": int(rows[0]["generation"]), "folder": rows[0]["folder"],
              "fidelities": sorted(by_fidelity), "seconds": sum(float(r["seconds"] or 0) for r in rows)}
-    if full is not None and scores["full"]:
+    if scores.get("full"):
         state, result = TrialState.COMPLETE, scores["full"]
-    elif full is None and low is not None and scores["low"]:
+    elif "full" not in by_fidelity and partial:
         state, result = TrialState.PRUNED, None
-        attrs["low_fidelity"] = dict(zip(objectives, scores["low"]))
+        attrs["stopped_at"] = {name: dict(zip(objectives, score)) for name, score in partial.items()}
     else:
         state, result = TrialState.FAIL, None
         attrs["reason"] = "; ".join(f"{r['fidelity']}: {r['status']} {r['reason']}".strip() for r in rows)

@@ -359,14 +359,16 @@ def test_the_first_individual_is_the_base_configs_own():
                       "model.pgm.pairwise_weight": 0.7} and repairs == []
 
 
-def test_a_search_exports_its_trials_to_an_optuna_journal(tmp_path, stand_in_phases):
+@pytest.mark.parametrize("fidelity", ["generations", "halving"])
+def test_a_search_exports_its_trials_to_an_optuna_journal(tmp_path, stand_in_phases, fidelity):
     optuna = pytest.importorskip("optuna", reason="Optuna is optional: pip install -r requirements-optuna.txt")
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
     from optuna.trial import TrialState
 
-    path = search_config(tmp_path, {"evolutionary": {
-        "population_size": 4, "generations": 3, "low_fidelity": {"generations": 1},
+    path = search_config(tmp_path, {"training": {"epochs": 4}, "evolutionary": {
+        "population_size": 4, "generations": 3, "low_fidelity": {"generations": 1, "max_epochs": 1},
+        "fidelity": fidelity, "halving": {"eta": 2, "rungs": 2},
         "search_space": {"training.lr": {"choice": [0.001, 0.002, 0.006]},  # 0.002: the stand-in fails
                          "model.pgm.pairwise_weight": {"type": "float", "low": 0.1, "high": 2.0}}}})
     out, journal = tmp_path / "search", tmp_path / "optuna.log"
@@ -377,19 +379,21 @@ def test_a_search_exports_its_trials_to_an_optuna_journal(tmp_path, stand_in_pha
     for row in table:
         by_genome.setdefault(row["values"], {})[row["fidelity"]] = row
     assert len(study.trials) == len(by_genome) == summary["optuna_trials"]
+    assert ("rung0" in {r["fidelity"] for r in table}) == (fidelity == "halving")
     states = set()
     for trial, (values, fidelities) in zip(study.trials, by_genome.items()):
         assert trial.params == json.loads(values)
-        full, low = fidelities.get("full"), fidelities.get("low")
+        full = fidelities.get("full")
+        partial = {int(r["epochs"]): float(r["objective_metric"]) for name, r in fidelities.items()
+                   if name != "full" and r["status"] == "ok"}
         states.add(trial.state)
         if full is not None and full["status"] == "ok":
             assert trial.state == TrialState.COMPLETE and trial.values == [float(full["objective_metric"])]
-        elif full is None and low["status"] == "ok":
+        elif full is None and partial:
             assert trial.state == TrialState.PRUNED
         else:
             assert trial.state == TrialState.FAIL and "exited 1: injected failure" in trial.user_attrs["reason"]
-        if low is not None and low["status"] == "ok":  # the low-fidelity score at the epochs it trained
-            assert trial.intermediate_values == {1: float(low["objective_metric"])}
+        assert trial.intermediate_values == partial  # low fidelity's and the rungs' scores at their epochs
     assert TrialState.COMPLETE in states and TrialState.FAIL in states
     assert study.best_trial.values[0] == max(float(r["objective_metric"]) for r in table
                                              if r["fidelity"] == "full" and r["status"] == "ok")
