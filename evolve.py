@@ -4,6 +4,7 @@
     python evolve.py --out runs/evo_search --resume                      # after a crash or a kill
     python evolve.py --out runs/evo_search --scheduler tcp://host:8786   # trials on a Dask cluster
     python evolve.py --out runs/evo_search --export-optuna runs/evo_search/optuna.log   # then optuna-dashboard it
+    python evolve.py --set evolutionary.mode=steady_state --out runs/again --replay-arrivals runs/evo_search
     python evolve.py --strategy cmaes --ckpt runs/joint/best.pt --out runs/cmaes
 
 GA (default): genomes from evolutionary.search_space, decoded to full configs
@@ -12,7 +13,12 @@ GA (default): genomes from evolutionary.search_space, decoded to full configs
 in one subprocess in <out>/trials/g<gen>/i<idx>/, and its fitness is the validation
 objective(s). A genome never trains twice at the same fidelity. Tournament
 selection with elitism (NSGA-II for two or more objectives), islands with ring
-migration, low-fidelity first generations, stagnation handling. --parallel N
+migration, low-fidelity first generations or successive halving inside each
+generation (evolutionary.fidelity: halving: the best 1/eta of each rung
+continue from their checkpoint), stagnation handling. evolutionary.mode:
+steady_state breeds the next child as soon as a slot is free (no generations
+to wait for; arrivals.csv records the order results came in, and
+--replay-arrivals makes another search follow it exactly). --parallel N
 trials run at once, one GPU or a share of the CPU cores each; a trial that
 crashes, hangs past evolutionary.trial_timeout_s or yields NaN gets the worst
 fitness and its reason in trials.csv. Writes state.json after every generation
@@ -51,6 +57,8 @@ def main(argv=None) -> None:
     parser.add_argument("--ckpt", type=cli.path_arg, metavar="PATH", help="cmaes: the checkpoint to fine-tune")
     parser.add_argument("--export-optuna", type=cli.path_arg, metavar="PATH",
                         help="at the end, write the trials into this new Optuna journal (optuna-dashboard PATH)")
+    parser.add_argument("--replay-arrivals", type=cli.path_arg, metavar="PATH",
+                        help="steady state: take results in the order of this search's arrivals.csv (or folder)")
     args = parser.parse_args(argv)
     cli.setup_logging()
     config = load_config(args.config, args.overrides)
@@ -67,7 +75,7 @@ def main(argv=None) -> None:
     from regimen.evolution import evolve
 
     result = evolve(config, args.out, args.parallel, args.resume, args.overwrite, args.scheduler,
-                    args.export_optuna)
+                    args.export_optuna, args.replay_arrivals)
     log.info("best: %s -> %s (%d trials, %d failed); best/ is %s", result["best"]["values"],
              result["best"]["objectives"], result["trials"], result["failures"], result["best_folder"])
     log.info(against_base(result))

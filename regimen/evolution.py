@@ -35,7 +35,7 @@ from regimen.errors import UserError
 from regimen.genome import Gene, crossover, genes_of, incumbent, mutate
 from regimen.optuna_export import check_export_path, export_optuna
 from regimen.plots import plot_pareto
-from regimen.scheduling import TrialRecord, TrialScheduler, slot_environment, trial_mapper
+from regimen.scheduling import TrialPool, TrialRecord, TrialScheduler, slot_environment
 from regimen.search_state import WORST, SearchRecords
 from regimen.trials import higher_is_better
 
@@ -334,9 +334,11 @@ def search_hash(config: Config) -> str:
 
 
 def evolve(config: Config, out: Path, parallel: int, resume: bool, overwrite: bool,
-           scheduler: Optional[str] = None, optuna_journal: Optional[Path] = None) -> dict:
+           scheduler: Optional[str] = None, optuna_journal: Optional[Path] = None,
+           replay_arrivals: Optional[Path] = None) -> dict:
     """Run (or resume) the search; returns a summary. `optuna_journal`: also write the trials
-    into this new Optuna journal file at the end."""
+    into this new Optuna journal file at the end. `replay_arrivals`: a steady-state search takes
+    its results in the order this other search's arrivals.csv (or folder) recorded."""
     if parallel < 1:
         raise UserError(f"--parallel {parallel}: must be >= 1 (the number of trials run at once)")
     if not config.evolutionary.enabled:
@@ -349,14 +351,28 @@ def evolve(config: Config, out: Path, parallel: int, resume: bool, overwrite: bo
         require_dask()
     if optuna_journal is not None:
         check_export_path(optuna_journal)
+    replay = None
+    if replay_arrivals is not None:
+        if config.evolutionary.mode != "steady_state":
+            raise UserError("--replay-arrivals: only a steady-state search (evolutionary.mode: steady_state) "
+                            "depends on the order its results arrive in")
+        from regimen.steady_state import read_arrivals
+        replay = read_arrivals(replay_arrivals)
     state = load_state(search, config) if resume else None
+    if replay is not None:
+        from regimen.steady_state import check_replay
+        check_replay(replay, state)
     folders.claim(search.root, "--out")
     if not resume:
         folders.clear(search.root, runs.SEARCH)
     files.atomic_write_text(search.config, dump_config(config))
-    with trial_mapper(parallel, scheduler) as mapper:
-        evolution = Search(config, search.root, mapper, slot_environment(parallel, config, scheduler),
-                           None if scheduler else parallel)
+    with TrialPool(parallel, scheduler) as pool:
+        slot_env = slot_environment(parallel, config, scheduler)
+        if config.evolutionary.mode == "steady_state":
+            from regimen.steady_state import SteadyState
+            evolution = SteadyState(config, search.root, pool, slot_env, replay)
+        else:
+            evolution = Search(config, search.root, pool.map, slot_env, None if scheduler else parallel)
         if state is not None:
             search_state.restore(evolution, state)
             log.info("resuming after generation %d of %d", evolution.generation - 1,

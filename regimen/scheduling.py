@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from multiprocessing.pool import ThreadPool
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait as futures_wait
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
@@ -102,9 +102,7 @@ class TrialScheduler:
             record, config = self._prepare(generation, index, genome, fidelity, rung)
             keys.append(record.key)
             if config is None and record.key not in self.cache:  # a genome no repair makes valid
-                self.cache[record.key] = {"status": "invalid", "reason": record.repairs[-1], "objectives": None,
-                                          "folder": "", "key": record.key}
-                added.append((index, record, self.cache[record.key]))
+                added.append((index, record, self._invalid(record)))
             elif record.key not in self.cache and record.key not in work:  # twice in one generation: once
                 work[record.key] = (index, record, config)
         for _, _, config in work.values():
@@ -112,9 +110,31 @@ class TrialScheduler:
         specs = [self._spec(record, config, slot, rung) for slot, (_, record, config) in enumerate(work.values())]
         finished = track(self.map(run_trial, specs), f"generation {generation}", "trials", total=len(specs))
         for (index, record, _), result in zip(work.values(), finished):
-            self.cache[record.key] = {**result, "folder": record.folder}
-            added.append((index, record, self.cache[record.key]))
+            added.append((index, record, self.finish(record, result)))
         return [self.cache[key] for key in keys], added
+
+    def start(self, generation: int, index: int, genome: list, fidelity: str, rung: Optional[Rung], slot: int
+              ) -> tuple[TrialRecord, Optional[dict], Optional[TrialSpec], bool]:
+        """One trial on its own (the steady state): its record, and either its result (known, or
+        invalid) or the spec to run; and whether the record is new (a row for trials.csv)."""
+        record, config = self._prepare(generation, index, genome, fidelity, rung)
+        if record.key in self.cache:
+            return record, self.cache[record.key], None, False
+        if config is None:
+            return record, self._invalid(record), None, True
+        self._prepare_data(config)
+        return record, None, self._spec(record, config, slot, rung), True
+
+    def finish(self, record: TrialRecord, result: dict) -> dict:
+        """Keep a finished trial's result in the cache (with its folder)."""
+        self.cache[record.key] = {**result, "folder": record.folder}
+        return self.cache[record.key]
+
+    def _invalid(self, record: TrialRecord) -> dict:
+        """The result of a genome no repair makes valid."""
+        self.cache[record.key] = {"status": "invalid", "reason": record.repairs[-1], "objectives": None,
+                                  "folder": "", "key": record.key}
+        return self.cache[record.key]
 
     def _prepare(self, generation: int, index: int, genome: list, fidelity: str, rung: Optional[Rung]
                  ) -> tuple[TrialRecord, Optional[Config]]:
@@ -174,15 +194,16 @@ class TrialScheduler:
             preprocess(config)
 
 
-class trial_mapper:
-    """A context giving `map(function, items)` over `parallel` local slots, or a Dask cluster: an
-    iterator of the results in the order of `items`, each as soon as it and those before it are done."""
+class TrialPool:
+    """A context over `parallel` local slots or a Dask cluster that runs trials two ways: `map`
+    (an iterator of the results in the order of the items, each as soon as it and those before it
+    are done: the generations) and `submit` with `first_done` (the steady state)."""
 
     def __init__(self, parallel: int, scheduler: Optional[str]):
         self.parallel, self.scheduler = parallel, scheduler
-        self.pool = self.client = None
+        self.executor = self.client = None
 
-    def __enter__(self):
+    def __enter__(self) -> "TrialPool":
         if self.scheduler:
             from dask.distributed import Client
 
@@ -190,18 +211,37 @@ class trial_mapper:
                 self.client = Client(self.scheduler, timeout=30)
             except OSError as error:
                 raise UserError(f"--scheduler {self.scheduler}: cannot connect ({error})") from None
-            # Results in submission order, so they (and a resume) do not depend on which worker ran what.
-            return lambda fn, items: (future.result() for future in self.client.map(fn, items, pure=False))
-        # Each slot only waits on its trial's subprocesses, so threads are enough to run N trials at once.
-        self.pool = ThreadPool(self.parallel)
-        return lambda fn, items: self.pool.imap(fn, items, chunksize=1)
+        else:  # each slot only waits on its trial's subprocess, so threads are enough to run N trials at once
+            self.executor = ThreadPoolExecutor(self.parallel)
+        return self
 
     def __exit__(self, *exc):
-        if self.pool is not None:
-            self.pool.close()
-            self.pool.join()
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
         if self.client is not None:
             self.client.close()
+
+    @property
+    def slots(self) -> int:
+        """Trials that run at once: the local slots, or the cluster's worker threads."""
+        return sum(self.client.nthreads().values()) if self.client else self.parallel
+
+    def map(self, fn: Callable, items: list) -> Iterator:
+        if self.client:  # results in submission order, so they (and a resume) do not depend on the workers
+            return (future.result() for future in self.client.map(fn, items, pure=False))
+        return self.executor.map(fn, items)
+
+    def submit(self, fn: Callable, item) -> Any:
+        return self.client.submit(fn, item, pure=False) if self.client else self.executor.submit(fn, item)
+
+    def first_done(self, futures: list) -> None:
+        """Wait until one of `futures` is done."""
+        if self.client:
+            from dask.distributed import wait
+
+            wait(futures, return_when="FIRST_COMPLETED")
+        else:
+            futures_wait(futures, return_when=FIRST_COMPLETED)
 
 
 def slot_environment(parallel: int, config: Config, scheduler: Optional[str]) -> Callable[[int], dict]:

@@ -86,7 +86,7 @@ def state_of(search, search_hash: str) -> dict:
         "islands": [[_individual_record(ind) for ind in island] for island in search.islands],
         "hall_of_fame": [_individual_record(ind) for ind in search.hall],
         "logbook": list(search.records.logbook), "cache": search.trials.cache, "trials": search.records.trial_rows,
-        "stagnation": dict(vars(search.stagnation)),
+        "stagnation": dict(vars(search.stagnation)), "steady_state": getattr(search, "flow", None),
         "rng": {"search": _state_to_json(search.rng.getstate()), "random": _state_to_json(random.getstate()),
                 "numpy": _numpy_state_to_json(), "torch": torch.get_rng_state().tolist()},
     }
@@ -101,6 +101,8 @@ def restore(search, state: dict) -> None:
         search.records.logbook.record(**record)
     search.trials.cache, search.records.trial_rows = dict(state["cache"]), list(state["trials"])
     vars(search.stagnation).update(state["stagnation"])
+    if state.get("steady_state") is not None:
+        search.flow = state["steady_state"]
     rng = state["rng"]
     search.rng.setstate(_state_from_json(rng["search"]))
     random.setstate(_state_from_json(rng["random"]))

@@ -199,6 +199,9 @@ def _validate_evolutionary(check: _Checker) -> None:
     check.require(evo.halving.rungs >= 2, "evolutionary.halving.rungs", "expected an integer >= 2")
     check.require(evo.mode == "generational" or evo.n_islands == 1, "evolutionary.n_islands",
                   "steady_state mode evolves one population: expected 1 (or evolutionary.mode: generational)")
+    check.require(evo.mode == "generational" or evo.low_fidelity.generations == 0,
+                  "evolutionary.low_fidelity.generations", "steady_state mode has no generations to run cheaply: "
+                  "expected 0 (successive halving is fidelity: halving)")
     check.one_of("evolutionary.cmaes.objective", CMAES_OBJECTIVES)
     check.one_of("evolutionary.cmaes.covariance", ("auto", "full", "diagonal"))
     check.require(len(evo.cmaes.groups) > 0, "evolutionary.cmaes.groups", "expected at least one group")
