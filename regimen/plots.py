@@ -315,7 +315,8 @@ def plot_fitness(logbook: list[dict], objective: str, higher_is_better: bool, pa
         ax.axvspan(min(low) - 0.5, max(low) + 0.5, color="grey", alpha=0.15, label="low fidelity (not comparable)")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set(xlabel="generation", ylabel=f"val {objective}", title="fitness over generations")
-    ax.legend(fontsize=7)
+    if logbook:  # a steady-state search writes the plot before its first logbook row too
+        ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     _save(fig, path, lambda target: fig.savefig(target, dpi=90))

@@ -138,11 +138,33 @@ def test_two_objectives_select_by_nsga2_and_write_the_pareto_front(tmp_path, sta
     assert all(len(island) == 8 for island in state["islands"])  # NSGA-II keeps n of parents + offspring
 
 
-def test_resume_after_sigkill_ends_like_an_uninterrupted_run(tmp_path, stand_in_phases):
+def kill_when(child, done, deadline_s=120):
+    deadline = time.time() + deadline_s
+    while not done() and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.join()
+
+
+def same_search(killed, straight):
+    """The hall of fame, the logbook and trials.csv of two searches agree (but for the times)."""
+    def moved(text):
+        return text.replace(str(straight), str(killed))
+
+    assert json.loads((killed / "hall_of_fame.json").read_text()) == json.loads(
+        moved((straight / "hall_of_fame.json").read_text()))
+    assert without_seconds(rows(killed / "logbook.csv")) == without_seconds(rows(straight / "logbook.csv"))
+    assert without_seconds(rows(killed / "trials.csv")) == without_seconds(
+        [{k: moved(v) for k, v in r.items()} for r in rows(straight / "trials.csv")])
+
+
+@pytest.mark.parametrize("fidelity", ["generations", "halving"])
+def test_resume_after_sigkill_ends_like_an_uninterrupted_run(tmp_path, stand_in_phases, fidelity):
     """Killed mid-generation (a forked evolve with stand-in phases, SIGKILL), then resumed."""
-    path = search_config(tmp_path, {"evolutionary": {
+    path = search_config(tmp_path, {"training": {"epochs": 4}, "evolutionary": {
         "population_size": 6, "generations": 4, "n_islands": 2, "migration_interval": 1,
         "low_fidelity": {"generations": 1}, "stagnation": {"generations": 1},
+        "fidelity": fidelity, "halving": {"eta": 2, "rungs": 2},
         "search_space": {"training.lr": {"choice": [0.001, 0.005, 0.006, 0.007]},
                          "model.pgm.pairwise_weight": {"type": "float", "low": 0.1, "high": 0.3}}}})
     config = load_config(path)
@@ -151,27 +173,62 @@ def test_resume_after_sigkill_ends_like_an_uninterrupted_run(tmp_path, stand_in_
 
     child = multiprocessing.get_context("fork").Process(target=evolve, args=(config, killed, 2, False, False))
     child.start()
-    first_of_gen2 = killed / "trials" / "g2" / "i0" / "result.json"
-    deadline = time.time() + 120
-    while not first_of_gen2.exists() and time.time() < deadline:
-        time.sleep(0.05)
-    os.kill(child.pid, signal.SIGKILL)
-    child.join()
+    kill_when(child, lambda: any(killed.glob("trials/g2/*/result*.json")))
     assert json.loads((killed / "state.json").read_text())["generation"] == 2  # generation 2 was cut short
-    finished = {p.parent: p.stat().st_mtime_ns for p in killed.glob("trials/*/*/result.json")}
-    assert any(folder.parent.name == "g2" for folder in finished)
+    finished = {p: p.stat().st_mtime_ns for p in killed.glob("trials/*/*/result*.json")}
+    assert any(path.parent.parent.name == "g2" for path in finished)
 
     with pytest.raises(UserError, match="pass --resume"):
         evolve(config, killed, parallel=2, resume=False, overwrite=False)
     evolve(config, killed, parallel=2, resume=True, overwrite=False)
-    for folder, mtime in finished.items():  # no finished trial ran again
-        assert (folder / "result.json").stat().st_mtime_ns == mtime
-    assert json.loads((killed / "hall_of_fame.json").read_text()) == json.loads(
-        (straight / "hall_of_fame.json").read_text().replace(str(straight), str(killed)))
-    assert without_seconds(rows(killed / "logbook.csv")) == without_seconds(rows(straight / "logbook.csv"))
+    for path, mtime in finished.items():  # no finished trial (or rung) ran again
+        assert path.stat().st_mtime_ns == mtime
+    same_search(killed, straight)
     assert "stagnation" in "".join(r["event"] for r in rows(straight / "logbook.csv"))
-    assert without_seconds(rows(killed / "trials.csv")) == without_seconds(
-        [{k: v.replace(str(straight), str(killed)) for k, v in r.items()} for r in rows(straight / "trials.csv")])
+    assert ("rung0" in {r["fidelity"] for r in rows(killed / "trials.csv")}) == (fidelity == "halving")
+
+
+@pytest.mark.parametrize("fidelity", ["generations", "halving"])
+def test_a_steady_state_search_killed_and_resumed_ends_like_the_run_whose_arrivals_it_replays(
+        tmp_path, stand_in_phases, fidelity):
+    """Steady state: results are taken as they arrive (arrivals.csv). A search replaying another's
+    arrivals, SIGKILLed after some of them and resumed, ends with the other's hall of fame."""
+    path = search_config(tmp_path, {"training": {"epochs": 4}, "evolutionary": {
+        "mode": "steady_state", "population_size": 6, "generations": 4, "elitism": 2,
+        "fidelity": fidelity, "halving": {"eta": 2, "rungs": 2},
+        "search_space": {"training.lr": {"choice": [0.001, 0.006, 0.007, 0.008]},
+                         "model.pgm.pairwise_weight": {"type": "float", "low": 0.1, "high": 0.3}}}})
+    config = load_config(path)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    evolve(config, straight, parallel=2, resume=False, overwrite=False)
+    arrivals = rows(straight / "arrivals.csv")
+    children = {r["child"] for r in arrivals}
+    assert len(children) == 6 + 3 * 4 and {r["slot"] for r in arrivals} == {"0", "1"}
+    assert ("rung0" in {r["fidelity"] for r in arrivals}) == (fidelity == "halving")
+    assert [r["generation"] for r in rows(straight / "logbook.csv")] == ["0", "1", "2", "3"]
+
+    child = multiprocessing.get_context("fork").Process(
+        target=evolve, args=(config, killed, 2, False, False), kwargs={"replay_arrivals": straight})
+    child.start()
+    kill_when(child, lambda: (killed / "state.json").is_file() and len(
+        json.loads((killed / "state.json").read_text())["steady_state"]["arrivals"]) >= 9)
+    state = json.loads((killed / "state.json").read_text())["steady_state"]
+    assert 9 <= len(state["arrivals"]) < len(arrivals) and state["in_flight"]
+    with pytest.raises(UserError, match="another order"):  # its own order is not the replayed one
+        evolve(config, killed, parallel=2, resume=True, overwrite=False,
+               replay_arrivals=_reordered(tmp_path, straight))
+    evolve(config, killed, parallel=2, resume=True, overwrite=False, replay_arrivals=straight)
+    same_search(killed, straight)
+    assert rows(killed / "arrivals.csv") and [(r["child"], r["fidelity"]) for r in rows(killed / "arrivals.csv")] == [
+        (r["child"], r["fidelity"]) for r in arrivals]
+
+
+def _reordered(tmp_path, search):
+    """A copy of a search's arrivals.csv with its first two arrivals swapped."""
+    lines = (search / "arrivals.csv").read_text().splitlines()
+    lines[1], lines[2] = lines[2], lines[1]
+    (tmp_path / "swapped.csv").write_text("\n".join(lines) + "\n")
+    return tmp_path / "swapped.csv"
 
 
 def test_successive_halving_promotes_the_best_third_from_their_checkpoints(tmp_path, stand_in_phases):
