@@ -106,10 +106,12 @@ class SteadyState(Search):
 
     def _bred(self) -> list:
         """A child of the population as it stands: tournament (random pairs with several objectives),
-        crossover and mutation, as in the generations."""
-        population = self.islands[0]
-        select = tools.selRandom if self.multi_objective else self.toolbox.select
-        return list(self._vary(select(population, 2))[0])
+        crossover and mutation, as in the generations. Every draw comes from the search's own PRNG:
+        Dask's threads in this process draw from the `random` module whenever they like."""
+        population, k = self.islands[0], 1 if self.multi_objective else self.evo.tournament_k
+        parents = [max((self.rng.choice(population) for _ in range(k)), key=lambda ind: ind.fitness)
+                   for _ in range(2)]
+        return list(self._vary(parents)[0])
 
     def _place(self, child: int) -> tuple[int, int]:
         """The generation and index a child's trial is filed under (its folder, its trials.csv row):

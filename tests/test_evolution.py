@@ -71,6 +71,7 @@ def search_config(folder, extra):
     return tiny_config(folder, raw)
 
 
+DASK = "Dask is optional: pip install -r requirements-dask.txt"
 BASE_VALUES = {"model.convlstm.num_layers": 2, "model.convlstm.kernel_size": 3, "training.lr": 2e-3,
                "model.pgm.pairwise_weight": 0.7}  # the tiny config's own values of SPACE
 
@@ -343,7 +344,7 @@ def test_bad_inputs_exit_2_with_one_line_and_overwrite_nothing(case, tmp_path):
 
 def test_a_dask_cluster_runs_the_same_search_and_survives_a_killed_worker(tmp_path):
     """Two Dask workers; one is killed while a trial runs; results equal the local pool's."""
-    distributed = pytest.importorskip("distributed")
+    distributed = pytest.importorskip("distributed", reason=DASK)
     path = search_config(tmp_path, {"evolutionary": {"population_size": 4, "generations": 1}})
     config = load_config(path)
     evolve(config, tmp_path / "local", parallel=2, resume=False, overwrite=False)
@@ -368,6 +369,24 @@ def test_a_dask_cluster_runs_the_same_search_and_survives_a_killed_worker(tmp_pa
         (r["key"], r["status"], r["objective_metric"]) for r in local]
     assert json.loads((tmp_path / "dask" / "hall_of_fame.json").read_text()) == json.loads(
         (tmp_path / "local" / "hall_of_fame.json").read_text().replace(str(tmp_path / "local"), str(tmp_path / "dask")))
+
+
+def test_a_steady_state_search_runs_on_dask_and_replays_the_local_ones_arrivals(tmp_path, stand_in_phases):
+    distributed = pytest.importorskip("distributed", reason=DASK)
+    path = search_config(tmp_path, {"evolutionary": {
+        "mode": "steady_state", "population_size": 4, "generations": 3,
+        "search_space": {"training.lr": {"choice": [0.001, 0.006, 0.007, 0.008]},
+                         "model.pgm.pairwise_weight": {"type": "float", "low": 0.1, "high": 0.3}}}})
+    config = load_config(path)
+    evolve(config, tmp_path / "local", parallel=2, resume=False, overwrite=False)
+    # Worker threads in this process, so they run the stand-in phases too.
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        free = evolve(config, tmp_path / "free", 2, False, False, scheduler=cluster.scheduler_address)
+        evolve(config, tmp_path / "dask", 2, False, False, scheduler=cluster.scheduler_address,
+               replay_arrivals=tmp_path / "local")
+    assert len({r["child"] for r in rows(tmp_path / "free" / "arrivals.csv")}) == 4 + 2 * 3 and free["best"]
+    same_search(tmp_path / "dask", tmp_path / "local")
 
 
 def test_only_genes_that_act_in_a_trial_are_searched(caplog):
