@@ -250,7 +250,9 @@ def slot_environment(parallel: int, config: Config, scheduler: Optional[str]) ->
     if scheduler:
         return lambda slot: {}
     devices = config.evolutionary.devices
-    if devices is None and torch.cuda.is_available():
+    if config.device == "cpu":  # trials on the CPU on a GPU machine: share the cores
+        devices = []
+    elif devices is None and torch.cuda.is_available():
         devices = list(range(torch.cuda.device_count()))
     if devices:
         return lambda slot: {"CUDA_VISIBLE_DEVICES": str(devices[slot % len(devices)])}

@@ -494,3 +494,11 @@ def test_the_optuna_export_is_checked_before_the_search(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="nowhere is not a writable folder"):
         optuna_export.check_export_path(tmp_path / "nowhere" / "optuna.log")
     optuna_export.check_export_path(tmp_path / "new.log")
+
+
+def test_trials_on_the_cpu_share_its_cores_even_where_gpus_are_listed():
+    from regimen.scheduling import slot_environment
+    config = from_dict({"device": "cpu", "evolutionary": {"devices": [0, 1]}})
+    env = slot_environment(2, config, None)(1)
+    assert env["CUDA_VISIBLE_DEVICES"] == "" and env["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
+    assert slot_environment(2, from_dict({"evolutionary": {"devices": [0, 1]}}), None)(1) == {"CUDA_VISIBLE_DEVICES": "1"}
