@@ -71,7 +71,7 @@ def generations_for(settings: dict, epochs: int, budget: int) -> int:
     per_generation = POPULATION - settings.get("elitism", ELITISM)
     cost = epochs if settings["fidelity"] == "generations" else (1 + epochs / HALVING["eta"])  # a rough bound
     trials = budget * epochs / cost
-    return max(2, math.ceil((trials - POPULATION) / per_generation) + 2)
+    return max(2, math.ceil((trials - POPULATION) / per_generation) + 1)
 
 
 def run_ga(folder: Path, raw: dict, settings: dict, search_class, budget: int, parallel: int) -> Path:
@@ -127,14 +127,16 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def curve(rows: list[dict], epochs: int, budget: int) -> tuple[list[float], dict]:
-    """The best full-budget metric after each share of the budget, and the winner's row (within it)."""
-    spent, best, points, limit = 0, None, [], budget * epochs
+def curve(rows: list[dict], epochs: int, budget: int) -> tuple[list[float], dict, float]:
+    """The best full-budget metric after each share of the budget, the winner's row and the
+    trial-seconds, within the budget."""
+    spent, best, points, limit, seconds = 0, None, [], budget * epochs, 0.0
     marks = [share * limit for share in SHARES]
     for row in rows:
         spent += int(float(row["epochs_trained"] or row["epochs"] or epochs))
         if spent > limit:
             break
+        seconds += float(row["seconds"] or 0)
         if row["fidelity"] == "full" and row["status"] == "ok":
             value = float(row["objective_metric"])
             if best is None or value > float(best["objective_metric"]):
@@ -143,7 +145,7 @@ def curve(rows: list[dict], epochs: int, budget: int) -> tuple[list[float], dict
             points.append(float(best["objective_metric"]) if best else float("nan"))
     while len(points) < len(marks):  # a search that spent less than the budget: its final best
         points.append(float(best["objective_metric"]) if best else float("nan"))
-    return points, best
+    return points, best, seconds
 
 
 def test_metric(winner: dict, out: Path) -> float:
@@ -197,13 +199,13 @@ def main() -> None:
             else:
                 rows = read_rows(run_ga(folder, raw, settings, search_class, args.budget, args.parallel))
             wall = time.perf_counter() - started
-            points, winner = curve(rows, args.epochs, args.budget)
-            seconds = sum(float(row["seconds"] or 0) for row in rows)
+            points, winner, seconds = curve(rows, args.epochs, args.budget)
+            run_seconds = sum(float(row["seconds"] or 0) for row in rows)
             entry = results[name]
             entry["points"].append(points)
             entry["test"].append(test_metric(winner, folder / "test") if winner else float("nan"))
             entry["seconds"].append(seconds)
-            entry["idle"].append(max(0.0, 1 - seconds / (args.parallel * wall)))
+            entry["idle"].append(max(0.0, 1 - run_seconds / (args.parallel * wall)))
             print(f"seed {seed} {name}: best val {points} test {entry['test'][-1]:.4f} "
                   f"trial-seconds {seconds:.0f} wall {wall:.0f}s", flush=True)
         print_table(results, args, seed + 1 - args.first_seed)
