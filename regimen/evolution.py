@@ -6,7 +6,9 @@ more objectives, `migRing` between islands, `HallOfFame` / `ParetoFront`,
 `Statistics` and `Logbook`. The loop is ours, like DEAP's `eaSimple` with a
 checkpoint: after every generation it writes the whole state (`state.json`,
 see `regimen.search_state`) and `--resume` continues from it, ending exactly
-where an uninterrupted run would. Trials are run by `regimen.scheduling`.
+where an uninterrupted run would. Trials are run by `regimen.scheduling`. With
+`fidelity: halving` each generation's new genomes climb successive-halving
+rungs (`_halving`); `regimen.steady_state` is the loop without generations.
 
 Fitness values are stored maximising: an objective where lower is better
 (RMSE, ECE, latency, ...) is negated, and a failed trial gets -inf.

@@ -70,22 +70,20 @@ class SteadyState(Search):
             self.flow["initial"], self.islands = [list(ind) for ind in initial], [[]]
             self.flow["rung_scores"] = [[] for _ in self.rungs]
         self.flow["block"]["started"] = self.flow["block"]["started"] or time.time()
-        running: dict[tuple[int, str], tuple[dict, object]] = {}  # (child, fidelity) -> (work, future or result)
-        free = list(range(self.pool.slots))
+        running: dict[tuple[int, int], tuple[dict, object]] = {}  # (child, rung) -> (work, future or result)
         for work in self.flow["in_flight"]:  # what a killed search had running: again (finished ones return at once)
-            running[self._name(work)] = (work, self._launch(work, free))
+            running[self._name(work)] = (work, self._launch(work, running))
         while True:
             while len(running) < self.pool.slots and self._may_breed():
                 work = self._next_child()
-                running[self._name(work)] = (work, self._launch(work, free))
+                running[self._name(work)] = (work, self._launch(work, running))
             if not running:
                 break
             name = self._next_arrival(running)
             work, future = running.pop(name)
-            free.append(work["slot"])
             result = future if isinstance(future, dict) else future.result()
-            if self._arrive(work, result):  # promoted to the next rung: same child, same slot
-                running[self._name(work)] = (work, self._launch(work, free))
+            if self._arrive(work, result):  # promoted to the next rung: the same child, in the slot it freed
+                running[self._name(work)] = (work, self._launch(work, running))
             self._save_steady_state(running)
         if self.flow["block"]["finals"]:
             self._record_block()
@@ -123,9 +121,10 @@ class SteadyState(Search):
     def _name(work: dict) -> tuple[int, int]:
         return work["child"], work["rung"]
 
-    def _launch(self, work: dict, free: list[int]):
-        """Start a child's trial at its rung in a free slot: its future, or its result when known."""
-        work["slot"] = free.pop(free.index(min(free)))
+    def _launch(self, work: dict, running: dict):
+        """Start a child's trial at its rung in the first free slot: its future, or its result when known."""
+        busy = {other["slot"] for other, _ in running.values()}
+        work["slot"] = next(slot for slot in range(len(busy) + 1) if slot not in busy)
         rung = self.rungs[work["rung"]] if self.evo.fidelity == "halving" else None
         record, known, spec, new = self.trials.start(work["generation"], work["index"], work["genome"],
                                                      self.rungs[work["rung"]].fidelity, rung, work["slot"])

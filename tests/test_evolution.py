@@ -322,6 +322,16 @@ BAD = {
     "no slots": ({}, ["--parallel", "0"], "--parallel 0: must be >= 1"),
     "resume without a state": ({}, ["--resume"], "holds no search (no config.yaml)"),
     "resume a state of another config": ({}, ["--resume", "--set", "seed=7"], "was made with another config"),
+    "replay without steady state": ({}, ["--replay-arrivals", "nowhere"], "only a steady-state search"),
+    "replay of no arrivals": ({"evolutionary": {"mode": "steady_state"}}, ["--replay-arrivals", "nowhere.csv"],
+                              "--replay-arrivals nowhere.csv: expected the arrivals.csv of a steady-state search"),
+    "steady state with islands": ({"evolutionary": {"mode": "steady_state", "n_islands": 2}}, [],
+                                  "evolutionary.n_islands = 2: steady_state mode evolves one population"),
+    "steady state with low fidelity": ({"evolutionary": {"mode": "steady_state", "low_fidelity": {"generations": 1}}},
+                                       [], "steady_state mode has no generations to run cheaply"),
+    "halving eta of 1": ({"evolutionary": {"fidelity": "halving", "halving": {"eta": 1}}}, [],
+                         "evolutionary.halving.eta = 1: expected an integer >= 2"),
+    "unknown mode": ({"evolutionary": {"mode": "async"}}, [], "evolutionary.mode = 'async': expected one of"),
 }
 
 
