@@ -16,6 +16,7 @@ the search's wall time the slots sat idle. Needs Optuna (requirements-optuna.txt
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import math
@@ -30,7 +31,7 @@ import yaml
 from regimen import evolution, runs
 from regimen.config_file import load_config
 from regimen.genome import genes_of
-from regimen.optuna_export import _distributions, _plain
+from regimen.optuna_export import distributions, genome_of
 from regimen.scheduling import TrialPool, TrialScheduler, slot_environment
 from regimen.trials import PROJECT
 
@@ -94,7 +95,7 @@ def run_tpe(folder: Path, raw: dict, budget: int, parallel: int, seed: int) -> l
     (folder / "config.yaml").write_text(yaml.safe_dump(raw))
     config = load_config(folder / "config.yaml")
     genes = genes_of(config)
-    distributions = _distributions(genes)
+    space = distributions(genes)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
     rows, spent, batch = [], 0, 0
@@ -102,9 +103,8 @@ def run_tpe(folder: Path, raw: dict, budget: int, parallel: int, seed: int) -> l
         scheduler = TrialScheduler(config, genes, runs.SearchFolder(folder / "search"), pool.map,
                                    slot_environment(parallel, config, None))
         while spent < budget * config.training.epochs:
-            asked = [study.ask(distributions) for _ in range(parallel)]
-            genomes = [[gene.options.index(next(o for o in gene.options if _plain(o) == t.params[gene.key]))
-                        if gene.kind == "choice" else t.params[gene.key] for gene in genes] for t in asked]
+            asked = [study.ask(space) for _ in range(parallel)]
+            genomes = [genome_of(trial.params, genes) for trial in asked]
             results, added = scheduler.run(batch, genomes, "full")
             for trial, result in zip(asked, results):
                 ok = result["status"] == "ok"
@@ -121,8 +121,6 @@ def run_tpe(folder: Path, raw: dict, budget: int, parallel: int, seed: int) -> l
 
 
 def read_rows(path: Path) -> list[dict]:
-    import csv
-
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
 

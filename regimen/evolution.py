@@ -209,15 +209,20 @@ class Search:
         return [results[i] for i in order], [reached[i] for i in order], added
 
     def _promoted(self, indices: list[int], results: list[dict], k: int) -> list[int]:
-        """The best k of a rung's finished trials (non-dominated sorting and crowding distance with
-        several objectives, as NSGA-II), in their original order."""
-        scored = []
-        for index, result in zip(indices, results):
-            if result["status"] == "ok":
-                ind = self.individual([index])
-                ind.fitness.values = self._fitness(result)
-                scored.append(ind)
-        best = tools.selNSGA2(scored, k) if self.multi_objective else tools.selBest(scored, k)
+        """The best k of a rung's finished trials, in their original order."""
+        finished = [(index, self._fitness(result)) for index, result in zip(indices, results)
+                    if result["status"] == "ok"]
+        return [finished[i][0] for i in self._best_of([fitness for _, fitness in finished], k)]
+
+    def _best_of(self, fitnesses: list, k: int) -> list[int]:
+        """The places of the best k fitnesses, ascending: by `selBest`, or with several objectives by
+        non-dominated sorting and crowding distance (`selNSGA2`)."""
+        candidates = []
+        for place, values in enumerate(fitnesses):
+            ind = self.individual([place])
+            ind.fitness.values = tuple(values)
+            candidates.append(ind)
+        best = tools.selNSGA2(candidates, k) if self.multi_objective else tools.selBest(candidates, k)
         return sorted(ind[0] for ind in best)
 
     def _breed(self) -> None:

@@ -84,7 +84,7 @@ def _trial(rows: list[dict], genes: list[Gene], objectives: list[str]):
     from optuna.trial import TrialState
 
     values = json.loads(rows[0]["values"])
-    params = {gene.key: _plain(values[gene.key]) for gene in genes}
+    params = {gene.key: plain(values[gene.key]) for gene in genes}
     by_fidelity = {row["fidelity"]: row for row in rows}
     scores = {name: _objectives(row, objectives) for name, row in by_fidelity.items()}
     partial = {name: score for name, score in scores.items() if name != "full" and score}
@@ -100,7 +100,7 @@ def _trial(rows: list[dict], genes: list[Gene], objectives: list[str]):
     else:
         state, result = TrialState.FAIL, None
         attrs["reason"] = "; ".join(f"{r['fidelity']}: {r['status']} {r['reason']}".strip() for r in rows)
-    return optuna.trial.create_trial(state=state, params=params, distributions=_distributions(genes),
+    return optuna.trial.create_trial(state=state, params=params, distributions=distributions(genes),
                                      values=result, intermediate_values=intermediate, user_attrs=attrs)
 
 
@@ -111,12 +111,12 @@ def _objectives(row: dict, objectives: list[str]) -> list[float]:
     return [float(row[f"objective_{name}"]) for name in objectives]
 
 
-def _distributions(genes: list[Gene]) -> dict:
+def distributions(genes: list[Gene]) -> dict:
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     def distribution(gene: Gene):
         if gene.kind == "choice":
-            return CategoricalDistribution([_plain(option) for option in gene.options])
+            return CategoricalDistribution([plain(option) for option in gene.options])
         if gene.kind == "int":
             return IntDistribution(int(gene.low), int(gene.high), log=gene.log)
         return FloatDistribution(gene.low, gene.high, log=gene.log)
@@ -124,6 +124,12 @@ def _distributions(genes: list[Gene]) -> dict:
     return {gene.key: distribution(gene) for gene in genes}
 
 
-def _plain(value: Any) -> Any:
+def genome_of(params: dict, genes: list[Gene]) -> list:
+    """The genome of an Optuna trial's parameters (drawn from `distributions(genes)`)."""
+    return [[plain(option) for option in gene.options].index(params[gene.key]) if gene.kind == "choice"
+            else params[gene.key] for gene in genes]
+
+
+def plain(value: Any) -> Any:
     """A choice Optuna can hold (None, bool, int, float, str); a list option becomes its JSON text."""
     return value if value is None or isinstance(value, (bool, int, float, str)) else json.dumps(value)

@@ -64,7 +64,8 @@ CMAES = FolderKind("a CMA-ES folder", "a CMA-ES run", (*RUN.files, CMAES_TABLE, 
 BUNDLE = FolderKind("an export bundle", "files", ("MANIFEST.json", "model.pt", "pgm_params.pkl", "config.yaml",
                                       "calibration.npz", "metrics.json"), writers="export.py", whole=True)
 SEARCH = FolderKind("a search folder", "a search", ("state.json", "config.yaml", "trials.csv", "logbook.csv",
-                                      "hall_of_fame.json", "pareto.json", "fitness.png", "pareto.png"),
+                                      "hall_of_fame.json", "pareto.json", "fitness.png", "pareto.png",
+                                      "arrivals.csv"),
                     ("trials", "best", "data", *(p.name for p in staging_names(Path("best")))), writers="evolve.py")
 PICTURES = FolderKind("a pictures folder", "pictures", (), writers="tools/visualize.py")
 
@@ -168,6 +169,7 @@ class SearchFolder:
         self.data = self.root / "data"
         self.fitness_plot = self.root / "fitness.png"
         self.pareto_plot = self.root / "pareto.png"
+        self.arrivals = self.root / "arrivals.csv"  # steady state: the order results arrived in
 
     def trial(self, generation: int, index: int) -> Path:
         return self.trials / f"g{generation}" / f"i{index}"

@@ -28,9 +28,8 @@ from typing import Optional
 
 import numpy as np
 import torch
-from deap import tools
 
-from regimen import files
+from regimen import files, runs
 from regimen.errors import UserError
 from regimen.evolution import Search
 from regimen.genome import incumbent
@@ -170,8 +169,8 @@ class SteadyState(Search):
         ind.fitness.values, ind.fidelity = fitness, fidelity
         population = self.islands[0] + [ind]
         if len(population) > self.evo.population_size:  # the worst leaves
-            keep = tools.selNSGA2 if self.multi_objective else tools.selBest
-            population = keep(population, self.evo.population_size)
+            kept = self._best_of([member.fitness.values for member in population], self.evo.population_size)
+            population = [population[i] for i in kept]
         self.islands[0] = population
         if fidelity == "full" and fitness[0] > WORST:
             self.hall.update([ind])
@@ -186,14 +185,7 @@ class SteadyState(Search):
         """ASHA's rule: among the best 1/eta of every score this rung has seen, this one included."""
         scores = self.flow["rung_scores"][rung]
         scores.append(list(fitness))
-        k = math.ceil(len(scores) / self.evo.halving.eta)
-        candidates = []
-        for i, values in enumerate(scores):
-            ind = self.individual([i])
-            ind.fitness.values = tuple(values)
-            candidates.append(ind)
-        best = tools.selNSGA2(candidates, k) if self.multi_objective else tools.selBest(candidates, k)
-        return any(ind[0] == len(scores) - 1 for ind in best)
+        return len(scores) - 1 in self._best_of(scores, math.ceil(len(scores) / self.evo.halving.eta))
 
     # ------------------------------------------------------------------ records
 
@@ -214,24 +206,22 @@ class SteadyState(Search):
     def _save_steady_state(self, running: dict) -> None:
         self.flow["in_flight"] = [{k: v for k, v in work.items() if k not in ("record", "ran")}
                                   for work, _ in running.values()]
-        files.atomic_write_text(self.folder.root / ARRIVALS, files.csv_text(self.flow["arrivals"]))
+        files.atomic_write_text(self.folder.arrivals, files.csv_text(self.flow["arrivals"]))
         self._save_state()
-
-ARRIVALS = "arrivals.csv"
 
 
 def read_arrivals(path: Path) -> list[tuple[int, str]]:
     """The (child, fidelity) order of a steady-state search's arrivals.csv (or its folder's)."""
     path = Path(path)
     if path.is_dir():
-        path = path / ARRIVALS
+        path = runs.SearchFolder(path).arrivals
     try:
         with open(path, newline="") as handle:
             rows = list(csv.DictReader(handle))
     except (OSError, UnicodeDecodeError, csv.Error):
         rows = None
     if not rows:
-        raise UserError(f"--replay-arrivals {path}: expected the {ARRIVALS} of a steady-state search")
+        raise UserError(f"--replay-arrivals {path}: expected the arrivals.csv of a steady-state search")
     try:
         return [(int(row["child"]), row["fidelity"]) for row in rows]
     except (KeyError, ValueError):

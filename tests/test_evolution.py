@@ -14,6 +14,7 @@ import time
 import pytest
 
 from conftest import merge, run_script, snapshot, tiny_config
+from regimen import folders, runs
 from regimen.errors import UserError
 from regimen.config import from_dict
 from regimen.config_file import load_config
@@ -209,6 +210,7 @@ def test_a_steady_state_search_killed_and_resumed_ends_like_the_run_whose_arriva
     assert len(children) == 6 + 3 * 4 and {r["slot"] for r in arrivals} == {"0", "1"}
     assert ("rung0" in {r["fidelity"] for r in arrivals}) == (fidelity == "halving")
     assert [r["generation"] for r in rows(straight / "logbook.csv")] == ["0", "1", "2", "3"]
+    folders.check_output(straight, runs.SEARCH, "--out", overwrite=True, fresh=True)  # all of it is the search's
 
     child = multiprocessing.get_context("fork").Process(
         target=evolve, args=(config, killed, 2, False, False), kwargs={"replay_arrivals": straight})
@@ -420,7 +422,6 @@ def test_only_genes_that_act_in_a_trial_are_searched(caplog):
 
 
 def test_trials_on_unchanged_data_read_the_base_configs_processed_data(tmp_path):
-    from regimen import runs
     from regimen.scheduling import TrialScheduler
     for dataset, low_root in (("npz", tmp_path / "data"), ("storms", None)):
         config = from_dict({"data": {"dataset": dataset, "path": "floods.npz" if dataset == "npz" else None,
@@ -453,6 +454,7 @@ def test_a_search_exports_its_trials_to_an_optuna_journal(tmp_path, stand_in_pha
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
     from optuna.trial import TrialState
+    from regimen.optuna_export import genome_of
 
     path = search_config(tmp_path, {"training": {"epochs": 4}, "evolutionary": {
         "population_size": 4, "generations": 3, "low_fidelity": {"generations": 1, "max_epochs": 1},
@@ -469,8 +471,11 @@ def test_a_search_exports_its_trials_to_an_optuna_journal(tmp_path, stand_in_pha
     assert len(study.trials) == len(by_genome) == summary["optuna_trials"]
     assert ("rung0" in {r["fidelity"] for r in table}) == (fidelity == "halving")
     states = set()
+    genes = genes_of(load_config(path))
     for trial, (values, fidelities) in zip(study.trials, by_genome.items()):
         assert trial.params == json.loads(values)
+        genome = genome_of(trial.params, genes)  # and back, as bench/search.py's TPE runs its asks
+        assert {gene.key: gene.decode(v) for gene, v in zip(genes, genome)} == json.loads(values)
         full = fidelities.get("full")
         partial = {int(r["epochs"]): float(r["objective_metric"]) for name, r in fidelities.items()
                    if name != "full" and r["status"] == "ok"}
