@@ -23,14 +23,21 @@ import yaml
 
 from regimen.errors import UserError
 
-DATASETS = ("storms", "digits", "regimes", "npz")
+ARCHIVES = ("hdf5", "xarray", "frames")  # read lazily, sequence by sequence, from files larger than memory
+FILE_DATASETS = ("npz", *ARCHIVES)  # the user's own data, read from data.path
+DATASETS = ("storms", "digits", "regimes", *FILE_DATASETS)
 TASKS = ("segmentation", "tagging", "regression")
 TASKS_OF_DATASET = {
     "storms": ("segmentation", "regression"),
     "digits": ("segmentation", "tagging", "regression"),
     "regimes": ("tagging",),
     "npz": TASKS,
+    "hdf5": TASKS,
+    "xarray": TASKS,
+    "frames": ("segmentation", "regression"),
 }
+NEXT_FRAME = "next_frame"  # data.labels: the inputs' next frame is the target (regression, nowcasting)
+LOADER_START_METHODS = ("spawn", "forkserver")  # fork after threads deadlocks with HDF5 and Zarr
 STATIC_FEATURES = ("edges", "motion", "mask")
 PGM_TYPES = ("crf", "hmm", "chain_crf")
 CRF_INFERENCE = ("mean_field", "loopy_bp")
@@ -103,13 +110,43 @@ class AugmentationConfig:
 
 
 @dataclass
+class CatalogConfig:
+    path: Optional[str] = None  # CSV with one event (sequence) per row; file names relative to data.path
+    file: str = "file"  # column: the HDF5 file of the event
+    index: str = "index"  # column: the event's index along the file's N axis
+    time: Optional[str] = None  # column: the event's start time (ISO 8601)
+
+
+@dataclass
+class DimsConfig:
+    time: str = "time"
+    y: str = "y"
+    x: str = "x"
+    channel: Optional[str] = None  # null: one channel
+    sequence: Optional[str] = None  # null: each file is one sequence
+
+
+@dataclass
+class LoaderConfig:
+    workers: int = 0  # DataLoader worker processes reading windows; 0: read in the training process
+    start_method: str = "spawn"  # spawn | forkserver: how workers start
+    prefetch: int = 2  # batches each worker reads ahead
+
+
+@dataclass
 class DataConfig:
     root: str = "./data"
     dataset: str = "storms"
     task: str = "segmentation"
     path: Optional[str] = None
     num_classes: Optional[int] = None
-    format: str = "NTHWC"
+    format: str = "NTHWC"  # axis order of the inputs (npz: NTHWC | NTCHW; hdf5: N, T, H, W and C in any order)
+    inputs: str = "X"  # hdf5 dataset or xarray variable of the inputs
+    labels: Optional[str] = "Y"  # dataset / variable / frames: label folder beside data.path; next_frame
+    soft_targets: Optional[str] = None  # hdf5 dataset or xarray variable of class distributions
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    dims: DimsConfig = field(default_factory=DimsConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
     T_window: int = 8
     stride: int = 4
     normalize: bool = True

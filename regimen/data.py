@@ -1,27 +1,39 @@
-"""Phase 0: split by sequence, add static features, normalise, cut windows, write.
+"""Phase 0: read sequences chunk by chunk, split them, add static features, normalise, write the store.
 
-`preprocess(config)` turns a `Dataset` into `data/processed/<name>/` with
-`{train,val,test}.npz` and `meta.json`. Every input problem is found before
-anything is written; the writes are atomic and byte-reproducible.
+`preprocess(config)` streams a reader (`regimen.readers`) into
+`data/processed/<name>/`: per split the normalised frames end to end and a
+window index (`regimen.store`), then `meta.json`. Two passes: the first reads
+the training sequences for exact normalisation statistics, the second reads
+every split and writes it. Every value is checked before anything is renamed
+into place, the files are byte-reproducible, and a second run on unchanged
+inputs does nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 from pathlib import Path
+from typing import Iterator, Optional
 
 import numpy as np
 from scipy import ndimage
 
 from regimen import files, folders, runs
+from regimen.config import Config, DataConfig, to_dict
 from regimen.errors import UserError
+from regimen.machine import require_memory
 from regimen.progress import track
+from regimen.readers import Reader, check_chunk, open_reader
 from regimen.runs import dataset_name
-from regimen.config import Config
-from regimen.datasets import load_dataset
+from regimen.store import STORE_VERSION, ArrayWriter
+
+log = logging.getLogger(__name__)
 
 # Derivative along H, smoothing along W; its transpose the other way round.
 SOBEL_H = np.array([[-1.0, -2.0, -1.0], [0.0, 0.0, 0.0], [1.0, 2.0, 1.0]], dtype=np.float32)
+CHUNK_BYTES = 64 << 20  # frames are read and written about this many bytes of inputs at a time
 
 
 def split_sequences(num_sequences: int, fractions: list[float], seed: int) -> dict[str, np.ndarray]:
@@ -43,41 +55,62 @@ def split_sequences(num_sequences: int, fractions: list[float], seed: int) -> di
     return {split: np.sort(order[bounds[i]:bounds[i + 1]]) for i, split in enumerate(runs.SPLITS)}
 
 
-def add_static_features(x: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str]]:
-    """Append precomputed channels to `x` `[N, T, H, W, C]`.
+def add_static_features(x: np.ndarray, names: list[str], previous: Optional[np.ndarray] = None
+                        ) -> tuple[np.ndarray, list[str]]:
+    """Append precomputed channels to consecutive frames `x` `[t, H, W, C]` of one sequence.
 
     - edges: spatial gradient magnitude (Sobel) of each input channel;
-    - motion: difference to the previous frame of each channel (0 at t=0);
+    - motion: difference to the previous frame of each channel (`previous`, the frame before
+      `x[0]`; 0 at a sequence's first frame);
     - mask: 1 inside the domain disc (a radar's range ring), 0 outside.
     """
     extra, channel_names = [], []
-    c = x.shape[-1]
+    t, h, w, c = x.shape
     for name in names:
         if name == "edges":
-            # Sobel within each frame and channel only (ndimage.sobel would smooth over N, T, C).
-            gy = ndimage.correlate(x, SOBEL_H[None, None, :, :, None], mode="nearest")
-            gx = ndimage.correlate(x, SOBEL_H.T[None, None, :, :, None], mode="nearest")
+            # Sobel within each frame and channel only (ndimage.sobel would smooth over t and C).
+            gy = ndimage.correlate(x, SOBEL_H[None, :, :, None], mode="nearest")
+            gx = ndimage.correlate(x, SOBEL_H.T[None, :, :, None], mode="nearest")
             extra.append(np.hypot(gx, gy))
             channel_names += [f"edges_{i}" for i in range(c)]
         elif name == "motion":
-            extra.append(np.diff(x, axis=1, prepend=x[:, :1]))
+            extra.append(np.diff(x, axis=0, prepend=x[:1] if previous is None else previous[None]))
             channel_names += [f"motion_{i}" for i in range(c)]
         elif name == "mask":
-            n, t, h, w, _ = x.shape
             yy, xx = np.meshgrid(np.arange(h) - (h - 1) / 2, np.arange(w) - (w - 1) / 2, indexing="ij")
             disc = (yy ** 2 + xx ** 2 <= (min(h, w) / 2) ** 2).astype(np.float32)
-            extra.append(np.broadcast_to(disc[None, None, :, :, None], (n, t, h, w, 1)))
+            extra.append(np.broadcast_to(disc[None, :, :, None], (t, h, w, 1)))
             channel_names.append("mask")
     if not extra:
         return x, []
     return np.concatenate([x, *[e.astype(np.float32) for e in extra]], axis=-1), channel_names
 
 
-def channel_statistics(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std over every training frame and pixel (std >= 1e-6)."""
-    mean = x_train.mean(axis=(0, 1, 2, 3), dtype=np.float64)
-    std = x_train.std(axis=(0, 1, 2, 3), dtype=np.float64)
-    return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+class ChannelStatistics:
+    """Per-channel mean and std over every pixel of many chunks, exact: each chunk's own mean and
+    sum of squared deviations in float64, merged by Chan et al.'s pairwise update."""
+
+    def __init__(self):
+        self.count, self.mean, self.m2 = 0, None, None
+
+    def add(self, x: np.ndarray) -> None:
+        """`x` `[..., C]`."""
+        n = int(np.prod(x.shape[:-1]))
+        mean = x.mean(axis=tuple(range(x.ndim - 1)), dtype=np.float64)
+        m2 = ((x - mean) ** 2).sum(axis=tuple(range(x.ndim - 1)), dtype=np.float64)
+        if self.mean is None:
+            self.count, self.mean, self.m2 = n, mean, m2
+            return
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta ** 2 * (self.count * n / total)
+        self.count = total
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """float32 mean and std (population; at least 1e-6)."""
+        std = np.sqrt(self.m2 / self.count)
+        return self.mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
 
 
 def window_starts(num_frames: int, window: int, stride: int) -> np.ndarray:
@@ -85,22 +118,27 @@ def window_starts(num_frames: int, window: int, stride: int) -> np.ndarray:
     return np.arange(0, num_frames - window + 1, stride)
 
 
-def cut_windows(arrays: dict[str, np.ndarray], sequences: np.ndarray, window: int,
-                stride: int) -> dict[str, np.ndarray]:
-    """Windows of the given sequences: each array `[N, T, ...]` -> `[W, window, ...]`.
+def window_index(sequences: np.ndarray, lengths: list[int], window: int, stride: int) -> np.ndarray:
+    """`[W, 3]` int64 (sequence, start, first row) of every window of `sequences` stored end to end
+    in that order; no window crosses from one sequence into the next."""
+    rows, offset = [], 0
+    for sequence in sequences:
+        starts = window_starts(lengths[sequence], window, stride)
+        rows.append(np.stack([np.full_like(starts, sequence), starts, starts + offset], axis=1))
+        offset += lengths[sequence]
+    return np.concatenate(rows).astype(np.int64)
 
-    Adds `sequence` (source sequence index) and `start` (first frame) per window,
-    so every window can be traced back and no window crosses a split.
-    """
-    num_frames = next(iter(arrays.values())).shape[1]
-    starts = window_starts(num_frames, window, stride)
-    seq_of = np.repeat(sequences, len(starts))
-    start_of = np.tile(starts, len(sequences))
-    frames = start_of[:, None] + np.arange(window)  # (W, window)
-    out = {key: a[seq_of[:, None], frames] for key, a in arrays.items()}
-    out["sequence"] = seq_of.astype(np.int64)
-    out["start"] = start_of.astype(np.int64)
-    return out
+
+def sequence_chunks(reader: Reader, index: int, static: list[str], frames_per_chunk: int
+                    ) -> Iterator[dict[str, np.ndarray]]:
+    """One sequence's frames in chunks, with the static features appended to `X` (unnormalised)."""
+    length, previous = reader.sequences[index].frames, None
+    for start in range(0, length, frames_per_chunk):
+        chunk = reader.read(index, start, min(length, start + frames_per_chunk))
+        x = chunk["X"]
+        chunk["X"] = add_static_features(x, static, previous)[0]
+        previous = x[-1]
+        yield chunk
 
 
 def preprocess(config: Config) -> tuple[Path, dict]:
@@ -108,52 +146,145 @@ def preprocess(config: Config) -> tuple[Path, dict]:
     data = config.data
     folder = folders.check_output(runs.processed_dir(data.root, dataset_name(config)), runs.PROCESSED, "data.root")
     folders.claim(folder, "data.root")
-    dataset = load_dataset(data, config.seed)
-    n, t = dataset.X.shape[:2]
-    if data.T_window > t:
-        raise UserError(f"data.T_window = {data.T_window}: must be <= the {t} frames of each sequence")
-    parts = split_sequences(n, data.splits, config.seed)
+    reader = open_reader(data, config.seed)
+    lengths = [s.frames for s in reader.sequences]
+    for sequence in reader.sequences:
+        if sequence.frames < data.T_window:
+            raise UserError(f"data.T_window = {data.T_window}: must be <= the frames of each sequence; "
+                            f"{sequence.name} has {sequence.frames}")
+    parts = split_sequences(len(lengths), data.splits, config.seed)
+    inputs = _inputs(config, reader)
+    current = _up_to_date(folder, inputs)
+    if current is not None:
+        log.info("%s is up to date (same config and input files): nothing to do", folder)
+        return folder, current
 
-    x, static_names = add_static_features(dataset.X, data.static_features)
+    first_frame, static_names = add_static_features(reader.read(0, 0, 1)["X"], data.static_features)
+    frames_per_chunk = max(1, CHUNK_BYTES // first_frame.nbytes)
+    statistics, num_classes = _scan_training(reader, parts["train"], data.static_features, frames_per_chunk)
     if data.normalize:
-        mean, std = channel_statistics(x[parts["train"]])
+        mean, std = statistics.result()
     else:
-        mean, std = np.zeros(x.shape[-1], np.float32), np.ones(x.shape[-1], np.float32)
-    x = (x - mean) / std
-    arrays = {"X": x.astype(np.float32), "Y": dataset.Y}
-    if dataset.P is not None:
-        arrays["P"] = dataset.P
+        mean, std = np.zeros(statistics.mean.shape, np.float32), np.ones(statistics.mean.shape, np.float32)
 
-    payloads, shapes, sizes = {}, {}, {}
-    for split in track(runs.SPLITS, "windows", "splits"):
-        windows = cut_windows(arrays, parts[split], data.T_window, data.stride)
-        payloads[split] = files.npz_bytes(windows)
-        shapes[split] = {key: list(a.shape) for key, a in windows.items() if key in ("X", "Y", "P")}
-        sizes[split] = {"sequences": int(len(parts[split])), "windows": int(len(windows["X"]))}
-    hashes = {split: files.sha256_bytes(payload) for split, payload in payloads.items()}
+    writers: list[ArrayWriter] = []
+    try:
+        written = {split: _write_split(reader, folder, split, parts[split], lengths, data, mean, std, num_classes,
+                                       frames_per_chunk, writers) for split in runs.SPLITS}
+    except BaseException:
+        for writer in writers:
+            writer.discard()
+        raise
+    hashes = {split: hashlib.sha256(json.dumps(entry["files"], sort_keys=True).encode()).hexdigest()
+              for split, entry in written.items()}
     meta = {
         "name": dataset_name(config),
         "dataset": data.dataset,
-        "task": dataset.task,
-        "num_classes": dataset.num_classes,
-        "class_names": dataset.class_names,
-        "channel_names": dataset.channel_names + static_names,
+        "task": reader.task,
+        "num_classes": num_classes,
+        "class_names": reader.class_names or ([str(i) for i in range(num_classes)] if num_classes else []),
+        "channel_names": reader.channel_names + static_names,
         "static_features": list(data.static_features),
-        "spatial_invariant": dataset.spatial_invariant,
+        "spatial_invariant": reader.spatial_invariant,
         "T_window": data.T_window,
         "stride": data.stride,
         "normalisation": {"applied": data.normalize, "mean": mean.tolist(), "std": std.tolist(),
                           "from": "train split"},
-        "shapes": shapes,
-        "splits": sizes,
+        "store": STORE_VERSION,
+        "shapes": {split: entry["shapes"] for split, entry in written.items()},
+        "splits": {split: entry["sizes"] for split, entry in written.items()},
+        "files": {split: entry["files"] for split, entry in written.items()},
+        "sequences": {split: entry["sequences"] for split, entry in written.items()},
         "sha256": hashes,
         "data_version": hashlib.sha256("".join(hashes[s] for s in runs.SPLITS).encode()).hexdigest(),
-        "generator": dataset.params,
+        "generator": reader.params,
         "seed": config.seed,
-        "baselines": dataset.baselines,
+        "baselines": reader.baselines,
+        "inputs": inputs,
     }
-
-    for split, payload in payloads.items():
-        files.atomic_write_bytes(runs.split_path(folder, split), payload)
+    runs.meta_path(folder).unlink(missing_ok=True)  # the old meta no longer vouches for what follows
+    for writer in writers:
+        writer.commit()
     files.atomic_write_json(runs.meta_path(folder), meta)  # last: it vouches for the splits
     return folder, meta
+
+
+def _scan_training(reader: Reader, sequences: np.ndarray, static: list[str], frames_per_chunk: int
+                   ) -> tuple[ChannelStatistics, Optional[int]]:
+    """The first pass: the training frames' statistics (static features included), their values
+    checked, and the classes when the reader does not know them (largest training label + 1)."""
+    statistics, largest = ChannelStatistics(), -1
+    for index in track(sequences, "statistics", "sequences"):
+        for chunk in sequence_chunks(reader, index, static, frames_per_chunk):
+            check_chunk(reader.sequences[index].name, chunk, reader.task, reader.num_classes)
+            statistics.add(chunk["X"])
+            if reader.task != "regression":
+                largest = max(largest, int(chunk["Y"].max()))
+    if reader.task == "regression" or reader.num_classes is not None:
+        return statistics, reader.num_classes
+    if largest < 1:
+        raise UserError(f"{reader.params.get('path')}: the training labels hold a single class; set "
+                        "data.num_classes (>= 2)")
+    return statistics, largest + 1
+
+
+def _write_split(reader: Reader, folder: Path, split: str, sequences: np.ndarray, lengths: list[int],
+                 data: DataConfig, mean: np.ndarray, std: np.ndarray, num_classes: Optional[int], frames_per_chunk: int,
+                 writers: list[ArrayWriter]) -> dict:
+    """The second pass over one split: its frames normalised and written end to end, and its
+    window index. Returns what meta.json records of the split."""
+    frames = sum(lengths[i] for i in sequences)
+    if reader.task != "regression":
+        # The unaries of every window hold K floats per node (each frame sits in T_window / stride windows).
+        require_memory(4.0 * frames * np.prod(reader.read(int(sequences[0]), 0, 1)["Y"].shape[1:]) * num_classes
+                       * max(1.0, data.T_window / data.stride),
+                       f"{split} split: {frames} frames of {num_classes} classes, and their unaries")
+    arrays: dict[str, ArrayWriter] = {}
+    offset, table = 0, []
+    for index in track(sequences, f"write {split}", "sequences"):
+        name = reader.sequences[index].name
+        for chunk in sequence_chunks(reader, index, data.static_features, frames_per_chunk):
+            if split != "train":  # the first pass checked the training frames
+                check_chunk(name, chunk, reader.task, num_classes)
+            chunk["X"] = (chunk["X"] - mean) / std
+            for key, rows in chunk.items():
+                if key not in arrays:
+                    arrays[key] = ArrayWriter(runs.store_path(folder, split, key), rows.dtype,
+                                              (frames, *rows.shape[1:]))
+                    writers.append(arrays[key])
+                arrays[key].append(rows)
+        table.append({"index": int(index), "name": name, "frames": lengths[index], "offset": offset,
+                      "time": reader.sequences[index].time})
+        offset += lengths[index]
+    windows = window_index(sequences, lengths, data.T_window, data.stride)
+    arrays["windows"] = ArrayWriter(runs.store_path(folder, split, "windows"), np.int64, windows.shape)
+    writers.append(arrays["windows"])
+    arrays["windows"].append(windows)
+    written = {key: writer.close() for key, writer in arrays.items()}
+    shapes = {key: [len(windows), data.T_window, *writer.shape[1:]] for key, writer in arrays.items()
+              if key != "windows"}
+    return {"files": written, "shapes": shapes, "sequences": table,
+            "sizes": {"sequences": int(len(sequences)), "windows": int(len(windows)), "frames": int(frames)}}
+
+
+def _inputs(config: Config, reader: Reader) -> dict:
+    """What phase 0's output depends on: the data config (less what only training reads), the
+    seed, the store's layout and the input files' sizes and modification times."""
+    data = to_dict(config)["data"]
+    for key in ("loader", "augmentations", "root"):
+        data.pop(key)
+    sources = [[str(path), path.stat().st_size, path.stat().st_mtime_ns] for path in reader.sources]
+    return {"config": data, "seed": config.seed, "store": STORE_VERSION,
+            "sources": hashlib.sha256(json.dumps(sources).encode()).hexdigest()}
+
+
+def _up_to_date(folder: Path, inputs: dict) -> Optional[dict]:
+    """The meta of processed data made from these very inputs and still whole on disk, else None."""
+    path = runs.meta_path(folder)
+    try:
+        meta = json.loads(path.read_text())
+        complete = all(runs.store_path(folder, split, array).stat().st_size == entry["bytes"]
+                       for split, arrays in meta["files"].items() for array, entry in arrays.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return meta if complete and meta.get("inputs") == inputs else None

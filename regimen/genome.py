@@ -17,7 +17,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from regimen.config import Config, from_dict, get_key, to_dict
+from regimen.config import FILE_DATASETS, Config, from_dict, get_key, to_dict
 from regimen.validation import validate
 from regimen.errors import UserError
 
@@ -167,7 +167,7 @@ def repair(raw: dict, evolved: set[str]) -> list[str]:
         lstm["kernel_size"] += 1
         repairs.append(f"model.convlstm.kernel_size -> {lstm['kernel_size']} (must be odd)")
     data = raw["data"]
-    if data["dataset"] != "npz" and data["T_window"] > data["generator"]["sequence_length"]:
+    if data["dataset"] not in FILE_DATASETS and data["T_window"] > data["generator"]["sequence_length"]:
         data["T_window"] = data["generator"]["sequence_length"]
         repairs.append(f"data.T_window -> {data['T_window']} (sequence length)")
     return repairs

@@ -3,32 +3,73 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional
+import math
+from typing import Iterable, Optional
 
 import torch
+from torch.utils.data import DataLoader
 
 from regimen.losses import class_last
-from regimen.metrics import MAIN_METRIC, label_metrics, regression_metrics
+from regimen.metrics import MAIN_METRIC, MetricSums, label_metrics, regression_metrics
 from regimen.pgm import PGMHead
 from regimen.processed import TaskData
 from regimen.progress import track
 from regimen.stack import Stack, model_input
+from regimen.windows import SequentialBatches
 
 log = logging.getLogger(__name__)
 
 
-@torch.no_grad()
 def predict(stack: Stack, x: torch.Tensor, device: torch.device, batch_size: int,
             feature_maps: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Unaries (and the last layer's feature maps) for inputs `[N, T, H, W, C]`, on the CPU."""
+    batches = (x[start:start + batch_size] for start in range(0, len(x), batch_size))
+    return _predict(stack, track(batches, "predict", "batches", math.ceil(len(x) / batch_size)), device,
+                    feature_maps)
+
+
+def predict_split(stack: Stack, data: TaskData, split: str, device: torch.device, batch_size: int,
+                  feature_maps: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """`predict` over a processed split, its windows streamed from disk."""
+    loader = split_loader(data, split, batch_size, device)
+    return _predict(stack, (batch["x"] for batch in track(loader, f"predict {split}", "batches")), device,
+                    feature_maps)
+
+
+@torch.no_grad()
+def _predict(stack: Stack, inputs: Iterable[torch.Tensor], device: torch.device,
+             feature_maps: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     stack.eval()
     outputs, features = [], []
-    for start in track(range(0, len(x), batch_size), "predict", "batches"):
-        out, maps = stack.unaries(model_input(x[start:start + batch_size]).to(device), return_features=True)
+    for x in inputs:
+        out, maps = stack.unaries(model_input(x).to(device), return_features=True)
         outputs.append(out.cpu())
         if feature_maps:
             features.append(maps.cpu())
     return torch.cat(outputs), (torch.cat(features) if feature_maps else None)
+
+
+def split_loader(data: TaskData, split: str, batch_size: int, device: torch.device) -> DataLoader:
+    """The split's windows in order, in batches."""
+    return data.loader(split, SequentialBatches(len(data.windows(split)), batch_size), device.type == "cuda")
+
+
+@torch.no_grad()
+def split_metrics(stack: Stack, data: TaskData, split: str, device: torch.device, batch_size: int) -> dict:
+    """The split's metrics through the head (when there is one), plus the unaries' as `unary_*`,
+    summed batch by batch as the windows stream from disk (equal to `task_metrics` of the whole split)."""
+    stack.eval()
+    heads = {"": stack.head, "unary_": None} if stack.head is not None else {"": None}
+    scores = {prefix: MetricSums(data.task, data.num_classes) for prefix in heads}
+    for batch in track(split_loader(data, split, batch_size, device), f"score {split}", "batches"):
+        x = model_input(batch["x"])
+        unaries = stack.unaries(x.to(device)).cpu()
+        for prefix, head in heads.items():
+            if data.task == "regression":
+                scores[prefix].add(batch["y"].numpy(), class_last(unaries).numpy())
+            else:
+                scores[prefix].add(batch["y"].numpy(), decode(head, unaries, x).numpy())
+    return {f"{prefix}{key}": value for prefix, score in scores.items() for key, value in score.result().items()}
 
 
 @torch.no_grad()

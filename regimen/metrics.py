@@ -22,11 +22,7 @@ def mean_iou(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> floa
 
     Classes absent from both truth and prediction are left out of the mean.
     """
-    matrix = confusion(truth, predicted, num_classes)
-    intersection = np.diag(matrix).astype(np.float64)
-    union = matrix.sum(0) + matrix.sum(1) - intersection
-    present = union > 0
-    return float((intersection[present] / union[present]).mean())
+    return confusion_metrics(confusion(truth, predicted, num_classes), "segmentation")["miou"]
 
 
 # What early stopping and the evolution optimise, per task, and whether higher is better.
@@ -35,15 +31,20 @@ MAIN_METRIC = {"segmentation": ("miou", True), "tagging": ("accuracy", True), "r
 
 def label_metrics(truth: np.ndarray, predicted: np.ndarray, num_classes: int, task: str) -> dict:
     """Accuracy and mIoU (segmentation) or macro F1 (tagging), as fractions."""
-    truth, predicted = truth.ravel(), predicted.ravel()
-    metrics = {"accuracy": float(np.mean(truth == predicted))}
+    return confusion_metrics(confusion(truth, predicted, num_classes), task)
+
+
+def confusion_metrics(matrix: np.ndarray, task: str) -> dict:
+    """`label_metrics` from the confusion matrix `[true class, predicted class]`."""
+    tp = np.diag(matrix).astype(np.float64)
+    metrics = {"accuracy": float(tp.sum() / matrix.sum())}
     if task == "segmentation":
-        metrics["miou"] = mean_iou(truth, predicted, num_classes)
+        union = matrix.sum(0) + matrix.sum(1) - tp
+        present = union > 0
+        metrics["miou"] = float((tp[present] / union[present]).mean())
     else:  # F1 = 2 tp / (2 tp + fp + fn), 0 for a class never true nor predicted (zero_division=0)
-        matrix = confusion(truth, predicted, num_classes)
-        tp = np.diag(matrix).astype(np.float64)
         denominator = matrix.sum(0) + matrix.sum(1)
-        metrics["macro_f1"] = float(np.mean(np.divide(2 * tp, denominator, out=np.zeros(num_classes),
+        metrics["macro_f1"] = float(np.mean(np.divide(2 * tp, denominator, out=np.zeros(len(matrix)),
                                                       where=denominator > 0)))
     return metrics
 
@@ -51,6 +52,31 @@ def label_metrics(truth: np.ndarray, predicted: np.ndarray, num_classes: int, ta
 def regression_metrics(truth: np.ndarray, predicted: np.ndarray) -> dict:
     error = predicted.astype(np.float64) - truth.astype(np.float64)
     return {"rmse": float(np.sqrt(np.mean(error ** 2))), "mae": float(np.mean(np.abs(error)))}
+
+
+class MetricSums:
+    """`label_metrics` or `regression_metrics` of a split that arrives batch by batch: a confusion
+    matrix, or the sums of squared and absolute errors (float64)."""
+
+    def __init__(self, task: str, num_classes: int | None):
+        self.task, self.num_classes = task, num_classes
+        self.matrix = np.zeros((num_classes, num_classes), np.int64) if task != "regression" else None
+        self.squared = self.absolute = 0.0
+        self.count = 0
+
+    def add(self, truth: np.ndarray, predicted: np.ndarray) -> None:
+        if self.matrix is not None:
+            self.matrix += confusion(truth, predicted, self.num_classes)
+            return
+        error = predicted.astype(np.float64) - truth.astype(np.float64)
+        self.squared += float((error ** 2).sum())
+        self.absolute += float(np.abs(error).sum())
+        self.count += error.size
+
+    def result(self) -> dict:
+        if self.matrix is not None:
+            return confusion_metrics(self.matrix, self.task)
+        return {"rmse": float(np.sqrt(self.squared / self.count)), "mae": self.absolute / self.count}
 
 
 # --------------------------------------------------------------------------- the full suite (evaluate.py)

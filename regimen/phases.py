@@ -23,7 +23,8 @@ from regimen.losses import consistency, resolve_unary_loss, unary_loss
 from regimen.metrics import MAIN_METRIC
 from regimen.pgm import (PGMHead, check_pgm_task, fit_pgm, head_from_params, pgm_params,
                          pgm_settings)
-from regimen.inference import compare_with_unaries, guide_of, pgm_is_worse, predict, task_metrics
+from regimen.inference import (compare_with_unaries, guide_of, pgm_is_worse, predict, predict_split, split_metrics,
+                               task_metrics)
 from regimen.processed import TaskData, check_same_data, data_identity, load_checked_meta, load_task_data
 from regimen.stack import Stack, check_fits_data, new_stack, resolve_device, stack_from_checkpoint
 from regimen.training import Schedule, Trainer, attach_log_file
@@ -54,7 +55,7 @@ def pretrain(config: Config, save: Path, resume: Optional[Path], overwrite: bool
     _check_run_folder(run, "--save", fresh and resume is None, overwrite)
     data = load_task_data(config)
     device = resolve_device(config.device)
-    unary = resolve_unary_loss(config.loss.unary, data.task, "p" in data.splits["train"])
+    unary = resolve_unary_loss(config.loss.unary, data.task, data.has_soft_targets)
     if payload is not None:
         check_same_data(payload["dataset"], data.meta, str(resume))
         stack = stack_from_checkpoint(payload, str(resume), config.training.mixed_precision)
@@ -69,7 +70,7 @@ def pretrain(config: Config, save: Path, resume: Optional[Path], overwrite: bool
         return unary_loss(unary, stack.unaries(batch["x"]), batch["y"], batch.get("p")), {}
 
     trainer = Trainer(stack, data, Schedule.pretraining(config), loss_fn,
-                      lambda s: _split_metrics(s, data, "val", device, config), run,
+                      lambda s: split_metrics(s, data, "val", device, config.training.batch_size), run,
                       _info("convlstm", data, config), config.seed, device, config.data.augmentations)
     summary = trainer.fit(payload, until_epoch)
 
@@ -77,15 +78,16 @@ def pretrain(config: Config, save: Path, resume: Optional[Path], overwrite: bool
                                  config.training.mixed_precision).to(device)
     splits = {}
     for split in runs.SPLITS:
-        unaries, maps = predict(best, data.splits[split]["x"], device, config.training.batch_size,
-                                feature_maps=config.training.save_feature_maps)
-        splits[split] = {"unaries": unaries, "labels": data.splits[split]["y"]}
+        unaries, maps = predict_split(best, data, split, device, config.training.batch_size,
+                                      feature_maps=config.training.save_feature_maps)
+        splits[split] = {"unaries": unaries, "labels": data.windows(split).labels()}
         if maps is not None:
             splits[split]["feature_maps"] = maps
     files.save_checkpoint(run.features, {"kind": "features", "dataset": data.identity, "splits": splits})
+    scored = TaskData(data.meta, {split: {"y": part["labels"]} for split, part in splits.items()})
     metrics = {
         "task": data.task, "metric": MAIN_METRIC[data.task][0], "unary_loss": unary,
-        **{split: task_metrics(data, split, splits[split]["unaries"]) for split in ("val", "test")},
+        **{split: task_metrics(scored, split, splits[split]["unaries"]) for split in ("val", "test")},
         "training": summary,
         "provenance": _provenance(config, data.meta, device, started),
     }
@@ -176,7 +178,7 @@ def train_joint(config: Config, resume: Path, pgm_path: Optional[Path], save: Op
     _check_run_folder(run, "--save", not continuing, overwrite)
     data = load_task_data(config)
     device = resolve_device(config.device)
-    unary = resolve_unary_loss(config.loss.unary, data.task, "p" in data.splits["train"])
+    unary = resolve_unary_loss(config.loss.unary, data.task, data.has_soft_targets)
     check_same_data(payload["dataset"], data.meta, f"--resume {resume}")
     stack = stack_from_checkpoint(payload, f"--resume {resume}", config.training.mixed_precision)
     check_fits_data(stack, data, f"--resume {resume}")
@@ -197,7 +199,7 @@ def train_joint(config: Config, resume: Path, pgm_path: Optional[Path], save: Op
                        config.seed + epoch, guide=guide_of(data, "train").to(device))
 
     trainer = Trainer(stack, data, Schedule.joint(config), _joint_loss(unary, config),
-                      lambda s: _split_metrics(s, data, "val", device, config), run,
+                      lambda s: split_metrics(s, data, "val", device, config.training.batch_size), run,
                       _info("joint", data, config), config.seed, device, config.data.augmentations,
                       refit=refit if mode == "alternating" else None, validate_start=True)
     summary = trainer.fit(payload if continuing else None)
@@ -253,15 +255,6 @@ def _initial_head(config: Config, data: TaskData, resume: Path, pgm_path: Option
 
 
 # --------------------------------------------------------------------------- shared
-
-
-def _split_metrics(stack: Stack, data: TaskData, split: str, device: torch.device, config: Config) -> dict:
-    """The split's metrics through the head (when there is one), plus the unaries' as `unary_*`."""
-    unaries, _ = predict(stack, data.splits[split]["x"], device, config.training.batch_size)
-    metrics = task_metrics(data, split, unaries, stack.head)
-    if stack.head is not None:
-        metrics.update({f"unary_{k}": v for k, v in task_metrics(data, split, unaries).items()})
-    return metrics
 
 
 def _before_after(data: TaskData, split: str, unaries: torch.Tensor, head: PGMHead) -> dict:

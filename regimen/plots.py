@@ -202,7 +202,7 @@ def visualize_split(folder: Path, split: str, count: int, out: Path,
     (`<name>_<split>_predicted.*` with a model's predictions); non-grid data: features against
     time, PNG only."""
     meta = processed.load_meta(folder)
-    panel = SequencePanel(processed.load_split(folder, split, meta), meta, count, predict=predict)
+    panel = SequencePanel(processed.first_windows(folder, split, meta, count), meta, count, predict=predict)
     folders.claim(out, "--out")
     stem = f"{meta['name']}_{split}" + ("_predicted" if predict else "")
     png, gif = out / f"{stem}.png", out / f"{stem}.gif"

@@ -1,35 +1,49 @@
-"""The processed data a phase reads: the splits of phase 0 as tensors, checked against the config.
+"""The processed data a phase reads: the splits of phase 0, checked against the config.
 
-`load_meta` and `load_split` read phase 0's files, checked (each split against
-the sha256 that meta.json recorded). `load_task_data(config)` finds `data/processed/<name>/` for the configured
-dataset, checks that it was made with the same task, window and features, and
-returns a `TaskData`. `check_same_data` refuses a checkpoint or features file
-made from other data.
+`load_meta` reads phase 0's meta.json. `load_task_data(config)` finds
+`data/processed/<name>/` for the configured dataset, checks that it was made
+with the same task, window and features and that its files are whole, and
+returns a `TaskData`: its windows stream through `TaskData.loader`, or, for
+the phases that still hold a split in memory, `TaskData.splits`.
+`check_same_data` refuses a checkpoint or features file made from other data.
 """
 
 from __future__ import annotations
 
-import io
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
+from torch.utils.data import DataLoader, Sampler
 
 from regimen import files, runs
 from regimen.augment import Batch
-from regimen.config import Config
+from regimen.config import FILE_DATASETS, Config, LoaderConfig
 from regimen.errors import UserError
+from regimen.store import STORE_VERSION, verify
+from regimen.windows import WindowDataset, all_rows, window_loader
 
 
-@dataclass
+VERIFY_BYTES = 1 << 30  # splits up to this size are checked against their sha256 whenever they are opened
+
+
 class TaskData:
-    """The processed splits as tensors: `x` `[N, T, H, W, C]`, `y`, optional soft targets `p`."""
+    """The processed splits: windows `x` `[N, T, H, W, C]`, labels `y`, optional soft targets `p`.
 
-    meta: dict
-    splits: dict[str, Batch]
+    Args:
+        meta: phase 0's meta.json.
+        splits: the splits as tensors, when a phase has them already (features' labels); else
+            read from `folder` on first use.
+        folder: phase 0's folder, whose windows `windows(split)` and `loader` read.
+        loader: how DataLoaders read them (`data.loader`).
+    """
+
+    def __init__(self, meta: dict, splits: Optional[dict[str, Batch]] = None, folder: Optional[Path] = None,
+                 loader: Optional[LoaderConfig] = None):
+        self.meta, self.folder, self.loader_config = meta, folder, loader or LoaderConfig()
+        self.splits: dict[str, Batch] = splits if splits is not None else _SplitsInMemory(self)
+        self._windows: dict[str, WindowDataset] = {}
 
     @property
     def task(self) -> str:
@@ -41,16 +55,41 @@ class TaskData:
 
     @property
     def input_channels(self) -> int:
-        return int(self.splits["train"]["x"].shape[-1])
+        return int(self.meta["shapes"]["train"]["X"][-1])
 
     @property
     def num_outputs(self) -> int:
         """Classes, or the channels of a regression target."""
-        return int(self.splits["train"]["y"].shape[-1]) if self.task == "regression" else self.num_classes
+        return int(self.meta["shapes"]["train"]["Y"][-1]) if self.task == "regression" else self.num_classes
+
+    @property
+    def has_soft_targets(self) -> bool:
+        return "P" in self.meta["shapes"]["train"]
 
     @property
     def identity(self) -> dict:
         return data_identity(self.meta)
+
+    def windows(self, split: str) -> WindowDataset:
+        if split not in self._windows:
+            self._windows[split] = WindowDataset(self.folder, split, self.meta)
+        return self._windows[split]
+
+    def loader(self, split: str, batches: Sampler, pin_memory: bool = False) -> DataLoader:
+        """A DataLoader of the split's windows in the sampler's batches (`data.loader`'s workers)."""
+        return window_loader(self.windows(split), batches, self.loader_config, pin_memory)
+
+
+class _SplitsInMemory(dict):
+    """`splits[split]`: one split's windows as tensors, read whole on first use."""
+
+    def __init__(self, data: TaskData):
+        super().__init__()
+        self.data = data
+
+    def __missing__(self, split: str) -> Batch:
+        self[split] = all_rows(self.data.windows(split))
+        return self[split]
 
 
 def data_identity(meta: dict) -> dict:
@@ -86,7 +125,7 @@ def processed_folder(config: Config) -> Path:
 
 def _described(config: Config) -> str:
     data = config.data
-    return f"data.dataset: {data.dataset}" + (f", data.path: {data.path}" if data.dataset == "npz" else "")
+    return f"data.dataset: {data.dataset}" + (f", data.path: {data.path}" if data.dataset in FILE_DATASETS else "")
 
 
 def _others(folder: Path) -> str:
@@ -109,16 +148,12 @@ def _others(folder: Path) -> str:
 
 
 def load_task_data(config: Config) -> TaskData:
-    """The processed splits of the configured dataset, checked against the config."""
+    """The processed splits of the configured dataset, checked against the config and on disk."""
     meta = load_checked_meta(config)
     folder = runs.processed_dir(config.data.root, meta["name"])
-    splits = {}
     for split in runs.SPLITS:
-        arrays = load_split(folder, split, meta)
-        splits[split] = {"x": torch.from_numpy(arrays["X"]), "y": torch.from_numpy(arrays["Y"])}
-        if "P" in arrays:
-            splits[split]["p"] = torch.from_numpy(arrays["P"])
-    return TaskData(meta, splits)
+        verify(folder, split, meta["files"][split], VERIFY_BYTES)
+    return TaskData(meta, folder=folder, loader=config.data.loader)
 
 
 def check_same_data(recorded: dict, meta: dict, source: str) -> None:
@@ -132,7 +167,7 @@ def check_same_data(recorded: dict, meta: dict, source: str) -> None:
 
 
 META_KEYS = ("name", "task", "num_classes", "T_window", "stride", "static_features", "sha256", "data_version",
-             "splits", "normalisation", "channel_names", "class_names", "spatial_invariant")
+             "splits", "normalisation", "channel_names", "class_names", "spatial_invariant", "shapes", "files")
 
 
 def load_meta(folder: Path) -> dict:
@@ -140,26 +175,22 @@ def load_meta(folder: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path} not found; run tools/preprocess.py first")
     meta = files.read_json(path, "tools/preprocess.py")
+    if isinstance(meta, dict) and meta.get("store") != STORE_VERSION:
+        raise UserError(f"{path}: processed by another version of tools/preprocess.py (windows in .npz files); "
+                        "run tools/preprocess.py again")
     missing = [key for key in META_KEYS if not isinstance(meta, dict) or key not in meta]
     if missing:
         raise UserError(f"{path}: damaged (no {', '.join(missing)}); tools/preprocess.py writes it again")
     return meta
 
 
-def load_split(folder: Path, split: str, meta: dict) -> dict[str, np.ndarray]:
-    """The arrays of one processed split (`X`, `Y`, optional `P`, `sequence`, `start`), checked
-    against the sha256 that meta.json recorded for it."""
+def first_windows(folder: Path, split: str, meta: dict, count: int) -> dict[str, np.ndarray]:
+    """The first window of each of the split's first `count` sequences: `X`, `Y` and `sequence`,
+    the split's files checked first."""
     if split not in runs.SPLITS:
         raise UserError(f"unknown split '{split}'; expected one of {', '.join(runs.SPLITS)}")
-    path = runs.split_path(folder, split)
-    if not path.is_file():
-        raise UserError(f"{path} not found; run tools/preprocess.py first")
-    payload = path.read_bytes()
-    if files.sha256_bytes(payload) != meta["sha256"].get(split):
-        raise UserError(f"{path}: damaged (its sha256 differs from {runs.META_FILE}'s); tools/preprocess.py "
-                        "writes it again")
-    try:
-        with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
-    except Exception as error:  # numpy and zipfile raise many types for a broken archive
-        raise files.damaged(path, "tools/preprocess.py", error) from None
+    verify(folder, split, meta["files"][split], VERIFY_BYTES)
+    windows = WindowDataset(folder, split, meta)
+    picks = np.sort(np.unique(windows.sequence, return_index=True)[1])[:count]
+    return {"X": windows.read("x", picks).numpy(), "Y": windows.read("y", picks).numpy(),
+            "sequence": windows.sequence[picks]}

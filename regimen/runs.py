@@ -9,11 +9,13 @@ the files are written and read is `regimen.files`; who may write a folder is
 
 from __future__ import annotations
 
+import glob
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from regimen.config import Config, digest
+from regimen.config import FILE_DATASETS, Config, digest
 from regimen.folders import FolderKind, staging_names
 
 SPLITS = ("train", "val", "test")
@@ -24,13 +26,16 @@ META_FILE = "meta.json"
 
 
 def dataset_name(config: Config) -> str:
-    """The processed folder's name: the built-in dataset's, or for an npz file its stem (letters,
-    digits, '_', '-' and '.' kept) and a digest of its full path, so no file name can climb out of
-    the processed folder, take a built-in dataset's place, or share a folder with another file."""
-    if config.data.dataset == "npz":
-        path = Path(config.data.path).resolve()
-        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem).lstrip(".")[:64] or "data"
-        return f"{stem}-{digest(str(path))[:8]}"
+    """The processed folder's name: the built-in dataset's, or for the user's files (an npz, an
+    archive) the path's stem (letters, digits, '_', '-' and '.' kept) and a digest of the reader and
+    its full path, so no file name can climb out of the processed folder, take a built-in dataset's
+    place, or share a folder with other data."""
+    data = config.data
+    if data.dataset in FILE_DATASETS:
+        path = str(Path(data.path).resolve()) if not glob.has_magic(data.path) else os.path.abspath(data.path)
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(path).stem).lstrip(".")[:64] or "data"
+        source = path if data.dataset == "npz" else f"{data.dataset}:{path}"
+        return f"{stem}-{digest(source)[:8]}"
     return config.data.dataset
 
 
@@ -39,15 +44,20 @@ def processed_dir(root: str | Path, name: str) -> Path:
     return Path(root) / "processed" / name
 
 
-def split_path(folder: Path, split: str) -> Path:
-    return Path(folder) / f"{split}.npz"
+STORE_ARRAYS = ("X", "Y", "P", "windows")  # per split: frames, labels, soft targets (optional), window index
+
+
+def store_path(folder: Path, split: str, array: str) -> Path:
+    """One array of a processed split: `<split>.<array>.npy` (see `regimen.store`)."""
+    return Path(folder) / f"{split}.{array}.npy"
 
 
 def meta_path(folder: Path) -> Path:
     return Path(folder) / META_FILE
 
 
-PROCESSED = FolderKind("a processed data folder", "processed data", (META_FILE, *(f"{split}.npz" for split in SPLITS)),
+PROCESSED = FolderKind("a processed data folder", "processed data",
+                       (META_FILE, *(f"{split}.{array}.npy" for split in SPLITS for array in STORE_ARRAYS)),
                        writers="tools/preprocess.py")
 
 

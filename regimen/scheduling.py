@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 
 from regimen import runs
-from regimen.config import Config, digest, dump_config, to_dict
+from regimen.config import FILE_DATASETS, Config, digest, dump_config, to_dict
 from regimen.data import preprocess
 from regimen.errors import UserError
 from regimen.genome import Gene, decode
@@ -168,9 +168,9 @@ class TrialScheduler:
         return spec
 
     def _lower_fidelity(self, config: Config) -> None:
-        """Fewer epochs; and a built-in dataset generated on a coarser grid (an npz stays as it is)."""
+        """Fewer epochs; and a built-in dataset generated on a coarser grid (the user's files stay as they are)."""
         low = self.evo.low_fidelity
-        if config.data.dataset != "npz":
+        if config.data.dataset not in FILE_DATASETS:
             generator = config.data.generator
             generator.height = max(4, generator.height // low.downsample_factor)
             generator.width = max(4, generator.width // low.downsample_factor)

@@ -31,6 +31,7 @@ from regimen.plots import plot_learning_curve
 from regimen.processed import TaskData
 from regimen.progress import track
 from regimen.stack import Stack, model_input, needs_grad_scaler
+from regimen.windows import ShuffledBatches
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +121,13 @@ class Trainer:
         if no_decay:  # the PGM's weights have their own prior; no decay towards 0
             groups.append({"params": no_decay, "weight_decay": 0.0})
         self.optimizer = torch.optim.AdamW(groups, lr=schedule.lr)
-        steps = math.ceil(len(data.splits["train"]["x"]) / schedule.batch_size)
+        self.order = torch.Generator().manual_seed(seed + 1)
+        self.batches = ShuffledBatches(len(data.windows("train")), schedule.batch_size, self.order)
+        self.loader = data.loader("train", self.batches, pin_memory=device.type == "cuda")
+        steps = len(self.batches)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(schedule.warmup_epochs * steps, schedule.epochs * steps))
         self.scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(device, schedule.mixed_precision))
-        self.order = torch.Generator().manual_seed(seed + 1)
         self.augmenter = Augmenter(augmentations, data.meta["spatial_invariant"], seed + 2)
         self.epoch, self.best, self.since_best, self.history = 0, None, 0, []
 
@@ -184,14 +187,11 @@ class Trainer:
 
     def _train_epoch(self) -> dict[str, float]:
         self.stack.train()
-        train = self.data.splits["train"]
-        n, size = len(train["x"]), self.schedule.batch_size
-        order = torch.randperm(n, generator=self.order)
         totals: dict[str, float] = {}
-        for start in track(range(0, n, size), f"epoch {self.epoch + 1}", "batches"):
-            rows = order[start:start + size]
-            batch = self.augmenter({key: a[rows] for key, a in train.items()})
-            batch = {key: a.to(self.device) for key, a in batch.items()}
+        for batch in track(self.loader, f"epoch {self.epoch + 1}", "batches"):
+            rows = len(batch["x"])
+            batch = self.augmenter(batch)
+            batch = {key: a.to(self.device, non_blocking=True) for key, a in batch.items()}
             batch["x"] = model_input(batch["x"])
             loss, parts = self.loss_fn(self.stack, batch)
             if not torch.isfinite(loss):
@@ -205,8 +205,8 @@ class Trainer:
             self.scaler.update()
             self.scheduler.step()
             for key, value in {"loss": loss.item(), **parts}.items():
-                totals[key] = totals.get(key, 0.0) + value * len(rows)
-        return {key: value / n for key, value in totals.items()}
+                totals[key] = totals.get(key, 0.0) + value * rows
+        return {key: value / self.batches.count for key, value in totals.items()}
 
     def _diverged(self, loss: float, parts: dict[str, float]) -> None:
         """A loss that is no longer finite is the config's outcome, not a crash: say what to change."""

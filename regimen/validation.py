@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from regimen.config import (CALIBRATIONS, CMAES_OBJECTIVES, CRF_INFERENCE, DATASETS, GENERATOR_BYTES_PER_PIXEL,
-                            JOINT_MODES, MAX_OBJECTIVES, MAX_SEED, OBJECTIVES, PGM_TYPES, STATIC_FEATURES, TASKS,
+from regimen.config import (ARCHIVES, CALIBRATIONS, CMAES_OBJECTIVES, CRF_INFERENCE, DATASETS, FILE_DATASETS, GENERATOR_BYTES_PER_PIXEL,
+                            JOINT_MODES, LOADER_START_METHODS, MAX_OBJECTIVES, NEXT_FRAME, MAX_SEED, OBJECTIVES, PGM_TYPES, STATIC_FEATURES, TASKS,
                             TASKS_OF_DATASET, UNARY_LOSSES, USE_PGM, Config, did_you_mean, get_key, leaf_keys, shown)
 from regimen.errors import UserError
 from regimen.machine import path_problem, require_memory
@@ -77,11 +77,27 @@ def _validate_data(check: _Checker) -> None:
                   f"dataset '{data.dataset}' offers {', '.join(allowed)}")
     check.require(data.dataset != "npz" or bool(data.path), "data.path",
                   "dataset 'npz' needs the path of an .npz file with X and Y")
+    check.require(data.dataset not in ARCHIVES or bool(data.path), "data.path",
+                  f"dataset '{data.dataset}' needs the path of the archive: a file, a folder or a glob")
     if data.num_classes is not None:
         check.require(data.num_classes >= 2, "data.num_classes", "must be >= 2 (or null)")
-    check.one_of("data.format", ("NTHWC", "NTCHW"))
+    if data.dataset == "hdf5":
+        letters = data.format
+        check.require(sorted(letters) in (sorted("NTHWC"), sorted("NTHW"), sorted("THWC"), sorted("THW")),
+                      "data.format", "expected the axis order of the inputs: T, H, W, optional N (sequences) "
+                      "and C (channels), each once, e.g. NTHWC or NHWT")
+    else:
+        check.one_of("data.format", ("NTHWC", "NTCHW"))
+    if data.labels == NEXT_FRAME:
+        check.require(data.task == "regression", "data.labels", "next_frame targets the next frame: "
+                      "data.task regression")
+    check.require(data.dataset not in ARCHIVES or data.labels is not None, "data.labels",
+                  "expected the labels' dataset, variable or folder, or next_frame")
     for key in ("data.root", "data.path"):
         _validate_path(check, key)
+    check.non_negative("data.loader.workers")
+    check.positive("data.loader.prefetch")
+    check.one_of("data.loader.start_method", LOADER_START_METHODS)
     check.require(data.T_window >= 2, "data.T_window", "must be >= 2 (temporal links and the consistency "
                   "term compare consecutive frames)")
     check.positive("data.stride")
@@ -96,12 +112,12 @@ def _validate_data(check: _Checker) -> None:
 
     gen = "data.generator"
     check.positive(f"{gen}.num_sequences", f"{gen}.sequence_length", f"{gen}.height", f"{gen}.width")
-    if data.dataset != "npz":
+    if data.dataset not in FILE_DATASETS:
         g = data.generator
         require_memory(g.num_sequences * g.sequence_length * g.height * g.width * GENERATOR_BYTES_PER_PIXEL,
                        f"{check.source}: data.generator (num_sequences {g.num_sequences} x sequence_length "
                        f"{g.sequence_length} x {g.height} x {g.width}): generating the {data.dataset} data")
-    if data.dataset != "npz":
+    if data.dataset not in FILE_DATASETS:
         check.require(data.T_window <= data.generator.sequence_length, "data.T_window",
                       f"must be <= data.generator.sequence_length "
                       f"({data.generator.sequence_length}), the frames in a sequence")
