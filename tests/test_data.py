@@ -7,21 +7,19 @@ import json
 import numpy as np
 import pytest
 
-from regimen import files, folders, processed, runs
+from regimen import files, folders, runs
 from regimen.errors import UserError
 from regimen.config_file import load_config
-from regimen.data import (add_static_features, channel_statistics, cut_windows, preprocess,
-                          split_sequences, window_starts)
+from regimen.data import (ChannelStatistics, add_static_features, preprocess, split_sequences, window_index,
+                          window_starts)
+from regimen.windows import WindowDataset
 
 
-def test_windows_equal_hand_computed_slices():
-    x = np.arange(2 * 7 * 1 * 1 * 1).reshape(2, 7, 1, 1, 1)
-    y = np.arange(2 * 7).reshape(2, 7) + 100
+def test_window_index_equals_hand_computed_rows():
     assert window_starts(7, 3, 2).tolist() == [0, 2, 4]
-    out = cut_windows({"X": x, "Y": y}, np.array([1]), window=3, stride=2)
-    assert out["X"][:, :, 0, 0, 0].tolist() == [[7, 8, 9], [9, 10, 11], [11, 12, 13]]
-    assert out["Y"].tolist() == [[107, 108, 109], [109, 110, 111], [111, 112, 113]]
-    assert out["sequence"].tolist() == [1, 1, 1] and out["start"].tolist() == [0, 2, 4]
+    # sequences 2 (5 frames) then 0 (7 frames) stored end to end: rows 0-4, then 5-11
+    index = window_index(np.array([2, 0]), [7, 9, 5], window=3, stride=2)
+    assert index.tolist() == [[2, 0, 0], [2, 2, 2], [0, 0, 5], [0, 2, 7], [0, 4, 9]]
     # a window that would run past the end is not cut
     assert window_starts(7, 4, 4).tolist() == [0]
     assert window_starts(4, 4, 1).tolist() == [0]
@@ -47,36 +45,60 @@ def test_statistics_are_per_channel():
     x = np.zeros((2, 3, 4, 4, 2), dtype=np.float32)
     x[..., 1] = 5.0
     x[0, ..., 0] = 2.0
-    mean, std = channel_statistics(x)
+    statistics = ChannelStatistics()
+    for sequence in x:
+        statistics.add(sequence)
+    mean, std = statistics.result()
     np.testing.assert_allclose(mean, [1.0, 5.0])
     np.testing.assert_allclose(std, [1.0, 1e-6])
 
 
+def test_streamed_statistics_equal_numpy_over_the_whole_array():
+    x = (np.random.default_rng(0).normal(3.0, 2.0, size=(37, 6, 6, 3)) ** 3).astype(np.float32)
+    statistics = ChannelStatistics()
+    for start in range(0, len(x), 5):  # uneven chunks, the last one shorter
+        statistics.add(x[start:start + 5])
+    np.testing.assert_allclose(statistics.mean, x.mean(axis=(0, 1, 2), dtype=np.float64), rtol=1e-13)
+    np.testing.assert_allclose(np.sqrt(statistics.m2 / statistics.count), x.std(axis=(0, 1, 2), dtype=np.float64),
+                               rtol=1e-13)
+
+
 def test_static_features():
-    x = np.zeros((1, 3, 5, 5, 1), dtype=np.float32)
-    x[0, 1, :, 2:] = 1.0  # a vertical edge appearing at t=1
+    x = np.zeros((3, 5, 5, 1), dtype=np.float32)
+    x[1, :, 2:] = 1.0  # a vertical edge appearing at t=1
     out, names = add_static_features(x, ["edges", "motion", "mask"])
-    assert names == ["edges_0", "motion_0", "mask"] and out.shape == (1, 3, 5, 5, 4)
+    assert names == ["edges_0", "motion_0", "mask"] and out.shape == (3, 5, 5, 4)
     edges, motion, mask = out[..., 1], out[..., 2], out[..., 3]
-    assert edges[0, 0].max() == 0 and edges[0, 1, :, 1:3].min() > 0 and edges[0, 1, :, 4].max() == 0
-    assert motion[0, 0].max() == 0 and motion[0, 1, 0, 2] == 1 and motion[0, 2, 0, 2] == -1
-    assert mask[0, 0, 2, 2] == 1 and mask[0, 0, 0, 0] == 0
+    assert edges[0].max() == 0 and edges[1, :, 1:3].min() > 0 and edges[1, :, 4].max() == 0
+    assert motion[0].max() == 0 and motion[1, 0, 2] == 1 and motion[2, 0, 2] == -1
+    assert mask[0, 2, 2] == 1 and mask[0, 0, 0] == 0
+    # in chunks, motion takes the frame before the chunk: the same channels as the whole sequence
+    chunked = np.concatenate([add_static_features(x[:2], ["motion"])[0],
+                              add_static_features(x[2:], ["motion"], previous=x[1])[0]])
+    np.testing.assert_array_equal(chunked, add_static_features(x, ["motion"])[0])
 
 
 def test_preprocess_writes_reproducible_files_with_training_statistics(write_config):
     config = load_config(write_config())
     folder, meta = preprocess(config)
     first = {name: (folder / name).read_bytes() for name in folders.contents(folder)}
-    assert set(first) == {"train.npz", "val.npz", "test.npz", "meta.json"}
+    assert set(first) == {"meta.json", *(f"{s}.{a}.npy" for s in runs.SPLITS for a in ("X", "Y", "P", "windows"))}
     assert json.loads(first["meta.json"]) == meta
     for split in runs.SPLITS:
-        assert files.sha256_file(runs.split_path(folder, split)) == meta["sha256"][split]
+        for array, entry in meta["files"][split].items():
+            assert files.sha256_file(runs.store_path(folder, split, array)) == entry["sha256"]
 
+    # unchanged inputs: nothing is written again
+    times = {name: (folder / name).stat().st_mtime_ns for name in first}
+    assert preprocess(config)[1] == meta
+    assert {name: (folder / name).stat().st_mtime_ns for name in first} == times
+    # made again (another seed, then this one): byte-identical
+    preprocess(load_config(write_config(), ["seed=7"]))
     preprocess(config)
-    assert {name: (folder / name).read_bytes() for name in folders.contents(folder)} == first  # byte-identical
+    assert {name: (folder / name).read_bytes() for name in folders.contents(folder)} == first
 
-    splits = {s: processed.load_split(folder, s, meta) for s in runs.SPLITS}
-    sequences = [set(splits[s]["sequence"].tolist()) for s in runs.SPLITS]
+    windows = {s: WindowDataset(folder, s, meta) for s in runs.SPLITS}
+    sequences = [set(windows[s].sequence.tolist()) for s in runs.SPLITS]
     assert not (sequences[0] & sequences[1] or sequences[0] & sequences[2] or sequences[1] & sequences[2])
     assert [meta["splits"][s]["sequences"] for s in runs.SPLITS] == [len(s) for s in sequences]
 
@@ -88,9 +110,9 @@ def test_preprocess_writes_reproducible_files_with_training_statistics(write_con
     mean, std = meta["normalisation"]["mean"][0], meta["normalisation"]["std"][0]
     assert mean == pytest.approx(float(raw[train_ids].mean()), rel=1e-5)
     assert std == pytest.approx(float(raw[train_ids].std()), rel=1e-5)
-    window = splits["val"]
-    seq, start = window["sequence"][0], window["start"][0]
-    np.testing.assert_allclose(window["X"][0], (raw[seq, start:start + 4] - mean) / std, rtol=1e-5, atol=1e-6)
+    window = windows["val"]
+    seq, start = window.sequence[0], window.start[0]
+    np.testing.assert_allclose(window[0]["x"][0], (raw[seq, start:start + 4] - mean) / std, rtol=1e-5, atol=1e-6)
     assert meta["baselines"]["smoothing_gap_points"] > 0
     assert meta["data_version"] and meta["seed"] == config.seed
 
@@ -100,8 +122,9 @@ def test_windows_keep_labels_and_soft_targets_aligned(write_config):
     folder, meta = preprocess(config)
     from regimen.datasets import load_dataset
     raw = load_dataset(config.data, config.seed)
-    split = processed.load_split(folder, "train", meta)
-    for i in range(len(split["X"])):
-        seq, start = split["sequence"][i], split["start"][i]
-        np.testing.assert_array_equal(split["Y"][i], raw.Y[seq, start:start + 4])
-        np.testing.assert_array_equal(split["P"][i], raw.P[seq, start:start + 4])
+    split = WindowDataset(folder, "train", meta)
+    for i in range(len(split)):
+        seq, start = split.sequence[i], split.start[i]
+        window = split[i]
+        np.testing.assert_array_equal(window["y"][0], raw.Y[seq, start:start + 4])
+        np.testing.assert_array_equal(window["p"][0], raw.P[seq, start:start + 4])
