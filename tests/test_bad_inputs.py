@@ -87,10 +87,16 @@ def malicious(tmp: Path) -> Path:
     return tmp / "p.pkl"
 
 
-def damaged_data(file: str) -> Callable:
+def flip_a_byte(path: Path) -> None:
+    payload = bytearray(path.read_bytes())
+    payload[-3] ^= 0xFF
+    path.write_bytes(bytes(payload))
+
+
+def damaged_data(file: str, spoil: Callable[[Path], None] = truncate) -> Callable:
     def prepare(w: World, tmp: Path) -> list[str]:
         config = copy_data(w, tmp)
-        truncate(tmp / "data" / "processed" / "storms" / file)
+        spoil(tmp / "data" / "processed" / "storms" / file)
         return ["--config", config]
     return prepare
 
@@ -168,6 +174,16 @@ CASES = {
     "preprocess 10^12 sequences": Case("tools/preprocess.py",
                                        lambda w, t: [S, "data.generator.num_sequences=1000000000000"],
                                        "generating the storms data would take about"),
+    "preprocess fork workers": Case("tools/preprocess.py", lambda w, t: [S, "data.loader.start_method=fork"],
+                                    "data.loader.start_method = 'fork': expected one of spawn, forkserver"),
+    "preprocess hdf5 axes": Case("tools/preprocess.py", lambda w, t: [S, "data.dataset=hdf5", S, f"data.path={t}",
+                                                                      S, "data.format=NTHX"],
+                                 "data.format = 'NTHX': expected the axis order of the inputs: T, H, W, optional N"),
+    "preprocess next_frame labels of classes": Case(
+        "tools/preprocess.py", lambda w, t: [S, "data.labels=next_frame"],
+        "data.labels = 'next_frame': next_frame targets the next frame: data.task regression"),
+    "preprocess archive without a path": Case("tools/preprocess.py", lambda w, t: [S, "data.dataset=frames"],
+                                              "data.path = None: dataset 'frames' needs the path of the archive"),
     "preprocess infinite lr": Case("tools/preprocess.py", lambda w, t: [S, "training.lr=.inf"],
                                    "training.lr = inf: expected a finite number"),
     "preprocess NaN loss weight": Case("tools/preprocess.py", lambda w, t: [S, "loss.alpha_unary=.nan"],
@@ -217,8 +233,8 @@ CASES = {
                                         NOT_PREPROCESSED),
     "visualize damaged meta.json": Case("tools/visualize.py", damaged_data("meta.json"),
                                         "meta.json: damaged ("),
-    "visualize damaged split": Case("tools/visualize.py", damaged_data("train.npz"),
-                                    "train.npz: damaged (its sha256 differs from meta.json's); "
+    "visualize damaged split": Case("tools/visualize.py", damaged_data("train.X.npy"),
+                                    "train.X.npy: damaged (its size or sha256 differs from meta.json's); "
                                     "tools/preprocess.py writes it again"),
     "visualize missing checkpoint": Case("tools/visualize.py", lambda w, t: ["--ckpt", str(t / "no.pt")],
                                          "no.pt: file not found"),
@@ -259,7 +275,10 @@ CASES = {
     "phase 1 damaged meta.json": Case("train_convlstm.py", lambda w, t: [
         *damaged_data("meta.json")(w, t), "--save", str(t / "run")], "meta.json: damaged ("),
     "phase 1 damaged val split": Case("train_convlstm.py", lambda w, t: [
-        *damaged_data("val.npz")(w, t), "--save", str(t / "run")], "val.npz: damaged (its sha256 differs"),
+        *damaged_data("val.Y.npy")(w, t), "--save", str(t / "run")], "val.Y.npy: damaged (its size or sha256 differs"),
+    "phase 1 altered frames": Case("train_convlstm.py", lambda w, t: [
+        *damaged_data("test.X.npy", flip_a_byte)(w, t), "--save", str(t / "run")],
+        "test.X.npy: damaged (its size or sha256 differs"),
     "phase 1 data not processed": Case("train_convlstm.py", lambda w, t: [
         S, f"data.root={t}", "--save", str(t / "run")], NOT_PREPROCESSED),
     "phase 1 window differs from the data": Case("train_convlstm.py", lambda w, t: [

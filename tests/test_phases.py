@@ -91,9 +91,11 @@ def final_weights(folder):
 
 
 def test_resume_after_sigkill_ends_like_an_uninterrupted_run(storms, tmp_path):
+    """The straight run reads windows in its own process, the killed and resumed one through two
+    DataLoader workers: the same weights."""
     config, _ = storms
-    longer = ["--config", config, "--set", "training.epochs=5"]
-    ok("train_convlstm.py", *longer, "--save", str(tmp_path / "straight"))
+    ok("train_convlstm.py", "--config", config, "--set", "training.epochs=5", "--save", str(tmp_path / "straight"))
+    longer = ["--config", config, "--set", "training.epochs=5", "--set", "data.loader.workers=2"]
 
     killed = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, str(ROOT / "train_convlstm.py"), *longer, "--save", str(killed)],

@@ -30,10 +30,13 @@ class HDF5Reader(Reader):
     def __init__(self, data: DataConfig):
         self.data, self.axes = data, data.format
         self._open: dict[Path, h5py.File] = {}
-        files = archive_files(data.path, SUFFIXES, "HDF5 files (.h5, .hdf5)")
-        shapes = {path: self._input_shape(path) for path in files} if not data.catalog.path else {}
-        events = self._catalog(data, shapes) if data.catalog.path else [
-            (path, index, None) for path, shape in shapes.items() for index in range(shape.get("N", 1))]
+        if data.catalog.path:  # the catalog names the files, under data.path
+            shapes = {}
+            events = self._catalog(data, shapes)
+        else:
+            shapes = {path: self._input_shape(path)
+                      for path in archive_files(data.path, SUFFIXES, "HDF5 files (.h5, .hdf5)")}
+            events = [(path, index, None) for path, shape in shapes.items() for index in range(shape.get("N", 1))]
         grids = {}
         for path in dict.fromkeys(path for path, _, _ in events):
             shape = shapes[path]
@@ -114,7 +117,9 @@ class HDF5Reader(Reader):
     def _catalog(self, data: DataConfig, shapes: dict) -> list[tuple[Path, int, Optional[str]]]:
         """(file, index, time) of each catalog row, each checked against its file."""
         catalog, root = Path(data.catalog.path), Path(data.path)
-        root = root if root.is_dir() else root.parent
+        if not root.is_dir():
+            raise UserError(f"data.path: {root} {'is not a folder' if root.exists() else 'not found'}; with "
+                            "data.catalog, the folder that the catalog's file names start from")
         try:
             with open(catalog, newline="") as handle:
                 rows = list(csv.DictReader(handle))

@@ -72,8 +72,9 @@ class XarrayReader(Reader):
             try:
                 self._open[path] = xarray.open_dataset(path, engine="zarr" if zarr else None, chunks=None)
             except Exception as error:  # the backends raise many kinds for an unreadable file
+                first_line = (str(error).splitlines() or [""])[0]
                 raise UserError(f"{path}: not a readable {'Zarr store' if zarr else 'NetCDF file'} "
-                                f"({type(error).__name__}: {error})") from None
+                                f"({type(error).__name__}: {first_line})") from None
         return self._open[path]
 
     def _variable(self, path: Path, name: str, role: str):
