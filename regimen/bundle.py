@@ -68,7 +68,7 @@ class Bundle:
             raise UserError(f"X has shape {tuple(x.shape)}; the model expects raw windows [N, T, H, W, {raw}]")
         if not np.isfinite(x).all():
             raise UserError("X holds NaN or Inf values")
-        x, _ = add_static_features(x, self.preparation["static_features"])
+        x = np.stack([add_static_features(window, self.preparation["static_features"])[0] for window in x])
         norm = self.preparation["normalisation"]
         mean, std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
         return torch.from_numpy(((x - mean) / std).astype(np.float32))

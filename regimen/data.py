@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from regimen import files, folders, runs
-from regimen.config import Config, DataConfig, to_dict
+from regimen.config import ARCHIVES, Config, DataConfig, to_dict
 from regimen.errors import UserError
 from regimen.machine import require_memory
 from regimen.progress import track
@@ -150,8 +150,8 @@ def preprocess(config: Config) -> tuple[Path, dict]:
     lengths = [s.frames for s in reader.sequences]
     for sequence in reader.sequences:
         if sequence.frames < data.T_window:
-            raise UserError(f"data.T_window = {data.T_window}: must be <= the frames of each sequence; "
-                            f"{sequence.name} has {sequence.frames}")
+            raise UserError(f"data.T_window = {data.T_window}: must be <= the {sequence.frames} frames of each "
+                            f"sequence ({sequence.name})")
     parts = split_sequences(len(lengths), data.splits, config.seed)
     inputs = _inputs(config, reader)
     current = _up_to_date(folder, inputs)
@@ -159,9 +159,14 @@ def preprocess(config: Config) -> tuple[Path, dict]:
         log.info("%s is up to date (same config and input files): nothing to do", folder)
         return folder, current
 
-    first_frame, static_names = add_static_features(reader.read(0, 0, 1)["X"], data.static_features)
+    first = reader.read(0, 0, 1)
+    first_frame, static_names = add_static_features(first["X"], data.static_features)
     frames_per_chunk = max(1, CHUNK_BYTES // first_frame.nbytes)
     statistics, num_classes = _scan_training(reader, parts["train"], data.static_features, frames_per_chunk)
+    if num_classes is not None and data.dataset in ARCHIVES:  # (an npz is checked as it is loaded)
+        # The unaries of every window hold K floats per node (each frame sits in T_window / stride windows).
+        require_memory(4.0 * sum(lengths) * first["Y"][0].size * num_classes * max(1.0, data.T_window / data.stride),
+                       f"data.path: {sum(lengths)} frames of {num_classes} classes, and their unaries")
     if data.normalize:
         mean, std = statistics.result()
     else:
@@ -234,11 +239,6 @@ def _write_split(reader: Reader, folder: Path, split: str, sequences: np.ndarray
     """The second pass over one split: its frames normalised and written end to end, and its
     window index. Returns what meta.json records of the split."""
     frames = sum(lengths[i] for i in sequences)
-    if reader.task != "regression":
-        # The unaries of every window hold K floats per node (each frame sits in T_window / stride windows).
-        require_memory(4.0 * frames * np.prod(reader.read(int(sequences[0]), 0, 1)["Y"].shape[1:]) * num_classes
-                       * max(1.0, data.T_window / data.stride),
-                       f"{split} split: {frames} frames of {num_classes} classes, and their unaries")
     arrays: dict[str, ArrayWriter] = {}
     offset, table = 0, []
     for index in track(sequences, f"write {split}", "sequences"):

@@ -271,10 +271,10 @@ def test_an_empty_config_says_every_key_takes_its_default(tmp_path):
 def test_the_processed_data_a_run_reads_is_checked_against_its_recorded_sha256(tmp_path):
     config = tiny_config(tmp_path)
     ok("tools/preprocess.py", "--config", config)
-    split = tmp_path / "data" / "processed" / "storms" / "val.npz"
+    split = tmp_path / "data" / "processed" / "storms" / "val.X.npy"
     payload = bytearray(split.read_bytes())
-    payload[-100] ^= 0xFF  # one flipped bit inside an array: still a readable archive
+    payload[-100] ^= 0xFF  # one flipped bit inside the frames: the same size
     split.write_bytes(bytes(payload))
     done = run_script("train_convlstm.py", "--config", config, "--save", str(tmp_path / "run"))
-    assert done.returncode == 2 and "val.npz: damaged (its sha256 differs from meta.json's)" in done.stderr
+    assert done.returncode == 2 and "val.X.npy: damaged (its size or sha256 differs from meta.json's)" in done.stderr
     assert not (tmp_path / "run").exists()

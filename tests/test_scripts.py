@@ -16,7 +16,8 @@ def test_preprocess_and_visualize_from_another_directory(write_config, tmp_path)
     assert done.returncode == 0, done.stderr
     assert "gap" in done.stderr  # the storms baselines are printed
     folder = tmp_path / "data" / "processed" / "storms"
-    assert set(folders.contents(folder)) == {"train.npz", "val.npz", "test.npz", "meta.json"}
+    assert set(folders.contents(folder)) == {"meta.json", *(f"{split}.{array}.npy" for split in ("train", "val", "test")
+                                                            for array in ("X", "Y", "P", "windows"))}
 
     out = tmp_path / "pictures"
     done = run_script("tools/visualize.py", "--config", str(config), "--split", "val",

@@ -95,15 +95,13 @@ class XarrayReader(Reader):
                             f"{tuple(expected)} in any order (data.dims names time, y, x, channel, sequence)")
         return {str(dim): int(size) for dim, size in variable.sizes.items()}
 
-    def _target_dims(self, role: str) -> list[str]:
+    def _target_dims(self) -> list[str]:
+        """The dims of the labels (soft targets add one, the classes)."""
         d = self.dims
-        if self.data.task == "tagging":
-            dims = [n for n in (d.sequence, d.time) if n is not None]
-        elif self.data.task == "segmentation":
-            dims = [n for n in (d.sequence, d.time, d.y, d.x) if n is not None]
-        else:
-            dims = self._input_dims()
-        return dims
+        if self.data.task == "regression":
+            return self._input_dims()
+        kept = (d.sequence, d.time) if self.data.task == "tagging" else (d.sequence, d.time, d.y, d.x)
+        return [name for name in kept if name is not None]
 
     def _check_targets(self, path: Path, sizes: dict[str, int]) -> None:
         for role in ("labels", "soft_targets"):
@@ -111,11 +109,11 @@ class XarrayReader(Reader):
             if name is None or name == NEXT_FRAME:
                 continue
             variable = self._variable(path, name, role)
-            extra = [str(dim) for dim in variable.dims if dim not in self._target_dims(role)]
+            extra = [str(dim) for dim in variable.dims if dim not in self._target_dims()]
             if role == "soft_targets" and len(extra) == 1:  # the class dim, whatever its name
-                dims = [*self._target_dims(role), extra[0]]
+                dims = [*self._target_dims(), extra[0]]
             else:
-                dims = self._target_dims(role)
+                dims = self._target_dims()
                 if self.data.task == "regression" and self.dims.channel is None and len(extra) == 1:
                     dims = [*dims, extra[0]]  # a target with channels for inputs without
             found = self._check_dims(path, name, variable, dims)
