@@ -8,9 +8,9 @@ For each size it writes a synthetic SEVIR-like archive (events of 48 frames of
 `tools/preprocess.py` on it as a user would, and prints the wall time, the
 throughput (archive MB per second; phase 0 reads the training sequences twice)
 and the peak RSS of the process. Then, on the smallest archive's processed
-data, it reads one epoch of training batches through the DataLoader from
-disk (0 and 2 workers) and from memory, and prints windows/s (median of
-repeats) and the ratio. Needs the disk space of about twice the largest archive.
+data, it trains a small ConvLSTM for epochs of batches read through the
+DataLoader from disk (0, 1 and 2 workers) and from memory, and prints
+windows/s (median of epochs, after one that starts the workers) and the ratio. Needs the disk space of about twice the largest archive.
 """
 
 from __future__ import annotations
@@ -64,31 +64,42 @@ def config_for(work: Path, archive: Path) -> Path:
 def run_measured(args: list[str]) -> tuple[float, float]:
     """A script in its own process: (wall seconds, peak RSS in GB)."""
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(process.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(args)} failed")
     return time.perf_counter() - started, usage.ru_maxrss / 2 ** 20  # ru_maxrss is in KB on Linux
 
 
-def loader_rate(config: Path, workers: int, in_memory: bool, repeats: int) -> float:
-    """Windows per second of one epoch of shuffled training batches (batch 8)."""
+def training_rate(config: Path, workers: int, in_memory: bool, repeats: int) -> float:
+    """Windows per second of epochs of training (a small ConvLSTM, batch 8, AdamW) fed by the loader:
+    the median of `repeats` epochs after one that starts the workers."""
+    from models.convlstm import ConvLSTMNet
     from regimen.config_file import load_config
     from regimen.processed import load_task_data
+    from regimen.stack import model_input
     from regimen.windows import ShuffledBatches, WindowDataset, window_loader
 
     loaded = load_config(config)
     data = load_task_data(loaded)
     windows = WindowDataset(data.folder, "train", data.meta, in_memory=in_memory)
     loaded.data.loader.workers = workers
+    loader = window_loader(windows, ShuffledBatches(len(windows), 8, torch.Generator().manual_seed(0)),
+                           loaded.data.loader)
+    torch.manual_seed(0)
+    net = ConvLSTMNet(1, [4], 3, "regression", 1)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
     rates = []
-    for repeat in range(repeats):
-        batches = ShuffledBatches(len(windows), 8, torch.Generator().manual_seed(repeat))
-        loader = window_loader(windows, batches, loaded.data.loader)
+    for epoch in range(repeats + 1):
         started = time.perf_counter()
         for batch in loader:
-            batch["x"].sum()  # touch the batch as a training step would
-        rates.append(len(windows) / (time.perf_counter() - started))
+            loss = torch.nn.functional.mse_loss(net(model_input(batch["x"])), model_input(batch["y"]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        if epoch:  # the first epoch also starts the workers
+            rates.append(len(windows) / (time.perf_counter() - started))
     return statistics.median(rates)
 
 
@@ -112,13 +123,13 @@ def main() -> None:
         print(f"| {total / 2 ** 30:.2f} GB | {seconds:.1f} s | {total / 2 ** 20 / seconds:.0f} MB/s | {rss:.2f} GB |",
               flush=True)
 
-    print("\n| training batches of the smallest archive | windows/s | vs in memory |")
+    print("\n| training on the smallest archive | windows/s | vs in memory |")
     print("|---|---|---|")
-    memory = loader_rate(configs[0], 0, True, args.repeats)
-    print(f"| in memory, 0 workers | {memory:.0f} | 1.00x |")
-    for workers in (0, 2):
-        rate = loader_rate(configs[0], workers, False, args.repeats)
-        print(f"| streamed from disk, {workers} workers | {rate:.0f} | {rate / memory:.2f}x |", flush=True)
+    memory = training_rate(configs[0], 0, True, args.repeats)
+    print(f"| in memory, 0 workers | {memory:.1f} | 1.00x |")
+    for workers in (0, 1, 2):
+        rate = training_rate(configs[0], workers, False, args.repeats)
+        print(f"| streamed from disk, {workers} workers | {rate:.1f} | {rate / memory:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -285,6 +285,7 @@ class EvaluationConfig:
     boundary_tolerance: int = 1  # nodes a predicted boundary may be off and still count
     calibration: str = "auto"  # auto (lower val ECE) | temperature | isotonic | none
     use_pgm: str = "auto"  # auto (only when it beats the unaries on val) | always | never
+    stateful: bool = False  # each window continues from the state its sequence's previous window left
 
 
 @dataclass

@@ -31,7 +31,7 @@ from regimen.metrics import (MAIN_METRIC, boundary_f1, calibration, class_report
                              probability_metrics, regression_report)
 from regimen.pgm import PGMHead, head_from_params
 from regimen.plots import plot_confusion, plot_learning_curve, plot_per_class_f1, plot_reliability
-from regimen.inference import choose_predictor, decode, guide_of, marginals, predict
+from regimen.inference import choose_predictor, decode, guide_of, marginals, predict, predict_stateful
 from regimen.processed import TaskData, check_same_data, load_task_data
 from regimen.stack import Stack, check_fits_data, model_input, resolve_device, stack_from_checkpoint
 
@@ -156,14 +156,21 @@ def evaluate(config: Config, ckpt: Path, split: str, out: Optional[Path], pgm_pa
     log.info("evaluating %s on the %s split (%s)", ckpt, split, "unaries + " + stack.head.type
              if stack.head is not None else "unaries")
 
-    unaries = {s: predict(stack, data.splits[s]["x"], device, config.training.batch_size)[0]
-               for s in {split, "val"}}
+    if settings.stateful and stack.net.encoder.backward_cells is not None:
+        raise UserError(f"--ckpt {ckpt}: evaluation.stateful: a bidirectional ConvLSTM also reads each window "
+                        "backwards, so it cannot carry its state from one window to the next; set it to false")
+    if settings.stateful:
+        unaries = {s: predict_stateful(stack, data, s, device, config.training.batch_size) for s in {split, "val"}}
+    else:
+        unaries = {s: predict(stack, data.splits[s]["x"], device, config.training.batch_size)[0]
+                   for s in {split, "val"}}
     predictors = {"unary": None} if stack.head is None else {"unary": None, "pgm": stack.head}
     predicted = {name: predictions(unaries[split], data.task, head, guide_of(data, split))
                  for name, head in predictors.items()}
     choice = choose_predictor(stack.head, data, unaries["val"], settings.use_pgm)
     final = choice["final"]
     result = {"split": split, "task": data.task, "metric": MAIN_METRIC[data.task][0], "final": final,
+              "stateful": settings.stateful,
               "pgm_type": None if stack.head is None else stack.head.type, "choice": choice,
               **{name: report(data, split, p, settings) for name, p in predicted.items()}}
     if data.task != "regression":

@@ -49,6 +49,37 @@ def _predict(stack: Stack, inputs: Iterable[torch.Tensor], device: torch.device,
     return torch.cat(outputs), (torch.cat(features) if feature_maps else None)
 
 
+@torch.no_grad()
+def predict_stateful(stack: Stack, data: TaskData, split: str, device: torch.device, batch_size: int) -> torch.Tensor:
+    """Unaries of every window of a split (in its order), each window's ConvLSTM continuing from the
+    state that its sequence's previous window left at this window's first frame
+    (`evaluation.stateful`): a long sequence is read as one stream instead of from zeros every
+    `T_window` frames, and every window's unaries are those of the network run over the whole
+    sequence. Sequences are read `batch_size` at a time, window by window."""
+    stack.eval()
+    windows = data.windows(split)
+    stride = int(data.meta["stride"])
+    by_sequence: dict[int, list[int]] = {}
+    for row, sequence in enumerate(windows.sequence):  # a sequence's windows come in the order of their starts
+        by_sequence.setdefault(int(sequence), []).append(row)
+    # Longest first, so the sequences still reading at each step are always the first ones.
+    groups = sorted(by_sequence.values(), key=len, reverse=True)
+    outputs: list[Optional[torch.Tensor]] = [None] * len(windows)
+    for first in track(range(0, len(groups), batch_size), f"predict {split} (stateful)", "sequences"):
+        chunk, state = groups[first:first + batch_size], None
+        for step in range(len(chunk[0])):
+            rows = [group[step] for group in chunk if len(group) > step]
+            if state is not None:  # sequences that have run out of windows drop out
+                state = [(h[:len(rows)], c[:len(rows)]) for h, c in state]
+            x = model_input(windows.read("x", rows)).to(device)  # (B, T, C, H, W)
+            unaries, final = stack.unaries(x, state=state, return_state=True)
+            for row, out in zip(rows, unaries.cpu()):
+                outputs[row] = out
+            # The next window starts `stride` frames later: continue from the state after them.
+            state = final if stride >= x.shape[1] else stack.unaries(x[:, :stride], state=state, return_state=True)[1]
+    return torch.stack(outputs)
+
+
 def split_loader(data: TaskData, split: str, batch_size: int, device: torch.device) -> DataLoader:
     """The split's windows in order, in batches."""
     return data.loader(split, SequentialBatches(len(data.windows(split)), batch_size), device.type == "cuda")

@@ -86,11 +86,15 @@ class Stack(nn.Module):
         self.head = PGMHead(pgm_settings) if pgm_settings else None
         self.mixed_precision = mixed_precision
 
-    def unaries(self, x: torch.Tensor, return_features: bool = False):
-        """Network outputs in fp32 for model-layout inputs `[B, T, C, H, W]`."""
+    def unaries(self, x: torch.Tensor, return_features: bool = False, state: Optional[list] = None,
+                return_state: bool = False):
+        """Network outputs in fp32 for model-layout inputs `[B, T, C, H, W]`; with `return_features`
+        also the last layer's features, with `return_state` also the ConvLSTM's final state, from
+        which the next frames continue (`state=`)."""
         with autocast_for(x.device, self.mixed_precision):
-            out, features = self.net(x, return_features=True)
-        return (out.float(), features.float()) if return_features else out.float()
+            out, features, final = self.net(x, state, return_features=True, return_state=True)
+        extra = ((features.float(),) if return_features else ()) + ((final,) if return_state else ())
+        return (out.float(), *extra) if extra else out.float()
 
     def payload(self) -> dict:
         """The weights and what rebuilds them, for a checkpoint."""

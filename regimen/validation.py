@@ -58,6 +58,10 @@ def validate(config: Config, source: str = "config") -> None:
     check.positive("evaluation.bins")
     check.non_negative("evaluation.boundary_tolerance")
     check.one_of("evaluation.calibration", CALIBRATIONS)
+    data = check.config.data
+    check.require(not check.config.evaluation.stateful or data.stride <= data.T_window, "evaluation.stateful",
+                  f"carries the state from window to window, which needs windows that cover each sequence: "
+                  f"data.stride ({data.stride}) <= data.T_window ({data.T_window})")
     check.one_of("evaluation.use_pgm", USE_PGM)
 
 

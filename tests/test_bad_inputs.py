@@ -184,6 +184,11 @@ CASES = {
         "data.labels = 'next_frame': next_frame targets the next frame: data.task regression"),
     "preprocess archive without a path": Case("tools/preprocess.py", lambda w, t: [S, "data.dataset=frames"],
                                               "data.path = None: dataset 'frames' needs the path of the archive"),
+    "preprocess stateful with gaps": Case("tools/preprocess.py", lambda w, t: [S, "evaluation.stateful=true",
+                                                                               S, "data.stride=5"],
+                                          "evaluation.stateful = True: carries the state from window to window, "
+                                          "which needs windows that cover each sequence: data.stride (5) <= "
+                                          "data.T_window (4)"),
     "preprocess infinite lr": Case("tools/preprocess.py", lambda w, t: [S, "training.lr=.inf"],
                                    "training.lr = inf: expected a finite number"),
     "preprocess NaN loss weight": Case("tools/preprocess.py", lambda w, t: [S, "loss.alpha_unary=.nan"],

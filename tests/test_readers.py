@@ -264,3 +264,18 @@ def test_a_bad_archive_exits_2_with_one_line_and_writes_nothing(tmp_path, arrays
     assert "\n" not in line and "Traceback" not in line, line
     assert expected.format(t=tmp_path) in line
     assert snapshot(tmp_path) == before and not (tmp_path / "data").exists()
+
+
+def test_without_the_xarray_extra_the_reader_names_the_requirements_file(tmp_path, monkeypatch):
+    import sys
+
+    from regimen.config_file import load_config
+    from regimen.errors import UserError
+    from regimen.readers import open_reader
+
+    monkeypatch.setitem(sys.modules, "xarray", None)  # import xarray now raises ImportError
+    (tmp_path / "radar.nc").write_bytes(b"")
+    data = load_config(config(tmp_path, "x", {"dataset": "xarray", "path": str(tmp_path / "radar.nc")})).data
+    with pytest.raises(UserError, match="data.dataset: xarray needs the optional extra: pip install -r "
+                                        "requirements-xarray.txt"):
+        open_reader(data, 0)

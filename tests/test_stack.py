@@ -57,3 +57,36 @@ def test_freed_memory_is_kept_on_glibc():
     import platform
     if platform.libc_ver()[0] == "glibc":
         assert keep_freed_memory()
+
+
+@pytest.mark.parametrize("stride", [2, 4])
+def test_stateful_windows_equal_the_network_over_each_whole_sequence(write_config, stride):
+    """evaluation.stateful: each window continues from the state its sequence's previous window left
+    at its first frame, so its unaries are the whole sequence's, sliced (overlapping or tiling windows)."""
+    from regimen.data import preprocess
+    from regimen.inference import predict, predict_stateful
+    from regimen.processed import load_task_data
+    from regimen.stack import model_input, new_stack
+    from regimen.store import ArrayFile
+    from regimen import runs
+
+    config = load_config(write_config({"data": {"T_window": 4, "stride": stride},
+                                       "training": {"mixed_precision": False}}))
+    preprocess(config)
+    data = load_task_data(config)
+    torch.manual_seed(0)
+    stack = new_stack(config, data).eval()
+    stateful = predict_stateful(stack, data, "val", torch.device("cpu"), batch_size=3)
+    frames = ArrayFile(runs.store_path(data.folder, "val", "X"))
+    windows = data.windows("val")
+    whole = {}
+    for sequence in data.meta["sequences"]["val"]:
+        x = torch.from_numpy(frames.rows(sequence["offset"], sequence["frames"]))[None]
+        whole[sequence["index"]] = stack.unaries(model_input(x))[0]  # (T, K, H, W)
+    for row, (sequence, start) in enumerate(zip(windows.sequence, windows.start)):
+        torch.testing.assert_close(stateful[row], whole[int(sequence)][start:start + 4], atol=1e-5, rtol=1e-5)
+    # without the state, every window but a sequence's first starts from zeros: other unaries
+    restarted = predict(stack, data.splits["val"]["x"], torch.device("cpu"), 8)[0]
+    later = windows.start > 0
+    assert not torch.allclose(restarted[later], stateful[later], atol=1e-3)
+    torch.testing.assert_close(restarted[~later], stateful[~later], atol=1e-5, rtol=1e-5)
