@@ -10,7 +10,8 @@ throughput (archive MB per second; phase 0 reads the training sequences twice)
 and the peak RSS of the process. Then, on the smallest archive's processed
 data, it trains a small ConvLSTM for epochs of batches read through the
 DataLoader from disk (0, 1 and 2 workers) and from memory, and prints
-windows/s (median of epochs, after one that starts the workers) and the ratio. Needs the disk space of about twice the largest archive.
+windows/s (median of epochs, after one that starts the workers) and the
+ratio. Needs the disk space of about twice the largest archive.
 """
 
 from __future__ import annotations

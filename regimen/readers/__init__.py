@@ -79,6 +79,15 @@ def open_reader(data: DataConfig, seed: int) -> Reader:
     return ArraysReader(data, seed)
 
 
+def archive_names(data: DataConfig, channels: int, channel: str) -> dict[str, Any]:
+    """An archive's task, classes (`data.num_classes`, else counted by phase 0) and names: classes
+    by number, channels `channel` or `channel_0`, `channel_1`, ..."""
+    classes = None if data.task == "regression" else data.num_classes
+    return {"task": data.task, "num_classes": classes,
+            "class_names": [str(i) for i in range(classes)] if classes else [],
+            "channel_names": [f"{channel}_{i}" if channels > 1 else channel for i in range(channels)]}
+
+
 def archive_files(path: str, suffixes: tuple[str, ...], what: str) -> list[Path]:
     """The files `data.path` names: a file, the files with `suffixes` in a folder, or a glob's
     matches; sorted, at least one."""

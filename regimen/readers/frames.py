@@ -16,7 +16,7 @@ from PIL import Image
 
 from regimen.config import NEXT_FRAME, DataConfig
 from regimen.errors import UserError
-from regimen.readers import Reader, Sequence, integer_labels
+from regimen.readers import Reader, Sequence, archive_names, integer_labels
 
 SUFFIXES = (".png", ".npy")
 
@@ -73,10 +73,7 @@ class FramesReader(Reader):
             self._check_label_shapes(grid[0])
         shift = 1 if data.labels == NEXT_FRAME else 0
         channels = grid[0][2] if len(grid[0]) == 3 else 1
-        classes = None if data.task == "regression" else data.num_classes
-        super().__init__(task=data.task, num_classes=classes,
-                         class_names=[str(i) for i in range(classes)] if classes else [],
-                         channel_names=[f"channel_{i}" for i in range(channels)],
+        super().__init__(**archive_names(data, channels, "channel"),
                          sequences=[Sequence(str(folder), len(files) - shift)
                                     for folder, files in zip(folders, self.inputs)],
                          params={"dataset": "frames", "path": data.path, "labels": data.labels},

@@ -21,7 +21,7 @@ import numpy as np
 
 from regimen.config import NEXT_FRAME, DataConfig
 from regimen.errors import UserError
-from regimen.readers import Reader, Sequence, archive_files, integer_labels
+from regimen.readers import Reader, Sequence, archive_files, archive_names, integer_labels
 
 SUFFIXES = (".h5", ".hdf5", ".he5")
 
@@ -50,14 +50,9 @@ class HDF5Reader(Reader):
         self.events = [(path, index) for path, index, _ in events]
         sequences = [Sequence(f"{path}: '{data.inputs}' event {index}", shapes[path]["T"] - shift, time)
                      for path, index, time in events]
-        channels = shapes[events[0][0]].get("C", 1)
-        classes = None if data.task == "regression" else data.num_classes
-        super().__init__(task=data.task, num_classes=classes,
-                         class_names=[str(i) for i in range(classes)] if classes else [],
-                         channel_names=[f"{data.inputs}_{i}" if channels > 1 else data.inputs
-                                        for i in range(channels)],
-                         sequences=sequences, params={"dataset": "hdf5", "path": data.path, "format": self.axes,
-                                                      "inputs": data.inputs, "labels": data.labels},
+        super().__init__(**archive_names(data, shapes[events[0][0]].get("C", 1), data.inputs), sequences=sequences,
+                         params={"dataset": "hdf5", "path": data.path, "format": self.axes, "inputs": data.inputs,
+                                 "labels": data.labels},
                          sources=sorted(set(path for path, _ in self.events)) + (
                              [Path(data.catalog.path)] if data.catalog.path else []))
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from regimen.config import NEXT_FRAME, DataConfig
 from regimen.errors import UserError
-from regimen.readers import Reader, Sequence, archive_files, integer_labels
+from regimen.readers import Reader, Sequence, archive_files, archive_names, integer_labels
 
 SUFFIXES = (".nc", ".nc4", ".cdf", ".zarr")
 
@@ -53,14 +53,8 @@ class XarrayReader(Reader):
                 self.events.append((path, index if self.dims.sequence else None))
                 name = f"{path}: '{data.inputs}'" + (f" {self.dims.sequence} {index}" if self.dims.sequence else "")
                 sequences.append(Sequence(name, sizes[self.dims.time] - shift, times))
-        channels = grid[0][2]
-        classes = None if data.task == "regression" else data.num_classes
-        super().__init__(task=data.task, num_classes=classes,
-                         class_names=[str(i) for i in range(classes)] if classes else [],
-                         channel_names=[f"{data.inputs}_{i}" if channels > 1 else data.inputs
-                                        for i in range(channels)],
-                         sequences=sequences, params={"dataset": "xarray", "path": data.path, "inputs": data.inputs,
-                                                      "labels": data.labels},
+        super().__init__(**archive_names(data, grid[0][2], data.inputs), sequences=sequences,
+                         params={"dataset": "xarray", "path": data.path, "inputs": data.inputs, "labels": data.labels},
                          sources=sorted(set(path for path, _ in self.events)))
 
     # ------------------------------------------------------------------ checks
