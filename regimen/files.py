@@ -169,11 +169,6 @@ def _first_line(error: BaseException) -> str:
     return (lines[0] if lines else type(error).__name__)[:120]
 
 
-def load_features(path: Path, flag: str) -> dict:
-    """The unaries and labels per split that phase 1 wrote."""
-    return load_checkpoint(path, flag, ("features",))
-
-
 # --------------------------------------------------------------------------- PGM parameters
 
 

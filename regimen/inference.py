@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
-import math
-from typing import Iterable, Optional
+from typing import Optional
 
 import torch
 from torch.utils.data import DataLoader
 
+from regimen.features import FeatureWriter
 from regimen.losses import class_last
 from regimen.metrics import MAIN_METRIC, MetricSums, label_metrics, regression_metrics
 from regimen.pgm import PGMHead
 from regimen.processed import TaskData
+from regimen.runs import RunFolder
 from regimen.progress import track
 from regimen.stack import Stack, model_input
 from regimen.windows import SequentialBatches
@@ -20,33 +21,49 @@ from regimen.windows import SequentialBatches
 log = logging.getLogger(__name__)
 
 
+@torch.no_grad()
 def predict(stack: Stack, x: torch.Tensor, device: torch.device, batch_size: int,
             feature_maps: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Unaries (and the last layer's feature maps) for inputs `[N, T, H, W, C]`, on the CPU."""
-    batches = (x[start:start + batch_size] for start in range(0, len(x), batch_size))
-    return _predict(stack, track(batches, "predict", "batches", math.ceil(len(x) / batch_size)), device,
-                    feature_maps)
-
-
-def predict_split(stack: Stack, data: TaskData, split: str, device: torch.device, batch_size: int,
-                  feature_maps: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """`predict` over a processed split, its windows streamed from disk."""
-    loader = split_loader(data, split, batch_size, device)
-    return _predict(stack, (batch["x"] for batch in track(loader, f"predict {split}", "batches")), device,
-                    feature_maps)
-
-
-@torch.no_grad()
-def _predict(stack: Stack, inputs: Iterable[torch.Tensor], device: torch.device,
-             feature_maps: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     stack.eval()
     outputs, features = [], []
-    for x in inputs:
-        out, maps = stack.unaries(model_input(x).to(device), return_features=True)
+    for start in track(range(0, len(x), batch_size), "predict", "batches"):
+        out, maps = stack.unaries(model_input(x[start:start + batch_size]).to(device), return_features=True)
         outputs.append(out.cpu())
         if feature_maps:
             features.append(maps.cpu())
     return torch.cat(outputs), (torch.cat(features) if feature_maps else None)
+
+
+@torch.no_grad()
+def save_features(stack: Stack, data: TaskData, run: RunFolder, device: torch.device, batch_size: int,
+                  feature_maps: bool) -> dict:
+    """Phase 1's `features.pt`: the unaries (and feature maps) of every split with its labels,
+    streamed window batch by batch into the run folder; returns the unaries' metrics on val and
+    test, summed on the way."""
+    stack.eval()
+    writer, metrics = FeatureWriter(run), {}
+    try:
+        for split in ("train", "val", "test"):
+            count, score = len(data.windows(split)), MetricSums(data.task, data.num_classes)
+            for batch in track(split_loader(data, split, batch_size, device), f"predict {split}", "batches"):
+                out, maps = stack.unaries(model_input(batch["x"]).to(device), return_features=True)
+                rows = {"unaries": out.cpu(), "labels": batch["y"]}
+                if feature_maps:
+                    rows["feature_maps"] = maps.cpu()
+                writer.add(split, count, rows)
+                score.add(batch["y"].numpy(), _predicted(data.task, rows["unaries"], None, None).numpy())
+            metrics[split] = score.result()
+        writer.save(data.identity)
+    except BaseException:
+        writer.discard()
+        raise
+    return {split: metrics[split] for split in ("val", "test")}
+
+
+def _predicted(task: str, unaries: torch.Tensor, head: Optional[PGMHead], x: Optional[torch.Tensor]) -> torch.Tensor:
+    """What a task's metrics compare with the truth: values (regression, channels last) or labels."""
+    return class_last(unaries) if task == "regression" else decode(head, unaries, x)
 
 
 @torch.no_grad()
@@ -96,10 +113,7 @@ def split_metrics(stack: Stack, data: TaskData, split: str, device: torch.device
         x = model_input(batch["x"])
         unaries = stack.unaries(x.to(device)).cpu()
         for prefix, head in heads.items():
-            if data.task == "regression":
-                scores[prefix].add(batch["y"].numpy(), class_last(unaries).numpy())
-            else:
-                scores[prefix].add(batch["y"].numpy(), decode(head, unaries, x).numpy())
+            scores[prefix].add(batch["y"].numpy(), _predicted(data.task, unaries, head, x).numpy())
     return {f"{prefix}{key}": value for prefix, score in scores.items() for key, value in score.result().items()}
 
 

@@ -23,7 +23,8 @@ from regimen.losses import consistency, resolve_unary_loss, unary_loss
 from regimen.metrics import MAIN_METRIC
 from regimen.pgm import (PGMHead, check_pgm_task, fit_pgm, head_from_params, pgm_params,
                          pgm_settings)
-from regimen.inference import (compare_with_unaries, guide_of, pgm_is_worse, predict, predict_split, split_metrics,
+from regimen.features import load_features
+from regimen.inference import (compare_with_unaries, guide_of, pgm_is_worse, predict, save_features, split_metrics,
                                task_metrics)
 from regimen.processed import TaskData, check_same_data, data_identity, load_checked_meta, load_task_data
 from regimen.stack import Stack, check_fits_data, new_stack, resolve_device, stack_from_checkpoint
@@ -76,18 +77,9 @@ def pretrain(config: Config, save: Path, resume: Optional[Path], overwrite: bool
 
     best = stack_from_checkpoint(files.load_checkpoint(run.best, run.best.name, ("convlstm",)), str(run.best),
                                  config.training.mixed_precision).to(device)
-    splits = {}
-    for split in runs.SPLITS:
-        unaries, maps = predict_split(best, data, split, device, config.training.batch_size,
-                                      feature_maps=config.training.save_feature_maps)
-        splits[split] = {"unaries": unaries, "labels": data.windows(split).labels()}
-        if maps is not None:
-            splits[split]["feature_maps"] = maps
-    files.save_checkpoint(run.features, {"kind": "features", "dataset": data.identity, "splits": splits})
-    scored = TaskData(data.meta, {split: {"y": part["labels"]} for split, part in splits.items()})
+    scores = save_features(best, data, run, device, config.training.batch_size, config.training.save_feature_maps)
     metrics = {
-        "task": data.task, "metric": MAIN_METRIC[data.task][0], "unary_loss": unary,
-        **{split: task_metrics(scored, split, splits[split]["unaries"]) for split in ("val", "test")},
+        "task": data.task, "metric": MAIN_METRIC[data.task][0], "unary_loss": unary, **scores,
         "training": summary,
         "provenance": _provenance(config, data.meta, device, started),
     }
@@ -102,7 +94,7 @@ def fit_structure(config: Config, features_path: Path, save: Optional[Path], ove
     """Fit `model.pgm` on saved unaries; write pgm_params.pkl and metrics before/after. A PGM
     of another type or other settings already in the folder is replaced only with `overwrite`."""
     started = time.time()
-    features = files.load_features(features_path, "--features")
+    features = load_features(features_path, "--features")
     meta = load_checked_meta(config)
     check_same_data(features["dataset"], meta, f"--features {features_path}")
     task, k = meta["task"], meta["num_classes"]

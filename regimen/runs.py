@@ -64,9 +64,12 @@ PROCESSED = FolderKind("a processed data folder", "processed data",
 # --------------------------------------------------------------------------- output folders
 
 
+FEATURE_ARRAYS = ("unaries", "labels", "feature_maps")  # phase 1's predictions per split, listed by features.pt
 # Phases 1-3, fit_pgm.py and evaluate.py; ckpt.pt first: it is what --resume takes.
 RUN = FolderKind("a run folder", "a run", ("ckpt.pt", "best.pt", "features.pt", "pgm_params.pkl", "metrics.json",
-                                "history.jsonl", "log.txt", "config.yaml", "learning_curve.png"), ("plots",),
+                                "history.jsonl", "log.txt", "config.yaml", "learning_curve.png",
+                                *(f"features.{split}.{array}.npy" for split in SPLITS for array in FEATURE_ARRAYS)),
+                 ("plots",),
                  writers="train_convlstm.py, fit_pgm.py, train_joint.py, evaluate.py")
 CMAES_TABLE, CMAES_PLOT = "cmaes.csv", "cmaes_loss.png"
 CMAES = FolderKind("a CMA-ES folder", "a CMA-ES run", (*RUN.files, CMAES_TABLE, CMAES_PLOT), RUN.folders,
@@ -97,6 +100,9 @@ class RunFolder:
     @property
     def features(self) -> Path:
         return self.root / "features.pt"
+
+    def feature_array(self, split: str, array: str) -> Path:
+        return self.root / f"features.{split}.{array}.npy"
 
     @property
     def pgm_params(self) -> Path:

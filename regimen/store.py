@@ -131,12 +131,15 @@ def verify(folder: Path, split: str, recorded: dict, limit_bytes: int) -> None:
     """Each file of a split has the size meta.json recorded and, while the split is at most
     `limit_bytes`, its sha256 (re-hashing a large archive's store at every phase would cost more
     than the phase)."""
-    total = sum(entry["bytes"] for entry in recorded.values())
+    checked = sum(entry["bytes"] for entry in recorded.values()) <= limit_bytes
     for array, entry in recorded.items():
-        path = runs.store_path(folder, split, array)
-        if not path.is_file():
-            raise UserError(f"{path} not found; run tools/preprocess.py first")
-        if path.stat().st_size != entry["bytes"] or (total <= limit_bytes and sha256_file(path) != entry["sha256"]):
-            raise UserError(f"{path}: damaged (its size or sha256 differs from {runs.META_FILE}'s); "
-                            "tools/preprocess.py writes it again")
+        verify_file(runs.store_path(folder, split, array), entry, checked, runs.META_FILE, "tools/preprocess.py")
 
+
+def verify_file(path: Path, entry: dict, with_sha256: bool, record: str, writer: str) -> None:
+    """A file has the size (and sha256) that `record` lists; else a UserError naming the script that
+    writes it."""
+    if not path.is_file():
+        raise UserError(f"{path} not found; run {writer} first")
+    if path.stat().st_size != entry["bytes"] or (with_sha256 and sha256_file(path) != entry["sha256"]):
+        raise UserError(f"{path}: damaged (its size or sha256 differs from {record}'s); {writer} writes it again")

@@ -8,6 +8,7 @@ import torch
 from conftest import metrics_of, ok, phase_one
 from regimen import files
 from regimen.config_file import load_config
+from regimen.features import load_features
 from regimen.inference import decode, guide_of
 from regimen.pgm import PGMHead, head_from_params
 from regimen.processed import load_task_data
@@ -28,7 +29,7 @@ def test_loopy_belief_propagation_labels_otherwise_than_mean_field(storms, tmp_p
     config, base = storms
     params = fitted(config, base, tmp_path / "bp", "model.pgm.inference=loopy_bp")
     assert params["settings"]["inference"] == "loopy_bp"
-    unaries = files.load_features(base / "features.pt", "test")["splits"]["val"]["unaries"]
+    unaries = load_features(base / "features.pt", "test")["splits"]["val"]["unaries"]
     bp = head_from_params(params, "bp")
     mean_field = PGMHead({**params["settings"], "inference": "mean_field"})
     mean_field.load_state_dict(bp.state_dict())
@@ -66,7 +67,7 @@ def test_an_edge_aware_crf_weighs_its_edges_by_the_input_window(storms, tmp_path
     plain = PGMHead({**params["settings"], "edge_aware": False})
     plain.load_state_dict({k: v for k, v in edges.state_dict().items() if k != "model.raw_bandwidth"})
     data = load_task_data(load_config(config))
-    unaries = files.load_features(base / "features.pt", "test")["splits"]["val"]["unaries"]
+    unaries = load_features(base / "features.pt", "test")["splits"]["val"]["unaries"]
     guide = guide_of(data, "val")
     assert (decode(edges, unaries, guide) != decode(plain, unaries, guide)).any()
     ok("train_joint.py", "--config", config, "--resume", str(base / "ckpt.pt"), "--pgm",

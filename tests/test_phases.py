@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+from regimen.features import load_features
 from conftest import ROOT, malicious_pickle, metrics_of, ok, phase_one, run_script, snapshot, tiny_config
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def test_phases_1_to_3_leave_their_run_folders(storms, tmp_path):
             "wall_time_s"} <= set(phase1["provenance"])
     history = [json.loads(line) for line in (base / "history.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in history] == [1, 2] and all("lr" in r and "seconds" in r for r in history)
-    features = torch.load(base / "features.pt", weights_only=True)
+    features = load_features(base / "features.pt", "test")
     for split in ("train", "val", "test"):  # unaries stay aligned with the labels, window by window
         unaries, labels = features["splits"][split]["unaries"], features["splits"][split]["labels"]
         assert unaries.shape[:2] == labels.shape[:2] and unaries.shape[3:] == labels.shape[2:]

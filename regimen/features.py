@@ -1,0 +1,73 @@
+"""Phase 1's predictions per split: unaries, labels (and feature maps) as arrays beside `features.pt`.
+
+Phase 1 writes them batch by batch (`FeatureWriter`), so it never holds a
+split's predictions; `features.pt` then lists each array with its sha256 and
+size and vouches for them, as meta.json does for the processed data. A rerun
+removes `features.pt` before it renames new arrays into place, so an
+interrupted one is never taken for whole. `load_features` reads them back,
+checked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from regimen import files, runs
+from regimen.errors import UserError
+from regimen.store import ArrayWriter, verify_file
+
+VERIFY_BYTES = 1 << 30  # arrays up to this size are checked against their sha256 whenever they are read
+
+
+class FeatureWriter:
+    """The arrays of one run's `features.pt`, filled batch by batch, split after split."""
+
+    def __init__(self, run: runs.RunFolder):
+        self.run = run
+        self.writers: dict[str, dict[str, ArrayWriter]] = {}
+
+    def add(self, split: str, count: int, rows: dict[str, torch.Tensor]) -> None:
+        """The next rows of each array of `split` (`count` rows in all)."""
+        arrays = self.writers.setdefault(split, {})
+        for name, tensor in rows.items():
+            values = tensor.numpy()
+            if name not in arrays:
+                arrays[name] = ArrayWriter(self.run.feature_array(split, name), values.dtype,
+                                           (count, *values.shape[1:]))
+            arrays[name].append(values)
+
+    def save(self, identity: dict) -> None:
+        """Rename the arrays into place and write `features.pt`, which lists them."""
+        listed = {split: {name: writer.close() for name, writer in arrays.items()}
+                  for split, arrays in self.writers.items()}
+        self.run.features.unlink(missing_ok=True)  # it vouched for the arrays about to be replaced
+        for arrays in self.writers.values():
+            for writer in arrays.values():
+                writer.commit()
+        files.save_checkpoint(self.run.features, {"kind": "features", "dataset": identity, "splits": listed})
+
+    def discard(self) -> None:
+        for arrays in self.writers.values():
+            for writer in arrays.values():
+                writer.discard()
+
+
+def load_features(path: Path, flag: str) -> dict:
+    """`features.pt` with its arrays read: `splits[split][name]` a tensor (unaries `[N, T, K, ...]`,
+    labels, optional feature_maps)."""
+    payload = files.load_checkpoint(path, flag, ("features",))
+    run = runs.run_folder_of(Path(path))
+    splits = {}
+    for split, arrays in payload["splits"].items():
+        splits[split] = {}
+        for name, entry in arrays.items():
+            if not isinstance(entry, dict):
+                raise UserError(f"{flag} {path}: written by an earlier version of train_convlstm.py; "
+                                "run it again")
+            array = run.feature_array(split, name)
+            verify_file(array, entry, entry["bytes"] <= VERIFY_BYTES, Path(path).name, "train_convlstm.py")
+            splits[split][name] = torch.from_numpy(np.load(array, allow_pickle=False))
+    return {**payload, "splits": splits}
