@@ -5,9 +5,10 @@
 
 For each size it writes a synthetic SEVIR-like archive (events of 48 frames of
 256 x 256 float32 along N of 500 MB files, next-frame targets), runs
-`tools/preprocess.py` on it as a user would, and prints the wall time, the
-throughput (archive MB per second; phase 0 reads the training sequences twice)
-and the peak RSS of the process. Then, on the smallest archive's processed
+`tools/preprocess.py` and one epoch of `train_convlstm.py` (a one-layer
+ConvLSTM; validation, and the predictions of every split into features.pt) on
+it as a user would, and prints the wall times, phase 0's throughput (archive MB
+per second; it reads the training sequences twice) and each process's peak RSS. Then, on the smallest archive's processed
 data, it trains a small ConvLSTM for epochs of batches read through the
 DataLoader from disk (0, 1 and 2 workers) and from memory, and prints
 windows/s (median of epochs, after one that starts the workers) and the
@@ -56,7 +57,8 @@ def write_archive(folder: Path, gigabytes: float) -> int:
 def config_for(work: Path, archive: Path) -> Path:
     raw = {"device": "cpu", "data": {"root": str(work / "data"), "dataset": "hdf5", "path": str(archive),
                                      "format": "NTHW", "inputs": "vil", "labels": "next_frame",
-                                     "task": "regression", "T_window": 8, "stride": 8}}
+                                     "task": "regression", "T_window": 8, "stride": 8},
+           "model": {"convlstm": {"num_layers": 1, "hidden_sizes": [4]}}, "training": {"epochs": 1}}
     path = work / f"{archive.name}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -111,8 +113,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    print("| archive | phase 0 | throughput | peak RSS phase 0 |")
-    print("|---|---|---|---|")
+    print("| archive | phase 0 | throughput | peak RSS phase 0 | phase 1 (one epoch) | peak RSS phase 1 |")
+    print("|---|---|---|---|---|---|")
     configs = []
     for size in sorted(args.sizes_gb):
         work = args.work / f"{size:g}gb"
@@ -121,8 +123,10 @@ def main() -> None:
         config = config_for(work, archive)
         configs.append(config)
         seconds, rss = run_measured(["tools/preprocess.py", "--config", str(config)])
-        print(f"| {total / 2 ** 30:.2f} GB | {seconds:.1f} s | {total / 2 ** 20 / seconds:.0f} MB/s | {rss:.2f} GB |",
-              flush=True)
+        trained, trained_rss = run_measured(["train_convlstm.py", "--config", str(config), "--save", str(work / "run"),
+                                             "--overwrite"])
+        print(f"| {total / 2 ** 30:.2f} GB | {seconds:.1f} s | {total / 2 ** 20 / seconds:.0f} MB/s | {rss:.2f} GB "
+              f"| {trained:.0f} s | {trained_rss:.2f} GB |", flush=True)
 
     print("\n| training on the smallest archive | windows/s | vs in memory |")
     print("|---|---|---|")
