@@ -53,10 +53,6 @@ class WindowDataset(Dataset):
         first = self.index[np.atleast_1d(np.asarray(rows)), 2]
         return torch.from_numpy(np.stack([self.arrays[key].rows(int(row), self.window) for row in first]))
 
-    def labels(self) -> torch.Tensor:
-        """`y` of every window."""
-        return self.read("y", np.arange(len(self)))
-
 
 class ShuffledBatches(Sampler):
     """Every pass: a permutation of the windows from `generator`, cut into batches of `size` (the last

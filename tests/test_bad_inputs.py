@@ -93,6 +93,16 @@ def flip_a_byte(path: Path) -> None:
     path.write_bytes(bytes(payload))
 
 
+def altered(folder: Path, file: str) -> Path:
+    flip_a_byte(folder / file)
+    return folder
+
+
+def removed(folder: Path, file: str) -> Path:
+    (folder / file).unlink()
+    return folder
+
+
 def damaged_data(file: str, spoil: Callable[[Path], None] = truncate) -> Callable:
     def prepare(w: World, tmp: Path) -> list[str]:
         config = copy_data(w, tmp)
@@ -303,6 +313,13 @@ CASES = {
     "phase 2 damaged features": Case("fit_pgm.py", lambda w, t: [
         "--features", str(spoiled(w, t, "base", "features.pt") / "features.pt")],
         "features.pt: damaged or not a regimen checkpoint"),
+    "phase 2 altered unaries": Case("fit_pgm.py", lambda w, t: [
+        "--features", str(altered(copy_run(w, t), "features.val.unaries.npy") / "features.pt")],
+        "features.val.unaries.npy: damaged (its size or sha256 differs from features.pt's); train_convlstm.py "
+        "writes it again"),
+    "phase 2 missing labels": Case("fit_pgm.py", lambda w, t: [
+        "--features", str(removed(copy_run(w, t), "features.train.labels.npy") / "features.pt")],
+        "features.train.labels.npy not found; run train_convlstm.py first"),
     "phase 2 save is a file": Case("fit_pgm.py", lambda w, t: [
         "--features", str(w.base / "features.pt"), "--save", str(blocker(t))], "blocker.txt: is a file"),
     "phase 2 damaged metrics beside the features": Case("fit_pgm.py", lambda w, t: [
