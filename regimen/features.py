@@ -17,9 +17,7 @@ import torch
 
 from regimen import files, runs
 from regimen.errors import UserError
-from regimen.store import ArrayWriter, verify_file
-
-VERIFY_BYTES = 1 << 30  # arrays up to this size are checked against their sha256 whenever they are read
+from regimen.store import VERIFY_BYTES, ArrayWriter, verify_file
 
 
 class FeatureWriter:

@@ -25,9 +25,6 @@ from regimen.store import STORE_VERSION, verify
 from regimen.windows import WindowDataset, all_rows, window_loader
 
 
-VERIFY_BYTES = 1 << 30  # splits up to this size are checked against their sha256 whenever they are opened
-
-
 class TaskData:
     """The processed splits: windows `x` `[N, T, H, W, C]`, labels `y`, optional soft targets `p`.
 
@@ -152,7 +149,7 @@ def load_task_data(config: Config) -> TaskData:
     meta = load_checked_meta(config)
     folder = runs.processed_dir(config.data.root, meta["name"])
     for split in runs.SPLITS:
-        verify(folder, split, meta["files"][split], VERIFY_BYTES)
+        verify(folder, split, meta["files"][split])
     return TaskData(meta, folder=folder, loader=config.data.loader)
 
 
@@ -189,7 +186,7 @@ def first_windows(folder: Path, split: str, meta: dict, count: int) -> dict[str,
     the split's files checked first."""
     if split not in runs.SPLITS:
         raise UserError(f"unknown split '{split}'; expected one of {', '.join(runs.SPLITS)}")
-    verify(folder, split, meta["files"][split], VERIFY_BYTES)
+    verify(folder, split, meta["files"][split])
     windows = WindowDataset(folder, split, meta)
     picks = np.sort(np.unique(windows.sequence, return_index=True)[1])[:count]
     return {"X": windows.read("x", picks).numpy(), "Y": windows.read("y", picks).numpy(),

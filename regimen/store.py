@@ -31,6 +31,9 @@ from regimen.files import FILE_MODE, sha256_file
 from regimen.folders import TEMPORARY_MARK
 
 STORE_VERSION = 1  # of this layout, in meta.json: data of another layout is made again, never misread
+# Files up to this size (a split's, or one array's) are checked against their sha256 whenever they are
+# opened; beyond it only their size: re-hashing a large archive at every phase would cost more than the phase.
+VERIFY_BYTES = 1 << 30
 
 
 class ArrayWriter:
@@ -127,11 +130,9 @@ def split_files(folder: Path, split: str, with_soft_targets: bool) -> dict[str, 
     return {array: runs.store_path(folder, split, array) for array in arrays}
 
 
-def verify(folder: Path, split: str, recorded: dict, limit_bytes: int) -> None:
-    """Each file of a split has the size meta.json recorded and, while the split is at most
-    `limit_bytes`, its sha256 (re-hashing a large archive's store at every phase would cost more
-    than the phase)."""
-    checked = sum(entry["bytes"] for entry in recorded.values()) <= limit_bytes
+def verify(folder: Path, split: str, recorded: dict) -> None:
+    """Each file of a split has the size meta.json recorded and, up to `VERIFY_BYTES` a split, its sha256."""
+    checked = sum(entry["bytes"] for entry in recorded.values()) <= VERIFY_BYTES
     for array, entry in recorded.items():
         verify_file(runs.store_path(folder, split, array), entry, checked, runs.META_FILE, "tools/preprocess.py")
 

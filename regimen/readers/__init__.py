@@ -15,13 +15,14 @@ archives (`hdf5`, `xarray`, `frames`) lazily.
 from __future__ import annotations
 
 import glob
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
-from regimen.config import DataConfig
+from regimen.config import NEXT_FRAME, DataConfig
 from regimen.errors import UserError
 
 
@@ -35,7 +36,7 @@ class Sequence:
 
 
 @dataclass
-class Reader:
+class Reader(ABC):
     """What phase 0 needs of a dataset; subclasses fill it in and implement `read`.
 
     Attributes:
@@ -58,10 +59,10 @@ class Reader:
     baselines: dict[str, float] = field(default_factory=dict)
     sources: list[Path] = field(default_factory=list)
 
+    @abstractmethod
     def read(self, index: int, start: int, stop: int) -> dict[str, np.ndarray]:
         """Frames `[start, stop)` of sequence `index`: `X` float32 `[t, H, W, C]`, `Y` (int64
         `[t, H, W]` or `[t]`, float32 `[t, H, W, C']`) and optional `P` float32 `[..., K]`."""
-        raise NotImplementedError
 
 
 def open_reader(data: DataConfig, seed: int) -> Reader:
@@ -105,6 +106,13 @@ def archive_files(path: str, suffixes: tuple[str, ...], what: str) -> list[Path]
             raise UserError(f"data.path: {path} holds no {' or '.join(suffixes)} file; expected {what}")
         return found
     return [root]
+
+
+def stored_targets(data: DataConfig) -> list[tuple[str, str]]:
+    """`(role, name)` of the targets an archive stores beside its inputs: the labels (unless they are
+    the next frames) and the soft targets, when configured."""
+    return [(role, name) for role, name in (("labels", data.labels), ("soft_targets", data.soft_targets))
+            if name is not None and name != NEXT_FRAME]
 
 
 def check_chunk(name: str, chunk: dict[str, np.ndarray], task: str, num_classes: Optional[int]) -> None:

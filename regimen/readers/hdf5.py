@@ -21,7 +21,7 @@ import numpy as np
 
 from regimen.config import NEXT_FRAME, DataConfig
 from regimen.errors import UserError
-from regimen.readers import Reader, Sequence, archive_files, archive_names, integer_labels
+from regimen.readers import Reader, Sequence, archive_files, archive_names, integer_labels, stored_targets
 
 SUFFIXES = (".h5", ".hdf5", ".he5")
 
@@ -94,10 +94,7 @@ class HDF5Reader(Reader):
         return self.axes
 
     def _check_targets(self, path: Path, shape: dict[str, int]) -> None:
-        for role in ("labels", "soft_targets"):
-            name = getattr(self.data, role)
-            if name is None or name == NEXT_FRAME:
-                continue
+        for role, name in stored_targets(self.data):
             dataset = self._dataset(path, name, role)
             axes = self._target_axes(role)
             if role == "labels" and self.data.task == "regression" and dataset.ndim == len(axes) - 1:

@@ -17,7 +17,7 @@ import numpy as np
 
 from regimen.config import NEXT_FRAME, DataConfig
 from regimen.errors import UserError
-from regimen.readers import Reader, Sequence, archive_files, archive_names, integer_labels
+from regimen.readers import Reader, Sequence, archive_files, archive_names, integer_labels, stored_targets
 
 SUFFIXES = (".nc", ".nc4", ".cdf", ".zarr")
 
@@ -98,10 +98,7 @@ class XarrayReader(Reader):
         return [name for name in kept if name is not None]
 
     def _check_targets(self, path: Path, sizes: dict[str, int]) -> None:
-        for role in ("labels", "soft_targets"):
-            name = getattr(self.data, role)
-            if name is None or name == NEXT_FRAME:
-                continue
+        for role, name in stored_targets(self.data):
             variable = self._variable(path, name, role)
             extra = [str(dim) for dim in variable.dims if dim not in self._target_dims()]
             if role == "soft_targets" and len(extra) == 1:  # the class dim, whatever its name
