@@ -201,14 +201,23 @@ class HMM(nn.Module):
             mask: valid steps.
             pseudo_count: added to every count (0: maximum likelihood).
         """
-        mask = check_mask(states[..., None], mask)
-        k = self.num_states
-        onehot = torch.nn.functional.one_hot(states.clamp(min=0), k).double() * mask[..., None]
-        pairs = mask[:, 1:] & mask[:, :-1]
-        transitions = torch.einsum("bti,btj->ij", onehot[:, :-1] * pairs[..., None], onehot[:, 1:])
-        self._set_start_and_trans(onehot[:, 0].sum(0), transitions, pseudo_count)
+        onehot, start, transitions = self._state_counts(states, mask)
+        self.set_from_counts(start, transitions, pseudo_count)
         if observations is not None and self.emission != "given":
             self._fit_emissions(onehot, observations, pseudo_count)
+
+    def state_counts(self, states: torch.Tensor, mask: Optional[torch.Tensor] = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """First-state counts `[K]` and transition counts `[K, K]` of labelled chains `[B, T]`:
+        sums, so chains can be counted a batch at a time and `set_from_counts` fitted on the total."""
+        return self._state_counts(states, mask)[1:]
+
+    def _state_counts(self, states: torch.Tensor, mask: Optional[torch.Tensor]):
+        mask = check_mask(states[..., None], mask)
+        onehot = torch.nn.functional.one_hot(states.clamp(min=0), self.num_states).double() * mask[..., None]
+        pairs = mask[:, 1:] & mask[:, :-1]
+        transitions = torch.einsum("bti,btj->ij", onehot[:, :-1] * pairs[..., None], onehot[:, 1:])
+        return onehot, onehot[:, 0].sum(0), transitions
 
     @torch.no_grad()
     def fit_em(self, observations: torch.Tensor, mask: Optional[torch.Tensor] = None,
@@ -220,24 +229,32 @@ class HMM(nn.Module):
         mask = check_mask(self.emission_log_likelihood(observations), mask)
         history = []
         for _ in range(iterations):
-            log_emit = self.emission_log_likelihood(observations)
-            alpha, beta, scale, emit, log_likelihood = _scaled_passes(
-                self.log_start, self.log_trans, log_emit, mask)
-            history.append(float(log_likelihood.sum()))
-            gamma = alpha * beta * mask[..., None]  # (B, T, K)
-            # expected transitions: sum_t alpha_{t-1}(i) A(i, j) e_t(j) beta_t(j) / s_t
-            forward_part = alpha[:, :-1] * mask[:, 1:, None]
-            backward_part = emit[:, 1:] * beta[:, 1:] / scale[:, 1:, None]
-            xi = torch.einsum("bti,btj->ij", forward_part, backward_part) * self.log_trans.exp()
-            self._set_start_and_trans(gamma[:, 0].sum(0), xi, pseudo_count)
+            start, transitions, gamma, log_likelihood = self.expected_counts(observations, mask)
+            history.append(log_likelihood)
+            self.set_from_counts(start, transitions, pseudo_count)
             if self.emission != "given":
                 self._fit_emissions(gamma, observations, pseudo_count)
-            if len(history) > 1 and abs(history[-1] - history[-2]) < tolerance * abs(history[-2]):
+            if converged(history, tolerance):
                 break
         return history
 
-    def _set_start_and_trans(self, start_counts: torch.Tensor, trans_counts: torch.Tensor,
-                             pseudo_count: float) -> None:
+    @torch.no_grad()
+    def expected_counts(self, observations: torch.Tensor, mask: Optional[torch.Tensor] = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        """Baum-Welch's E-step: the expected first states `[K]` and transitions `[K, K]` (sums over
+        the chains), the posteriors `[B, T, K]` and the chains' total log-likelihood."""
+        mask = check_mask(self.emission_log_likelihood(observations), mask)
+        log_emit = self.emission_log_likelihood(observations)
+        alpha, beta, scale, emit, log_likelihood = _scaled_passes(self.log_start, self.log_trans, log_emit, mask)
+        gamma = alpha * beta * mask[..., None]  # (B, T, K)
+        # expected transitions: sum_t alpha_{t-1}(i) A(i, j) e_t(j) beta_t(j) / s_t
+        forward_part = alpha[:, :-1] * mask[:, 1:, None]
+        backward_part = emit[:, 1:] * beta[:, 1:] / scale[:, 1:, None]
+        xi = torch.einsum("bti,btj->ij", forward_part, backward_part) * self.log_trans.exp()
+        return gamma[:, 0].sum(0), xi, gamma, float(log_likelihood.sum())
+
+    def set_from_counts(self, start_counts: torch.Tensor, trans_counts: torch.Tensor, pseudo_count: float) -> None:
+        """The start and transition probabilities from (expected) counts plus Dirichlet pseudo-counts."""
         start = start_counts + pseudo_count
         trans = trans_counts + pseudo_count
         self.log_start.copy_(_log_normalise(start))
@@ -257,6 +274,11 @@ class HMM(nn.Module):
         second = torch.einsum("btk,btd->kd", weights, x ** 2) / total
         self.means.copy_(means)
         self.variances.copy_((second - means ** 2).clamp(min=1e-6))
+
+
+def converged(history: list[float], tolerance: float) -> bool:
+    """Whether EM's last log-likelihood changed by less than `tolerance`, relative to the one before."""
+    return len(history) > 1 and abs(history[-1] - history[-2]) < tolerance * abs(history[-2])
 
 
 def _log_normalise(counts: torch.Tensor) -> torch.Tensor:

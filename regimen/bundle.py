@@ -28,14 +28,14 @@ import numpy as np
 import torch
 
 from regimen import files, folders, runs
-from regimen.calibration import Calibrator, choose_calibrator
+from regimen.calibration import Calibrator
 from regimen.config import Config, EvaluationConfig, config_hash, dump_config
 from regimen.data import add_static_features
 from regimen.errors import UserError
-from regimen.evaluation import Predictions, keep_the_better, load_evaluated, predictions, probability_report, report
+from regimen.evaluation import keep_the_better, load_evaluated, predictions, split_reports, split_sample
 from regimen.metrics import MAIN_METRIC
 from regimen.pgm import head_from_params, pgm_params
-from regimen.inference import predict as predict_unaries
+from regimen.inference import network_outputs, predict as predict_unaries
 from regimen.processed import TaskData
 from regimen.stack import Stack, model_input, resolve_device, stack_from_checkpoint
 
@@ -88,15 +88,18 @@ class Bundle:
             probs = self.calibrator(predicted.flat_probs()).reshape(probs.shape)
         return {"labels": predicted.labels, "probs": probs}
 
-    def report(self, data: TaskData, split: str, settings: EvaluationConfig, device="cpu") -> dict:
-        """Metrics on a processed split before and after calibration (what `metrics.json` holds)."""
-        out = self.predict(data.splits[split]["x"], normalized=True, calibrated=False, device=device)
-        if self.task == "regression":
-            return {"uncalibrated": report(data, split, Predictions(out["values"]), settings)}
-        before = report(data, split, Predictions(out["probs"], out["labels"]), settings)
-        after = probability_report(data, split, self.calibrator(out["probs"].reshape(-1, out["probs"].shape[-1])),
-                                   settings)
-        return {"uncalibrated": before, "calibrated": {"method": self.calibrator.method, **after}}
+    def report(self, data: TaskData, split: str, settings: EvaluationConfig, device="cpu", seed: int = 0) -> dict:
+        """Metrics on a processed split before and after calibration (what `metrics.json` holds),
+        summed as its windows stream (`seed` draws the AUROC's sample of a large split)."""
+        device = torch.device(device)
+        batches = network_outputs(self.stack.to(device), data, split, device, self.batch_size)
+        calibrated = ("bundle", self.calibrator) if self.task != "regression" else None
+        reports = split_reports(batches, data, {"bundle": self.stack.head}, settings, split_sample(data, split, seed),
+                                calibrated)
+        if calibrated is None:
+            return {"uncalibrated": reports["bundle"]}
+        return {"uncalibrated": reports["bundle"],
+                "calibrated": {"method": self.calibrator.method, **reports["calibrated"]}}
 
 
 def preparation(meta: dict) -> dict:
@@ -119,23 +122,19 @@ def export(config: Config, ckpt: Path, out: Path, overwrite: bool, pgm_path: Opt
     folders.claim(out, "--out")
     made_with, data, stack = load_evaluated(config, ckpt, pgm_path)
     device = resolve_device(config.device)
-    choice = keep_the_better(stack, data, device, config)
-    bundle = Bundle(stack, Calibrator("none"), preparation(data.meta), config.training.batch_size)
-    val_ece = {}
+    validation = keep_the_better(stack, data, device, config)
+    bundle = Bundle(stack, validation.calibrator, preparation(data.meta), config.training.batch_size)
     if data.task != "regression":
-        val = bundle.predict(data.splits["val"]["x"], normalized=True, calibrated=False, device=device)
-        bundle.calibrator, val_ece = choose_calibrator(val["probs"].reshape(-1, data.num_classes),
-                                                       data.splits["val"]["y"].numpy().ravel(),
-                                                       config.evaluation.calibration, config.evaluation.bins)
         log.info("calibration: %s (val ECE %s)", bundle.calibrator.method,
-                 ", ".join(f"{k} {v:.4f}" for k, v in val_ece.items()))
-    test = bundle.report(data, "test", config.evaluation, device)
+                 ", ".join(f"{k} {v:.4f}" for k, v in validation.val_ece.items()))
+    test = bundle.report(data, "test", config.evaluation, device, config.seed)
     stack.cpu()
     metrics = {"export": {
         "task": data.task, "metric": MAIN_METRIC[data.task][0],
-        "pgm_type": None if stack.head is None else stack.head.type, "pgm_choice": choice,
+        "pgm_type": None if stack.head is None else stack.head.type, "pgm_choice": validation.choice,
         "checkpoint": str(ckpt),
-        "calibration": {"method": bundle.calibrator.method, "fitted_on": "val", "val_ece": val_ece},
+        "calibration": {"method": bundle.calibrator.method, "fitted_on": "val", "val_ece": validation.val_ece,
+                        "val_nodes": validation.nodes},
         "test": test,
         "provenance": files.provenance(config_hash(made_with), made_with.seed, data.meta, str(device), started,
                                       time.time()),

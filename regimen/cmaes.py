@@ -205,11 +205,12 @@ def fine_tune(config: Config, ckpt: Path, out: Path, overwrite: bool) -> dict:
     device = resolve_device(config.device)
     stack.to(device)
     names = selected_parameters(stack, settings.groups)
-    val = data.splits["val"]
-    x = model_input(val["x"][:settings.batch_windows]).to(device)
-    y = val["y"][:settings.batch_windows].to(device)
+    windows = data.windows("val")
+    val = windows[np.arange(min(settings.batch_windows, len(windows)))]  # the first windows only
+    x = model_input(val["x"]).to(device)
+    y = val["y"].to(device)
     soft = val.get("p")
-    target = (soft[:settings.batch_windows].to(device) if soft is not None
+    target = (soft.to(device) if soft is not None
               else F.one_hot(y, data.num_classes).float()) if data.task != "regression" else None
     loss, vmappable = _objective(settings.objective, data.task, data.num_classes, y, target)
     objective = PopulationLoss(_Scorer(stack), names, loss, (x,), vmap_loss=vmappable)

@@ -6,6 +6,11 @@ unaries are reported alone and, when there is a PGM, after it. The final
 predictor is the PGM only when it beats the unaries on validation
 (`evaluation.use_pgm: auto`); it is also calibrated on the validation split (`evaluation.calibration`),
 so the reliability diagram shows before and after.
+
+The split streams batch by batch and every metric is a sum over them
+(`regimen.metrics.ReportSums`), equal to the whole split's. The AUROC and the
+calibrators' fit need their nodes at once: they see every node of a split of
+at most `SAMPLE_NODES` nodes, else those of a seeded sample of its windows.
 """
 
 from __future__ import annotations
@@ -16,28 +21,28 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from regimen import files, folders, runs
-from regimen.calibration import choose_calibrator
+from regimen.calibration import Calibrator, choose_calibrator
 from regimen.config import Config, EvaluationConfig, config_hash, from_dict
 from regimen.errors import UserError
 from regimen.losses import class_last
-from regimen.metrics import (MAIN_METRIC, boundary_f1, calibration, class_report, flicker,
-                             probability_metrics, regression_report)
+from regimen.metrics import MAIN_METRIC, MetricSums, ProbabilitySums, ReportSums
 from regimen.pgm import PGMHead, head_from_params
 from regimen.plots import plot_confusion, plot_learning_curve, plot_per_class_f1, plot_reliability
-from regimen.inference import choose_predictor, decode, guide_of, marginals, predict, predict_stateful
+from regimen.inference import Outputs, choose_predictor, decode, marginals, network_outputs, predict
 from regimen.processed import TaskData, check_same_data, load_task_data
 from regimen.stack import Stack, check_fits_data, model_input, resolve_device, stack_from_checkpoint
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KINDS = ("convlstm", "joint")
+SAMPLE_NODES = 2 ** 21  # nodes of a split at most for the AUROC and the calibrators' fit
 
 
 @dataclass
@@ -69,30 +74,89 @@ def class_probs(unaries: torch.Tensor, head: Optional[PGMHead], guide: Optional[
     return class_last(probs).numpy()
 
 
-def report(data: TaskData, split: str, predicted: Predictions, settings: EvaluationConfig) -> dict:
-    """Every metric of one predictor on one split (see `regimen.metrics`)."""
-    truth = data.splits[split]["y"].numpy()
-    if data.task == "regression":
-        return regression_report(truth, predicted.probs)
-    probs = predicted.flat_probs()
-    result = class_report(truth.ravel(), predicted.labels.ravel(), probs, data.num_classes, _soft(data, split))
-    result["calibration"] = calibration(probs.max(axis=1), probs.argmax(axis=1) == truth.ravel(), settings.bins)
-    axes = (2, 3) if data.task == "segmentation" else (1,)
-    result["boundary"] = boundary_f1(truth, predicted.labels, axes, settings.boundary_tolerance)
-    result["temporal"] = flicker(truth, predicted.labels)
-    return result
+def sampled_windows(count: int, nodes_per_window: int, seed: int) -> np.ndarray:
+    """Which of a split's `count` windows give the nodes that the AUROC and the calibrators see
+    (`[count]` bools): all of them up to `SAMPLE_NODES` nodes, else a uniform sample of windows
+    holding about that many, drawn with `seed`."""
+    keep = max(1, SAMPLE_NODES // nodes_per_window)
+    if keep >= count:
+        return np.ones(count, dtype=bool)
+    sample = np.zeros(count, dtype=bool)
+    sample[np.random.default_rng(seed).choice(count, keep, replace=False)] = True
+    return sample
 
 
-def probability_report(data: TaskData, split: str, probs: np.ndarray, settings: EvaluationConfig) -> dict:
-    """The metrics that depend on the probabilities only: calibration, NLL, KL, AUROC."""
-    truth = data.splits[split]["y"].numpy().ravel()
-    return {"calibration": calibration(probs.max(axis=1), probs.argmax(axis=1) == truth, settings.bins),
-            **probability_metrics(truth, probs, data.num_classes, _soft(data, split))}
+def split_sample(data: TaskData, split: str, seed: int) -> np.ndarray:
+    """`sampled_windows` of a processed split."""
+    window = data.meta["shapes"][split]["Y"][1:]
+    nodes = int(np.prod(window if data.task != "regression" else window[:-1]))
+    return sampled_windows(len(data.windows(split)), nodes, seed)
 
 
-def _soft(data: TaskData, split: str) -> Optional[np.ndarray]:
-    soft = data.splits[split].get("p")
-    return None if soft is None else soft.numpy().reshape(-1, data.num_classes)
+def split_reports(batches: Iterable[Outputs], data: TaskData, predictors: dict[str, Optional[PGMHead]],
+                  settings: EvaluationConfig, sample: np.ndarray, calibrated: Optional[tuple[str, Calibrator]] = None
+                  ) -> dict:
+    """Every metric of each predictor (None: the unaries alone) on a split's batches (see
+    `regimen.metrics`), and with `calibrated` (a predictor's name and its calibrator) the
+    probability metrics of its calibrated probabilities as "calibrated"."""
+    sums = {name: ReportSums(data.task, data.num_classes, settings.bins, settings.boundary_tolerance)
+            for name in predictors}
+    after = ProbabilitySums(data.num_classes, settings.bins) if calibrated else None
+    for out in batches:
+        truth, soft = out.y.numpy(), None if out.p is None else out.p.numpy()
+        keep = sample[out.rows]
+        for name, head in predictors.items():
+            predicted = predictions(out.unaries, data.task, head, out.guide)
+            sums[name].add(truth, predicted.labels if data.task != "regression" else predicted.probs,
+                           predicted.probs, soft, keep)
+            if after is not None and name == calibrated[0]:
+                after.add(truth.ravel(), calibrated[1](predicted.flat_probs()),
+                          None if soft is None else soft.reshape(-1, data.num_classes), np.repeat(keep, truth[0].size))
+    reports = {name: total.result() for name, total in sums.items()}
+    if after is not None:
+        reports["calibrated"] = after.result()
+    return reports
+
+
+@dataclass
+class Validation:
+    """What the validation split decides: the final predictor (`choose_predictor`) and its
+    calibrator, with the validation ECE of each candidate and the nodes it was fitted on."""
+
+    choice: dict
+    calibrator: Calibrator
+    val_ece: dict
+    nodes: int = 0
+
+
+@torch.no_grad()
+def validate(stack: Stack, data: TaskData, config: Config, device: torch.device, stateful: bool = False
+             ) -> Validation:
+    """One pass over the validation windows: the task metric of the unaries and of the PGM (which
+    is final), and the sampled nodes' probabilities of both, on which the final one's calibrator
+    (`evaluation.calibration`) is fitted."""
+    settings = config.evaluation
+    if data.task == "regression":  # no PGM, nothing to calibrate
+        return Validation(choose_predictor(None, data.task, None, settings.use_pgm), Calibrator("none"), {})
+    predictors = {"unary": None} if stack.head is None else {"unary": None, "pgm": stack.head}
+    scores = {name: MetricSums(data.task, data.num_classes) for name in predictors}
+    probs: dict[str, list[np.ndarray]] = {name: [] for name in predictors}
+    labels = []
+    sample = split_sample(data, "val", config.seed)
+    for out in network_outputs(stack, data, "val", device, config.training.batch_size, stateful):
+        keep = torch.from_numpy(sample[out.rows])
+        for name, head in predictors.items():
+            if stack.head is not None:
+                scores[name].add(out.y.numpy(), decode(head, out.unaries, out.guide).numpy())
+            if keep.any():
+                guide = None if out.guide is None else out.guide[keep]
+                probs[name].append(class_probs(out.unaries[keep], head, guide).reshape(-1, data.num_classes))
+        labels.append(out.y[keep].numpy().ravel())
+    val = {name: score.result() for name, score in scores.items()} if stack.head is not None else None
+    choice = choose_predictor(stack.head, data.task, val, settings.use_pgm)
+    chosen, truth = np.concatenate(probs[choice["final"]]), np.concatenate(labels)
+    calibrator, val_ece = choose_calibrator(chosen, truth, settings.calibration, settings.bins)
+    return Validation(choice, calibrator, val_ece, len(truth))
 
 
 # --------------------------------------------------------------------------- loading
@@ -159,29 +223,21 @@ def evaluate(config: Config, ckpt: Path, split: str, out: Optional[Path], pgm_pa
     if settings.stateful and stack.net.encoder.backward_cells is not None:
         raise UserError(f"--ckpt {ckpt}: evaluation.stateful: a bidirectional ConvLSTM also reads each window "
                         "backwards, so it cannot carry its state from one window to the next; set it to false")
-    if settings.stateful:
-        unaries = {s: predict_stateful(stack, data, s, device, config.training.batch_size) for s in {split, "val"}}
-    else:
-        unaries = {s: predict(stack, data.splits[s]["x"], device, config.training.batch_size)[0]
-                   for s in {split, "val"}}
+    validation = validate(stack, data, config, device, settings.stateful)
+    final = validation.choice["final"]
     predictors = {"unary": None} if stack.head is None else {"unary": None, "pgm": stack.head}
-    predicted = {name: predictions(unaries[split], data.task, head, guide_of(data, split))
-                 for name, head in predictors.items()}
-    choice = choose_predictor(stack.head, data, unaries["val"], settings.use_pgm)
-    final = choice["final"]
+    batches = network_outputs(stack, data, split, device, config.training.batch_size, settings.stateful)
+    calibrated = (final, validation.calibrator) if data.task != "regression" else None
+    reports = split_reports(batches, data, predictors, settings, split_sample(data, split, config.seed), calibrated)
     result = {"split": split, "task": data.task, "metric": MAIN_METRIC[data.task][0], "final": final,
               "stateful": settings.stateful,
-              "pgm_type": None if stack.head is None else stack.head.type, "choice": choice,
-              **{name: report(data, split, p, settings) for name, p in predicted.items()}}
-    if data.task != "regression":
-        val_probs = class_probs(unaries["val"], predictors[final], guide_of(data, "val"))  # no decoding needed
-        calibrator, val_ece = choose_calibrator(val_probs.reshape(-1, data.num_classes),
-                                                data.splits["val"]["y"].numpy().ravel(),
-                                                settings.calibration, settings.bins)
-        calibrated = calibrator(predicted[final].flat_probs())
-        result["calibrated"] = {"method": calibrator.method, "val_ece": val_ece,
-                                **probability_report(data, split, calibrated, settings)}
-    result["model"] = model_cost(stack, data.splits[split]["x"], device, config.training.batch_size)
+              "pgm_type": None if stack.head is None else stack.head.type, "choice": validation.choice,
+              **{name: reports[name] for name in predictors}}
+    if calibrated:
+        result["calibrated"] = {"method": validation.calibrator.method, "val_ece": validation.val_ece,
+                                "val_nodes": validation.nodes, **reports["calibrated"]}
+    first = data.windows(split).read("x", np.arange(min(config.training.batch_size, len(data.windows(split)))))
+    result["model"] = model_cost(stack, first, device)
     result["provenance"] = files.provenance(config_hash(config), config.seed, data.meta, str(device),
                                            started, time.time())
     result["plots"] = write_plots(result, data, history, out, split)
@@ -215,9 +271,10 @@ def write_plots(result: dict, data: TaskData, history: Optional[list[dict]], out
 
 
 @torch.no_grad()
-def model_cost(stack: Stack, x: torch.Tensor, device: torch.device, batch_size: int, repeats: int = 5) -> dict:
-    """Parameter count, median inference latency per window (network + PGM decoding) and peak memory."""
-    batch = model_input(x[:batch_size]).to(device)
+def model_cost(stack: Stack, x: torch.Tensor, device: torch.device, repeats: int = 5) -> dict:
+    """Parameter count, median inference latency per window (network + PGM decoding) on the windows
+    `x` `[B, T, H, W, C]`, and peak memory."""
+    batch = model_input(x).to(device)
     stack.eval()
     seconds = []
     for _ in range(repeats):
@@ -238,17 +295,13 @@ def model_cost(stack: Stack, x: torch.Tensor, device: torch.device, batch_size: 
             "memory_kind": "cuda_allocated" if device.type == "cuda" else "process_rss"}
 
 
-def keep_the_better(stack: Stack, data: TaskData, device: torch.device, config: Config) -> dict:
-    """Choose the final predictor (`choose_predictor`) on val; the stack drops a PGM that is not
-    chosen. Returns the choice."""
-    if stack.head is None:
-        return {"final": "unary", "use_pgm": config.evaluation.use_pgm}
-    val_unaries, _ = predict(stack.to(device), data.splits["val"]["x"], device, config.training.batch_size)
-    choice = choose_predictor(stack.head, data, val_unaries, config.evaluation.use_pgm)
-    if choice["final"] == "unary":
+def keep_the_better(stack: Stack, data: TaskData, device: torch.device, config: Config) -> Validation:
+    """`validate`; the stack drops a PGM that is not chosen."""
+    validation = validate(stack.to(device), data, config, device)
+    if validation.choice["final"] == "unary" and stack.head is not None:
         log.info("predicting with the network alone, without the %s", stack.head.type)
         stack.head = None
-    return choice
+    return validation
 
 
 def window_predictor(config: Config, ckpt: Path, pgm_path: Optional[Path] = None):

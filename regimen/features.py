@@ -4,8 +4,8 @@ Phase 1 writes them batch by batch (`FeatureWriter`), so it never holds a
 split's predictions; `features.pt` then lists each array with its sha256 and
 size and vouches for them, as meta.json does for the processed data. A rerun
 removes `features.pt` before it renames new arrays into place, so an
-interrupted one is never taken for whole. `load_features` reads them back,
-checked.
+interrupted one is never taken for whole. `load_features` opens them,
+checked, as `StoredArray`s read by rows, so phase 2 never holds a split either.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 
 from regimen import files, runs
 from regimen.errors import UserError
-from regimen.store import VERIFY_BYTES, ArrayWriter, verify_file
+from regimen.store import VERIFY_BYTES, ArrayFile, ArrayWriter, verify_file
 
 
 class FeatureWriter:
@@ -54,8 +54,8 @@ class FeatureWriter:
 
 
 def load_features(path: Path, flag: str) -> dict:
-    """`features.pt` with its arrays read: `splits[split][name]` a tensor (unaries `[N, T, K, ...]`,
-    labels, optional feature_maps)."""
+    """`features.pt` with its arrays opened: `splits[split][name]` a `StoredArray` (unaries
+    `[N, T, K, ...]`, labels, optional feature_maps)."""
     payload = files.load_checkpoint(path, flag, ("features",))
     run = runs.run_folder_of(Path(path))
     splits = {}
@@ -67,5 +67,25 @@ def load_features(path: Path, flag: str) -> dict:
                                 "run it again")
             array = run.feature_array(split, name)
             verify_file(array, entry, entry["bytes"] <= VERIFY_BYTES, Path(path).name, "train_convlstm.py")
-            splits[split][name] = torch.from_numpy(np.load(array, allow_pickle=False))
+            splits[split][name] = StoredArray(array)
     return {**payload, "splits": splits}
+
+
+class StoredArray:
+    """An `.npy` file read by rows, never whole: `array[rows]` is a tensor of those rows."""
+
+    def __init__(self, path: Path):
+        self.file = ArrayFile(path)
+
+    def __len__(self) -> int:
+        return self.file.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.file.shape)
+
+    def __getitem__(self, rows) -> torch.Tensor:
+        rows = np.atleast_1d(np.asarray(rows))
+        if len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):  # one read
+            return torch.from_numpy(self.file.rows(int(rows[0]), len(rows)))
+        return torch.from_numpy(np.stack([self.file.rows(int(row), 1)[0] for row in rows]))

@@ -1,22 +1,31 @@
-"""Predictions of a stack over many windows, in batches: unaries, decoded labels, marginals, metrics."""
+"""Predictions of a stack over a split's windows, batch by batch: unaries, decoded labels,
+marginals, metrics.
+
+A split is never held whole: `network_outputs` runs the network over its
+windows as they stream from disk, and `stored_outputs` reads phase 1's saved
+unaries; both give `Outputs` batches, which `output_metrics` (and evaluate.py's
+`ReportSums`) sum up.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from regimen.features import FeatureWriter
+from regimen.features import FeatureWriter, StoredArray
 from regimen.losses import class_last
-from regimen.metrics import MAIN_METRIC, MetricSums, label_metrics, regression_metrics
+from regimen.metrics import MAIN_METRIC, MetricSums
 from regimen.pgm import PGMHead
 from regimen.processed import TaskData
 from regimen.runs import RunFolder
 from regimen.progress import track
 from regimen.stack import Stack, model_input
-from regimen.windows import SequentialBatches
+from regimen.windows import SequentialBatches, WindowDataset
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +75,44 @@ def _predicted(task: str, unaries: torch.Tensor, head: Optional[PGMHead], x: Opt
     return class_last(unaries) if task == "regression" else decode(head, unaries, x)
 
 
+@dataclass
+class Outputs:
+    """One batch of a split's windows: their `rows` in the split, the network's `unaries`
+    `[B, T, K(, H, W)]`, labels `y`, soft targets `p`, and `guide`, the inputs in model layout
+    `[B, T, C, H, W]` (what an edge-aware CRF weighs its edges by; None where not read). CPU tensors."""
+
+    rows: np.ndarray
+    unaries: torch.Tensor
+    y: torch.Tensor
+    p: Optional[torch.Tensor] = None
+    guide: Optional[torch.Tensor] = None
+
+
 @torch.no_grad()
-def predict_stateful(stack: Stack, data: TaskData, split: str, device: torch.device, batch_size: int) -> torch.Tensor:
-    """Unaries of every window of a split (in its order), each window's ConvLSTM continuing from the
-    state that its sequence's previous window left at this window's first frame
-    (`evaluation.stateful`): a long sequence is read as one stream instead of from zeros every
-    `T_window` frames, and every window's unaries are those of the network run over the whole
-    sequence. Sequences are read `batch_size` at a time, window by window."""
+def network_outputs(stack: Stack, data: TaskData, split: str, device: torch.device, batch_size: int,
+                    stateful: bool = False) -> Iterator[Outputs]:
+    """The stack's unaries over the split's windows, batch by batch: in order, or by sequence
+    with `stateful` (`stateful_outputs`)."""
+    stack.eval()
+    if stateful:
+        yield from stateful_outputs(stack, data, split, device, batch_size)
+        return
+    first = 0
+    for batch in track(split_loader(data, split, batch_size, device), f"predict {split}", "batches"):
+        x = model_input(batch["x"])
+        rows = np.arange(first, first + len(x))
+        first += len(x)
+        yield Outputs(rows, stack.unaries(x.to(device)).cpu(), batch["y"], batch.get("p"), x)
+
+
+@torch.no_grad()
+def stateful_outputs(stack: Stack, data: TaskData, split: str, device: torch.device, batch_size: int
+                     ) -> Iterator[Outputs]:
+    """`network_outputs` where each window's ConvLSTM continues from the state that its sequence's
+    previous window left at this window's first frame (`evaluation.stateful`): a long sequence is
+    read as one stream instead of from zeros every `T_window` frames, and every window's unaries
+    are those of the network run over the whole sequence. Sequences are read `batch_size` at a
+    time, window by window, so the batches come by sequence, not in the split's order."""
     stack.eval()
     windows = data.windows(split)
     stride = int(data.meta["stride"])
@@ -81,20 +121,45 @@ def predict_stateful(stack: Stack, data: TaskData, split: str, device: torch.dev
         by_sequence.setdefault(int(sequence), []).append(row)
     # Longest first, so the sequences still reading at each step are always the first ones.
     groups = sorted(by_sequence.values(), key=len, reverse=True)
-    outputs: list[Optional[torch.Tensor]] = [None] * len(windows)
     for first in track(range(0, len(groups), batch_size), f"predict {split} (stateful)", "sequences"):
         chunk, state = groups[first:first + batch_size], None
         for step in range(len(chunk[0])):
-            rows = [group[step] for group in chunk if len(group) > step]
+            rows = np.array([group[step] for group in chunk if len(group) > step])
             if state is not None:  # sequences that have run out of windows drop out
                 state = [(h[:len(rows)], c[:len(rows)]) for h, c in state]
-            x = model_input(windows.read("x", rows)).to(device)  # (B, T, C, H, W)
-            unaries, final = stack.unaries(x, state=state, return_state=True)
-            for row, out in zip(rows, unaries.cpu()):
-                outputs[row] = out
+            batch = windows[rows]
+            x = model_input(batch["x"])  # (B, T, C, H, W)
+            unaries, final = stack.unaries(x.to(device), state=state, return_state=True)
+            yield Outputs(rows, unaries.cpu(), batch["y"], batch.get("p"), x)
             # The next window starts `stride` frames later: continue from the state after them.
-            state = final if stride >= x.shape[1] else stack.unaries(x[:, :stride], state=state, return_state=True)[1]
-    return torch.stack(outputs)
+            state = (final if stride >= x.shape[1]
+                     else stack.unaries(x[:, :stride].to(device), state=state, return_state=True)[1])
+
+
+def stored_outputs(arrays: dict[str, StoredArray], batch_size: int, inputs: Optional[WindowDataset] = None
+                   ) -> Iterator[Outputs]:
+    """Phase 1's saved unaries and labels of a split, in order, batch by batch; with the split's
+    windows `inputs`, their inputs as the guide."""
+    count = len(arrays["unaries"])
+    for first in range(0, count, batch_size):
+        rows = np.arange(first, min(count, first + batch_size))
+        guide = None if inputs is None else model_input(inputs.read("x", rows))
+        yield Outputs(rows, arrays["unaries"][rows], arrays["labels"][rows], guide=guide)
+
+
+class SplitArray:
+    """One array of a split's windows read by rows, `array[rows]` (`x` in model layout): what
+    `fit_pgm` draws its batches from when the labels or inputs are not in phase 1's features."""
+
+    def __init__(self, windows: WindowDataset, key: str):
+        self.windows, self.key = windows, key
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, rows) -> torch.Tensor:
+        values = self.windows.read(self.key, np.asarray(rows))
+        return model_input(values) if self.key == "x" else values
 
 
 def split_loader(data: TaskData, split: str, batch_size: int, device: torch.device) -> DataLoader:
@@ -102,19 +167,24 @@ def split_loader(data: TaskData, split: str, batch_size: int, device: torch.devi
     return data.loader(split, SequentialBatches(len(data.windows(split)), batch_size), device.type == "cuda")
 
 
-@torch.no_grad()
 def split_metrics(stack: Stack, data: TaskData, split: str, device: torch.device, batch_size: int) -> dict:
-    """The split's metrics through the head (when there is one), plus the unaries' as `unary_*`,
-    summed batch by batch as the windows stream from disk (equal to `task_metrics` of the whole split)."""
-    stack.eval()
+    """The split's metrics through the head (when there is one), plus the unaries' as `unary_*`."""
     heads = {"": stack.head, "unary_": None} if stack.head is not None else {"": None}
-    scores = {prefix: MetricSums(data.task, data.num_classes) for prefix in heads}
-    for batch in track(split_loader(data, split, batch_size, device), f"score {split}", "batches"):
-        x = model_input(batch["x"])
-        unaries = stack.unaries(x.to(device)).cpu()
-        for prefix, head in heads.items():
-            scores[prefix].add(batch["y"].numpy(), _predicted(data.task, unaries, head, x).numpy())
-    return {f"{prefix}{key}": value for prefix, score in scores.items() for key, value in score.result().items()}
+    scores = output_metrics(network_outputs(stack, data, split, device, batch_size), data.task, data.num_classes,
+                            heads)
+    return {f"{prefix}{key}": value for prefix, score in scores.items() for key, value in score.items()}
+
+
+@torch.no_grad()
+def output_metrics(outputs: Iterable[Outputs], task: str, num_classes: Optional[int],
+                   heads: dict[str, Optional[PGMHead]]) -> dict[str, dict]:
+    """The task's metrics (`label_metrics` or `regression_metrics`) of each head's predictions
+    (None: the unaries alone), summed over the batches: equal to those of the whole split."""
+    scores = {name: MetricSums(task, num_classes) for name in heads}
+    for out in outputs:
+        for name, head in heads.items():
+            scores[name].add(out.y.numpy(), _predicted(task, out.unaries, head, out.guide).numpy())
+    return {name: score.result() for name, score in scores.items()}
 
 
 @torch.no_grad()
@@ -141,17 +211,8 @@ def marginals(head: PGMHead, unaries: torch.Tensor, guide: Optional[torch.Tensor
                       for i in range(0, len(unaries), batch_size)])
 
 
-def task_metrics(data: TaskData, split: str, unaries: torch.Tensor, head: Optional[PGMHead] = None) -> dict:
-    """The task's metrics on one split, from unaries (through the head when given)."""
-    y = data.splits[split]["y"]
-    if data.task == "regression":
-        return regression_metrics(y.numpy(), class_last(unaries).numpy())
-    labels = decode(head, unaries, guide_of(data, split))
-    return label_metrics(y.numpy(), labels.numpy(), data.num_classes, data.task)
-
-
 def compare_with_unaries(task: str, unary: dict, pgm: dict) -> dict:
-    """The main metric of the unaries alone and after the PGM (`task_metrics` of each), the
+    """The main metric of the unaries alone and after the PGM (`output_metrics` of each), the
     gain in points and whether the PGM beats the unaries."""
     metric, higher_is_better = MAIN_METRIC[task]
     gain = pgm[metric] - unary[metric]
@@ -165,27 +226,20 @@ def pgm_is_worse(head_type: str, split: str, comparison: dict) -> str:
             f"{comparison['unary']:.4f} -> {comparison['pgm']:.4f} ({comparison['gain_points']:+.2f} points)")
 
 
-def choose_predictor(head: Optional[PGMHead], data: TaskData, val_unaries: torch.Tensor, use_pgm: str) -> dict:
+def choose_predictor(head: Optional[PGMHead], task: str, val: Optional[dict], use_pgm: str) -> dict:
     """Which predictor is final: the PGM or the unaries alone. `use_pgm` (evaluation.use_pgm):
     always, never, or auto: the PGM only when it beats the unaries on the validation split.
-    Returns `final` ("pgm" or "unary"), the setting and the validation comparison."""
+    `val`: `output_metrics` of the "unary" and "pgm" predictors on it. Returns `final` ("pgm" or
+    "unary"), the setting and the validation comparison."""
     if head is None:
         return {"final": "unary", "use_pgm": use_pgm}
-    comparison = compare_with_unaries(data.task, task_metrics(data, "val", val_unaries),
-                                      task_metrics(data, "val", val_unaries, head))
+    comparison = compare_with_unaries(task, val["unary"], val["pgm"])
     final = {"always": "pgm", "never": "unary"}.get(use_pgm, "pgm" if comparison["pgm_better"] else "unary")
     if not comparison["pgm_better"]:
         log.warning("%s; %s", pgm_is_worse(head.type, "val", comparison),
                     f"the {'unaries alone are' if final == 'unary' else head.type + ' is'} the final predictor "
                     f"(evaluation.use_pgm: {use_pgm})")
     return {"final": final, "use_pgm": use_pgm, "val": comparison}
-
-
-def guide_of(data: TaskData, split: str) -> Optional[torch.Tensor]:
-    """The split's input windows in model layout (what an edge-aware CRF weighs its edges by), or
-    None where the inputs were not loaded."""
-    x = data.splits[split].get("x")
-    return None if x is None else model_input(x)
 
 
 def _device_of(head: PGMHead) -> torch.device:

@@ -80,6 +80,57 @@ class MetricSums:
 
 
 # --------------------------------------------------------------------------- the full suite (evaluate.py)
+#
+# evaluate.py and export.py see a split batch by batch: every score below is a sum over nodes or
+# windows (a confusion matrix, calibration bins, boundary and flicker counts, error sums), so the
+# batched result equals the whole split's. The AUROC alone needs every score at once: it is
+# computed on the nodes of the windows the caller samples (all of them, up to a cap).
+
+
+class ReportSums:
+    """`class_report` plus `calibration`, `boundary_f1` and `flicker` of one predictor, or
+    `regression_report`, summed over batches of windows.
+
+    Args:
+        task, num_classes: the data's.
+        bins: calibration bins; tolerance: boundary tolerance in nodes.
+    """
+
+    def __init__(self, task: str, num_classes: int | None, bins: int, tolerance: int):
+        self.task = task
+        if task == "regression":
+            self.errors = RegressionSums()
+            return
+        self.matrix = np.zeros((num_classes, num_classes), np.int64)
+        self.probabilities = ProbabilitySums(num_classes, bins)
+        self.axes = (2, 3) if task == "segmentation" else (1,)
+        self.tolerance = tolerance
+        self.edges = np.zeros(4, np.int64)  # predicted, true, predicted near a true one, true near a predicted one
+        self.changes = np.zeros(4, np.int64)  # changed where stable, stable, changed, pairs
+
+    def add(self, truth: np.ndarray, predicted: np.ndarray, probs: np.ndarray | None = None,
+            soft: np.ndarray | None = None, sampled: np.ndarray | None = None) -> None:
+        """One batch of windows: `truth` and `predicted` labels `[B, T(, H, W)]` with `probs` (class
+        axis last), or regression values `[B, T, H, W, C]`; `soft` targets like `probs`; `sampled`:
+        which windows `[B]` count for the AUROC (None: all)."""
+        if self.task == "regression":
+            self.errors.add(truth, predicted)
+            return
+        k = len(self.matrix)
+        self.matrix += confusion(truth, predicted, k)
+        nodes = None if sampled is None else np.repeat(sampled, truth[0].size)
+        self.probabilities.add(truth.ravel(), probs.reshape(-1, k), None if soft is None else soft.reshape(-1, k),
+                               nodes)
+        self.edges += boundary_counts(truth, predicted, self.axes, self.tolerance)
+        self.changes += flicker_counts(truth, predicted)
+
+    def result(self) -> dict:
+        if self.task == "regression":
+            return self.errors.result()
+        probabilities = self.probabilities.result()
+        return {**class_scores(self.matrix), **{key: probabilities[key] for key in ("auroc", "kl", "nll")},
+                "calibration": probabilities["calibration"],
+                "boundary": boundary_scores(self.edges, self.tolerance), "temporal": flicker_scores(self.changes)}
 
 
 def class_report(truth: np.ndarray, predicted: np.ndarray, probs: np.ndarray, num_classes: int,
@@ -92,35 +143,74 @@ def class_report(truth: np.ndarray, predicted: np.ndarray, probs: np.ndarray, nu
         probs: the predictor's class probabilities `[N, K]` (rows sum to 1).
         soft: target distributions `[N, K]` for the KL divergence; one-hot of `truth` when None.
     """
-    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+    return {**class_scores(confusion(truth, predicted, num_classes)),
+            **probability_metrics(truth, probs, num_classes, soft)}
 
-    precision, recall, f1, support = precision_recall_fscore_support(
-        truth, predicted, labels=np.arange(num_classes), zero_division=0)
+
+def class_scores(matrix: np.ndarray) -> dict:
+    """The label scores of a confusion matrix `[true, predicted]`, as scikit-learn's
+    `accuracy_score` and `precision_recall_fscore_support` (zero_division=0) give them."""
+    tp = np.diag(matrix).astype(np.float64)
+    true, predicted = matrix.sum(1), matrix.sum(0)
+    precision = np.divide(tp, predicted, out=np.zeros(len(tp)), where=predicted > 0)
+    recall = np.divide(tp, true, out=np.zeros(len(tp)), where=true > 0)
+    f1 = np.divide(2 * tp, true + predicted, out=np.zeros(len(tp)), where=true + predicted > 0)
     return {
-        "accuracy": float(accuracy_score(truth, predicted)),
-        "miou": mean_iou(truth, predicted, num_classes),
+        "accuracy": float(tp.sum() / matrix.sum()),
+        "miou": confusion_metrics(matrix, "segmentation")["miou"],
         "macro_precision": float(precision.mean()), "macro_recall": float(recall.mean()),
         "macro_f1": float(f1.mean()),
         "per_class": {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
-                      "support": support.tolist()},
-        "confusion": confusion(truth, predicted, num_classes).tolist(),
-        **probability_metrics(truth, probs, num_classes, soft),
+                      "support": true.tolist()},
+        "confusion": matrix.tolist(),
     }
+
+
+class ProbabilitySums:
+    """`calibration` and `probability_metrics` of class probabilities that arrive batch by batch:
+    the calibration bins, the summed KL and NLL, and the sampled nodes' scores for the AUROC."""
+
+    def __init__(self, num_classes: int, bins: int):
+        self.num_classes, self.bins = num_classes, bins
+        self.count, self.hits, self.sure = np.zeros(bins, np.int64), np.zeros(bins), np.zeros(bins)
+        self.kl = self.nll = 0.0
+        self.nodes = 0
+        self.sampled: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def add(self, truth: np.ndarray, probs: np.ndarray, soft: np.ndarray | None = None,
+            sampled: np.ndarray | None = None) -> None:
+        """Nodes `truth` `[N]` with `probs` and `soft` `[N, K]`; `sampled`: which nodes `[N]` count
+        for the AUROC (None: all)."""
+        from scipy.special import xlogy
+
+        confidence = probs.max(axis=1)
+        index = np.minimum((confidence * self.bins).astype(np.int64), self.bins - 1)
+        self.count += np.bincount(index, minlength=self.bins)
+        self.hits += np.bincount(index, weights=(probs.argmax(axis=1) == truth).astype(np.float64),
+                                 minlength=self.bins)
+        self.sure += np.bincount(index, weights=confidence.astype(np.float64), minlength=self.bins)
+        target = soft if soft is not None else np.eye(self.num_classes)[truth]
+        log_q = np.log(np.clip(probs, TINY, None))
+        # batchmean: summed over classes, averaged over nodes (torch's kl_div(reduction="batchmean")).
+        self.kl += float((xlogy(target, target) - target * log_q).sum(axis=1).sum())
+        self.nll -= float(log_q[np.arange(len(truth)), truth].astype(np.float64).sum())
+        self.nodes += len(truth)
+        self.sampled.append((truth, probs) if sampled is None else (truth[sampled], probs[sampled]))
+
+    def result(self) -> dict:
+        truth = np.concatenate([t for t, _ in self.sampled]) if self.sampled else np.zeros(0, np.int64)
+        probs = (np.concatenate([p for _, p in self.sampled]) if self.sampled
+                 else np.zeros((0, self.num_classes)))
+        return {"auroc": auroc_ovr(truth, probs), "kl": self.kl / self.nodes, "nll": self.nll / self.nodes,
+                "calibration": calibration_scores(self.count, self.hits, self.sure)}
 
 
 def probability_metrics(truth: np.ndarray, probs: np.ndarray, num_classes: int,
                         soft: np.ndarray | None = None) -> dict:
     """One-vs-rest AUROC, KL divergence (against `soft`, else one-hot) and NLL of probabilities `[N, K]`."""
-    from scipy.special import xlogy
-
-    target = soft if soft is not None else np.eye(num_classes)[truth]
-    log_q = np.log(np.clip(probs, TINY, None))
-    return {
-        "auroc": auroc_ovr(truth, probs),
-        # batchmean: summed over classes, averaged over nodes (torch's kl_div(reduction="batchmean")).
-        "kl": float((xlogy(target, target) - target * log_q).sum(axis=1).mean()),
-        "nll": float(-log_q[np.arange(len(truth)), truth].mean()),
-    }
+    sums = ProbabilitySums(num_classes, 1)
+    sums.add(truth, probs, soft)
+    return {key: value for key, value in sums.result().items() if key != "calibration"}
 
 
 def auroc_ovr(truth: np.ndarray, probs: np.ndarray) -> float | None:
@@ -143,9 +233,14 @@ def calibration(confidence: np.ndarray, correct: np.ndarray, bins: int) -> dict:
     ECE = sum_b (n_b / N) |accuracy_b - confidence_b|; MCE = max_b over non-empty bins.
     """
     index = np.minimum((confidence * bins).astype(np.int64), bins - 1)
-    count = np.bincount(index, minlength=bins)
-    hits = np.bincount(index, weights=correct.astype(np.float64), minlength=bins)
-    sure = np.bincount(index, weights=confidence.astype(np.float64), minlength=bins)
+    return calibration_scores(np.bincount(index, minlength=bins),
+                              np.bincount(index, weights=correct.astype(np.float64), minlength=bins),
+                              np.bincount(index, weights=confidence.astype(np.float64), minlength=bins))
+
+
+def calibration_scores(count: np.ndarray, hits: np.ndarray, sure: np.ndarray) -> dict:
+    """`calibration` from each bin's node count, correct nodes and summed confidence."""
+    bins = len(count)
     filled = count > 0
     accuracy = np.divide(hits, count, out=np.zeros(bins), where=filled)
     mean_confidence = np.divide(sure, count, out=np.zeros(bins), where=filled)
@@ -173,19 +268,29 @@ def boundary_f1(truth: np.ndarray, predicted: np.ndarray, axes: tuple[int, ...],
 
     A predicted boundary node counts as right when a true one lies within the
     tolerance (a square window), and the other way round for recall. Both without
-    any boundary: F1 = 1.
+    any boundary: F1 = 1. Windows never see each other: the axes are within a window.
     """
+    return boundary_scores(boundary_counts(truth, predicted, axes, tolerance), tolerance)
+
+
+def boundary_counts(truth: np.ndarray, predicted: np.ndarray, axes: tuple[int, ...], tolerance: int) -> np.ndarray:
+    """Predicted and true boundary nodes, and of each those near one of the other: `[4]`."""
     from scipy import ndimage
 
     true_edge, pred_edge = boundaries(truth, axes), boundaries(predicted, axes)
     size = [2 * tolerance + 1 if axis in axes else 1 for axis in range(truth.ndim)]
     near_true = ndimage.maximum_filter(true_edge, size=size, mode="constant")
     near_pred = ndimage.maximum_filter(pred_edge, size=size, mode="constant")
-    n_pred, n_true = int(pred_edge.sum()), int(true_edge.sum())
+    return np.array([pred_edge.sum(), true_edge.sum(), (pred_edge & near_true).sum(), (true_edge & near_pred).sum()],
+                    np.int64)
+
+
+def boundary_scores(counts: np.ndarray, tolerance: int) -> dict:
+    n_pred, n_true, right, found = (int(c) for c in counts)
     if n_pred == 0 and n_true == 0:
         return {"precision": 1.0, "recall": 1.0, "f1": 1.0, "tolerance": tolerance}
-    precision = float((pred_edge & near_true).sum() / n_pred) if n_pred else 0.0
-    recall = float((true_edge & near_pred).sum() / n_true) if n_true else 0.0
+    precision = right / n_pred if n_pred else 0.0
+    recall = found / n_true if n_true else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
     return {"precision": precision, "recall": recall, "f1": f1, "tolerance": tolerance}
 
@@ -193,10 +298,57 @@ def boundary_f1(truth: np.ndarray, predicted: np.ndarray, axes: tuple[int, ...],
 def flicker(truth: np.ndarray, predicted: np.ndarray) -> dict:
     """Temporal consistency of labels `[N, T, ...]`: how often a node's predicted label changes
     from one frame to the next where the true label does not (`flicker`, lower is better)."""
+    return flicker_scores(flicker_counts(truth, predicted))
+
+
+def flicker_counts(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Frame-to-frame pairs: predicted changes where the truth is stable, stable ones, predicted
+    changes, all: `[4]`."""
     stable = truth[:, 1:] == truth[:, :-1]
     changed = predicted[:, 1:] != predicted[:, :-1]
-    return {"flicker": float((changed & stable).sum() / max(int(stable.sum()), 1)),
-            "predicted_change_rate": float(changed.mean()), "true_change_rate": float(1 - stable.mean())}
+    return np.array([(changed & stable).sum(), stable.sum(), changed.sum(), stable.size], np.int64)
+
+
+def flicker_scores(counts: np.ndarray) -> dict:
+    flickers, stable, changed, pairs = (int(c) for c in counts)
+    return {"flicker": flickers / max(stable, 1), "predicted_change_rate": changed / pairs,
+            "true_change_rate": 1 - stable / pairs}
+
+
+class RegressionSums:
+    """`regression_report` of values that arrive batch by batch `[B, T, ...]`: error sums, per-frame
+    sums, and the truth's count, mean and squared deviations (merged as in `ChannelStatistics`)."""
+
+    def __init__(self):
+        self.squared = self.absolute = self.frame_squared = self.frame_absolute = 0.0
+        self.count = self.frames = 0
+        self.mean = self.deviations = 0.0
+
+    def add(self, truth: np.ndarray, predicted: np.ndarray) -> None:
+        error = predicted.astype(np.float64) - truth.astype(np.float64)
+        frames = error.reshape(error.shape[0] * error.shape[1], -1)
+        self.squared += float((error ** 2).sum())
+        self.absolute += float(np.abs(error).sum())
+        self.frame_squared += float((frames ** 2).sum(axis=1).sum())
+        self.frame_absolute += float(np.abs(frames).sum(axis=1).sum())
+        self.frames += len(frames)
+        values = truth.astype(np.float64).ravel()
+        mean, deviations, n = float(values.mean()), float(((values - values.mean()) ** 2).sum()), values.size
+        total = self.count + n
+        delta = mean - self.mean
+        self.deviations += deviations + delta ** 2 * self.count * n / total
+        self.mean += delta * n / total
+        self.count = total
+
+    def result(self) -> dict:
+        """RMSE, MAE, R2 (1 - residual / total sum of squares; 1 or 0 on a constant truth, as
+        scikit-learn's `r2_score`), and OpenSTL's per-frame MSE and MAE."""
+        if self.deviations > 0:
+            r2 = 1 - self.squared / self.deviations
+        else:
+            r2 = 1.0 if self.squared == 0 else 0.0
+        return {"rmse": float(np.sqrt(self.squared / self.count)), "mae": self.absolute / self.count, "r2": r2,
+                "mse_per_frame": self.frame_squared / self.frames, "mae_per_frame": self.frame_absolute / self.frames}
 
 
 def regression_report(truth: np.ndarray, predicted: np.ndarray) -> dict:
@@ -206,11 +358,6 @@ def regression_report(truth: np.ndarray, predicted: np.ndarray) -> dict:
         truth, predicted: `[N, T, ...]`. OpenSTL sums the errors over a frame's
             values and averages over frames, so those numbers compare with its tables.
     """
-    from sklearn.metrics import r2_score
-
-    error = predicted.astype(np.float64) - truth.astype(np.float64)
-    frames = error.reshape(error.shape[0] * error.shape[1], -1)
-    return {**regression_metrics(truth, predicted),
-            "r2": float(r2_score(truth.ravel(), predicted.ravel())),
-            "mse_per_frame": float((frames ** 2).sum(axis=1).mean()),
-            "mae_per_frame": float(np.abs(frames).sum(axis=1).mean())}
+    sums = RegressionSums()
+    sums.add(truth, predicted)
+    return sums.result()

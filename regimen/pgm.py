@@ -24,7 +24,7 @@ from torch import nn
 
 from models.chain_crf import ChainCRF
 from models.crf import SpaceTimeCRF, inverse_softplus
-from models.hmm import HMM, forward_backward, viterbi
+from models.hmm import HMM, converged, forward_backward, viterbi
 from regimen.config import PGMConfig
 from regimen.errors import UserError
 from regimen.progress import track
@@ -196,42 +196,79 @@ def head_from_params(params: dict, source: str) -> PGMHead:
 # --------------------------------------------------------------------------- fitting
 
 
-def fit_pgm(head: PGMHead, unaries: torch.Tensor, labels: torch.Tensor, pgm: PGMConfig,
-            seed: int, batch_size: int = 8, guide: Optional[torch.Tensor] = None) -> dict:
+def fit_pgm(head: PGMHead, unaries, labels, pgm: PGMConfig, seed: int, batch_size: int = 8, guide=None) -> dict:
     """Fit the head's parameters on fixed unaries; returns a small report for metrics.json.
 
     HMM: MAP counts (`fit: mle`, Dirichlet `pseudo_count`, then the emission scale by
     gradient) or Baum-Welch (`fit: em`, labels unused). CRF and chain CRF: Adam on the structured NLL plus
-    `l2 * |theta - theta_0|^2` (a Gaussian prior at the initial values, MAP). `guide`: the input
-    windows of the unaries, for an edge-aware CRF.
+    `l2 * |theta - theta_0|^2` (a Gaussian prior at the initial values, MAP).
+
+    Args:
+        unaries, labels: a split's unaries `[N, T, K, ...]` and labels, anything that gives rows
+            as tensors, `array[rows]` (a tensor, phase 1's `StoredArray`, a `SplitArray`): the
+            fit reads a batch, or a chunk of windows, at a time.
+        guide: the input windows in model layout, the same way, for an edge-aware CRF.
     """
     if head.type == "hmm":
         return _fit_hmm(head, unaries, labels, pgm, seed, batch_size)
     return _fit_by_gradient(head, unaries, labels, pgm, seed, batch_size, guide)
 
 
-def _fit_hmm(head: PGMHead, unaries: torch.Tensor, labels: torch.Tensor, pgm: PGMConfig, seed: int,
-             batch_size: int) -> dict:
-    k = head.settings["num_classes"]
+COUNT_WINDOWS = 64  # windows a chunk when the HMM sums counts over a split
+
+
+def _chunks(array, device: torch.device):
+    """The rows of `array` in order, `COUNT_WINDOWS` at a time, on `device`."""
+    for first in range(0, len(array), COUNT_WINDOWS):
+        yield array[np.arange(first, min(len(array), first + COUNT_WINDOWS))].to(device)
+
+
+def _fit_hmm(head: PGMHead, unaries, labels, pgm: PGMConfig, seed: int, batch_size: int) -> dict:
+    k, device = head.settings["num_classes"], head.log_prior.device
     if pgm.fit == "em":
         # Without labels the priors are the network's mean posterior, and the scale stays 1.
-        prior = F.softmax(unaries.float(), dim=2).mean(dim=tuple(d for d in range(unaries.ndim) if d != 2))
-        head.log_prior.copy_(prior.clamp_min(TINY).log())
-        with torch.no_grad():
-            emissions = head.emissions(head._chains(unaries.float()))
-        history = head.model.fit_em(emissions, iterations=20, pseudo_count=pgm.pseudo_count)
-        return {"method": "em", "log_likelihood": history}
-    counts = torch.bincount(labels.flatten(), minlength=k).double() + pgm.pseudo_count
+        total, nodes = torch.zeros(k, dtype=torch.float64, device=device), 0
+        for chunk in _chunks(unaries, device):
+            probs = F.softmax(chunk.float(), dim=2).movedim(2, -1).reshape(-1, k)
+            total, nodes = total + probs.double().sum(0), nodes + len(probs)
+        head.log_prior.copy_((total / nodes).float().clamp_min(TINY).log())
+        return {"method": "em", "log_likelihood": _baum_welch(head, unaries, pgm.pseudo_count)}
+    counts = torch.full((k,), pgm.pseudo_count, dtype=torch.float64, device=device)
+    start, transitions = 0, 0
+    for chunk in _chunks(labels, device):
+        counts += torch.bincount(chunk.flatten(), minlength=k).double()
+        first, pairs = head.model.state_counts(head._label_chains(chunk))
+        start, transitions = start + first, transitions + pairs
     head.log_prior.copy_((counts / counts.sum()).log())
-    head.model.fit_supervised(head._label_chains(labels), pseudo_count=pgm.pseudo_count)
+    head.model.set_from_counts(start, transitions, pgm.pseudo_count)
     # Then the emission scale alone, by gradient on the posteriors' NLL.
     report = _fit_by_gradient(head, unaries, labels, pgm, seed, batch_size)
     return {**report, "method": "mle_counts+scale", "pseudo_count": pgm.pseudo_count}
 
 
-def _fit_by_gradient(head: PGMHead, unaries: torch.Tensor, labels: torch.Tensor, pgm: PGMConfig,
-                     seed: int, batch_size: int, guide: Optional[torch.Tensor] = None) -> dict:
+@torch.no_grad()
+def _baum_welch(head: PGMHead, unaries, pseudo_count: float, iterations: int = 20, tolerance: float = 1e-6
+                ) -> list[float]:
+    """`HMM.fit_em` on the head's emissions, with the E-step's counts summed a chunk of windows at a
+    time; returns the total log-likelihood before each update."""
+    device = head.log_prior.device
+    history = []
+    for _ in range(iterations):
+        start, transitions, log_likelihood = 0, 0, 0.0
+        for chunk in _chunks(unaries, device):
+            first, pairs, _, chunk_likelihood = head.model.expected_counts(head.emissions(head._chains(chunk.float())))
+            start, transitions, log_likelihood = start + first, transitions + pairs, log_likelihood + chunk_likelihood
+        history.append(log_likelihood)
+        head.model.set_from_counts(start, transitions, pseudo_count)
+        if converged(history, tolerance):
+            break
+    return history
+
+
+def _fit_by_gradient(head: PGMHead, unaries, labels, pgm: PGMConfig, seed: int, batch_size: int, guide=None
+                     ) -> dict:
     params = list(head.parameters())
+    device = params[0].device
     frozen = [not p.requires_grad for p in params]  # the alternating mode freezes the head between fits
     start = [p.detach().clone() for p in params]
     optimizer = torch.optim.Adam(params, lr=pgm.fit_lr)
@@ -243,7 +280,8 @@ def _fit_by_gradient(head: PGMHead, unaries: torch.Tensor, labels: torch.Tensor,
         for _ in track(range(pgm.fit_steps), f"fit {head.type}", "steps"):
             rows = torch.randint(len(unaries), (min(batch_size, len(unaries)),), generator=generator)
             prior = sum((p - p0).pow(2).sum() for p, p0 in zip(params, start))
-            loss = head.nll(unaries[rows], labels[rows], None if guide is None else guide[rows]) + pgm.l2 * prior
+            loss = head.nll(unaries[rows].to(device), labels[rows].to(device),
+                            None if guide is None else guide[rows].to(device)) + pgm.l2 * prior
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

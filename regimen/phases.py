@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import torch
 
@@ -19,13 +19,14 @@ from regimen import files, folders, runs
 from regimen.config import Config, config_hash, dump_config, from_dict, get_key, leaf_keys, to_dict
 from regimen.config_file import load_config
 from regimen.errors import UserError
+from regimen.store import ArrayWriter
 from regimen.losses import consistency, resolve_unary_loss, unary_loss
 from regimen.metrics import MAIN_METRIC
 from regimen.pgm import (PGMHead, check_pgm_task, fit_pgm, head_from_params, pgm_params,
                          pgm_settings)
-from regimen.features import load_features
-from regimen.inference import (compare_with_unaries, guide_of, pgm_is_worse, predict, save_features, split_metrics,
-                               task_metrics)
+from regimen.features import StoredArray, load_features
+from regimen.inference import (Outputs, SplitArray, compare_with_unaries, network_outputs, output_metrics,
+                               pgm_is_worse, save_features, split_metrics, stored_outputs)
 from regimen.processed import TaskData, check_same_data, data_identity, load_checked_meta, load_task_data
 from regimen.stack import Stack, check_fits_data, new_stack, resolve_device, stack_from_checkpoint
 from regimen.training import Schedule, Trainer, attach_log_file
@@ -98,10 +99,6 @@ def fit_structure(config: Config, features_path: Path, save: Optional[Path], ove
     meta = load_checked_meta(config)
     check_same_data(features["dataset"], meta, f"--features {features_path}")
     task, k = meta["task"], meta["num_classes"]
-    if config.model.pgm.edge_aware and config.model.pgm.type == "crf":  # its edges are weighed by the inputs
-        data = load_task_data(config)
-    else:  # the features' labels are the data's (same data version): no need to read the inputs
-        data = TaskData(meta, {split: {"y": part["labels"]} for split, part in features["splits"].items()})
     check_pgm_task(config.model.pgm.type, task)
     run = runs.RunFolder(Path(save)) if save else runs.run_folder_of(features_path)
     folders.check_output(run.root, runs.RUN, "--save")
@@ -109,15 +106,19 @@ def fit_structure(config: Config, features_path: Path, save: Optional[Path], ove
     settings = pgm_settings(config.model.pgm, task, k)
     if not overwrite:
         _check_not_replaced(run.pgm_params, settings)
+    # An edge-aware CRF weighs its edges by the inputs; else the features' labels are the data's
+    # (same data version), and the inputs are never read.
+    data = load_task_data(config) if config.model.pgm.edge_aware and config.model.pgm.type == "crf" else None
     folders.claim(run.root, "--save")
 
     head = PGMHead(settings)
     train = features["splits"]["train"]
     log.info("phase 2: fitting a %s on %d training windows", head.type, len(train["unaries"]))
     report = fit_pgm(head, train["unaries"], train["labels"], config.model.pgm, config.seed,
-                     guide=guide_of(data, "train"))
+                     guide=None if data is None else SplitArray(data.windows("train"), "x"))
     metric = MAIN_METRIC[task][0]
-    results = {split: _before_after(data, split, features["splits"][split]["unaries"], head)
+    results = {split: _before_after(stored_outputs(features["splits"][split], config.training.batch_size,
+                                                   None if data is None else data.windows(split)), meta, head)
                for split in ("val", "test")}
     on_val = compare_with_unaries(task, results["val"]["unary"], results["val"]["pgm"])
     if not on_val["pgm_better"]:
@@ -183,12 +184,8 @@ def train_joint(config: Config, resume: Path, pgm_path: Optional[Path], save: Op
 
     _open_run(run, config, not continuing)
     log.info("phase 3: %s joint training of the ConvLSTM and a %s into %s", mode, stack.head.type, run.root)
-    train = data.splits["train"]
-
     def refit(epoch: int) -> dict:
-        unaries, _ = predict(stack, train["x"], device, config.training.batch_size)
-        return fit_pgm(stack.head, unaries.to(device), train["y"].to(device), config.model.pgm,
-                       config.seed + epoch, guide=guide_of(data, "train").to(device))
+        return _refit(stack, data, run, config, device, config.seed + epoch)
 
     trainer = Trainer(stack, data, Schedule.joint(config), _joint_loss(unary, config),
                       lambda s: split_metrics(s, data, "val", device, config.training.batch_size), run,
@@ -199,10 +196,8 @@ def train_joint(config: Config, resume: Path, pgm_path: Optional[Path], save: Op
     best = stack_from_checkpoint(files.load_checkpoint(run.best, run.best.name, ("joint",)), str(run.best),
                                  config.training.mixed_precision).to(device)
     files.save_pgm_params(run.pgm_params, pgm_params(best.head, data.identity))
-    results = {}
-    for split in ("val", "test"):
-        unaries, _ = predict(best, data.splits[split]["x"], device, config.training.batch_size)
-        results[split] = _before_after(data, split, unaries, best.head)
+    results = {split: _before_after(network_outputs(best, data, split, device, config.training.batch_size),
+                                    data.meta, best.head) for split in ("val", "test")}
     metrics = {"task": data.task, "metric": MAIN_METRIC[data.task][0], "mode": mode,
                "pgm": best.head.type, "learned": _learned(best.head), **results, "training": summary,
                "provenance": _provenance(config, data.meta, device, started)}
@@ -249,8 +244,30 @@ def _initial_head(config: Config, data: TaskData, resume: Path, pgm_path: Option
 # --------------------------------------------------------------------------- shared
 
 
-def _before_after(data: TaskData, split: str, unaries: torch.Tensor, head: PGMHead) -> dict:
-    return {"unary": task_metrics(data, split, unaries), "pgm": task_metrics(data, split, unaries, head)}
+def _before_after(outputs: Iterable[Outputs], meta: dict, head: PGMHead) -> dict:
+    """The metrics of a split's unaries alone and through the head, summed over its batches."""
+    return output_metrics(outputs, meta["task"], meta["num_classes"], {"unary": None, "pgm": head})
+
+
+def _refit(stack: Stack, data: TaskData, run: runs.RunFolder, config: Config, device: torch.device, seed: int
+           ) -> dict:
+    """The alternating mode's PGM step: the network's unaries of every training window, written to a
+    temporary array in the run folder (a split is never held whole), then `fit_pgm` on them."""
+    windows = data.windows("train")
+    writer = None
+    try:
+        for out in network_outputs(stack, data, "train", device, config.training.batch_size):
+            if writer is None:
+                writer = ArrayWriter(run.root / "refit.unaries.npy", out.unaries.numpy().dtype,
+                                     (len(windows), *out.unaries.shape[1:]))
+            writer.append(out.unaries.numpy())
+        writer.close()
+        edge_aware = stack.head.settings.get("edge_aware", False)
+        return fit_pgm(stack.head, StoredArray(writer.temporary), SplitArray(windows, "y"), config.model.pgm, seed,
+                       guide=SplitArray(windows, "x") if edge_aware else None)
+    finally:
+        if writer is not None:
+            writer.discard()
 
 
 @torch.no_grad()

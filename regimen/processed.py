@@ -3,8 +3,8 @@
 `load_meta` reads phase 0's meta.json. `load_task_data(config)` finds
 `data/processed/<name>/` for the configured dataset, checks that it was made
 with the same task, window and features and that its files are whole, and
-returns a `TaskData`: its windows stream through `TaskData.loader`, or, for
-the phases that still hold a split in memory, `TaskData.splits`.
+returns a `TaskData`, whose windows stream through `TaskData.loader` (no phase
+holds a split in memory).
 `check_same_data` refuses a checkpoint or features file made from other data.
 """
 
@@ -18,11 +18,10 @@ import numpy as np
 from torch.utils.data import DataLoader, Sampler
 
 from regimen import files, runs
-from regimen.augment import Batch
 from regimen.config import FILE_DATASETS, Config, LoaderConfig
 from regimen.errors import UserError
 from regimen.store import STORE_VERSION, verify
-from regimen.windows import WindowDataset, all_rows, window_loader
+from regimen.windows import WindowDataset, window_loader
 
 
 class TaskData:
@@ -30,16 +29,12 @@ class TaskData:
 
     Args:
         meta: phase 0's meta.json.
-        splits: the splits as tensors, when a phase has them already (features' labels); else
-            read from `folder` on first use.
         folder: phase 0's folder, whose windows `windows(split)` and `loader` read.
         loader: how DataLoaders read them (`data.loader`).
     """
 
-    def __init__(self, meta: dict, splits: Optional[dict[str, Batch]] = None, folder: Optional[Path] = None,
-                 loader: Optional[LoaderConfig] = None):
+    def __init__(self, meta: dict, folder: Path, loader: Optional[LoaderConfig] = None):
         self.meta, self.folder, self.loader_config = meta, folder, loader or LoaderConfig()
-        self.splits: dict[str, Batch] = splits if splits is not None else _SplitsInMemory(self)
         self._windows: dict[str, WindowDataset] = {}
 
     @property
@@ -75,18 +70,6 @@ class TaskData:
     def loader(self, split: str, batches: Sampler, pin_memory: bool = False) -> DataLoader:
         """A DataLoader of the split's windows in the sampler's batches (`data.loader`'s workers)."""
         return window_loader(self.windows(split), batches, self.loader_config, pin_memory)
-
-
-class _SplitsInMemory(dict):
-    """`splits[split]`: one split's windows as tensors, read whole on first use."""
-
-    def __init__(self, data: TaskData):
-        super().__init__()
-        self.data = data
-
-    def __missing__(self, split: str) -> Batch:
-        self[split] = all_rows(self.data.windows(split))
-        return self[split]
 
 
 def data_identity(meta: dict) -> dict:
@@ -150,7 +133,7 @@ def load_task_data(config: Config) -> TaskData:
     folder = runs.processed_dir(config.data.root, meta["name"])
     for split in runs.SPLITS:
         verify(folder, split, meta["files"][split])
-    return TaskData(meta, folder=folder, loader=config.data.loader)
+    return TaskData(meta, folder, config.data.loader)
 
 
 def check_same_data(recorded: dict, meta: dict, source: str) -> None:

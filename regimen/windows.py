@@ -96,9 +96,3 @@ def window_loader(dataset: WindowDataset, batches: Sampler, loader: LoaderConfig
                       multiprocessing_context=loader.start_method if workers else None,
                       persistent_workers=workers > 0, prefetch_factor=loader.prefetch if workers else None,
                       pin_memory=pin_memory, generator=torch.Generator().manual_seed(0))
-
-
-def all_rows(dataset: WindowDataset, batch_size: int = 256) -> dict[str, torch.Tensor]:
-    """Every window of the split at once (the phases that still hold a split in memory)."""
-    parts = [dataset[list(range(s, min(len(dataset), s + batch_size)))] for s in range(0, len(dataset), batch_size)]
-    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pytest
+import numpy as np
 import torch
 
 from conftest import metrics_of, ok, phase_one
 from regimen import files
 from regimen.config_file import load_config
 from regimen.features import load_features
-from regimen.inference import decode, guide_of
+from regimen.inference import SplitArray, decode
 from regimen.pgm import PGMHead, head_from_params
 from regimen.processed import load_task_data
 
@@ -29,7 +30,8 @@ def test_loopy_belief_propagation_labels_otherwise_than_mean_field(storms, tmp_p
     config, base = storms
     params = fitted(config, base, tmp_path / "bp", "model.pgm.inference=loopy_bp")
     assert params["settings"]["inference"] == "loopy_bp"
-    unaries = load_features(base / "features.pt", "test")["splits"]["val"]["unaries"]
+    stored = load_features(base / "features.pt", "test")["splits"]["val"]["unaries"]
+    unaries = stored[np.arange(len(stored))]
     bp = head_from_params(params, "bp")
     mean_field = PGMHead({**params["settings"], "inference": "mean_field"})
     mean_field.load_state_dict(bp.state_dict())
@@ -67,8 +69,9 @@ def test_an_edge_aware_crf_weighs_its_edges_by_the_input_window(storms, tmp_path
     plain = PGMHead({**params["settings"], "edge_aware": False})
     plain.load_state_dict({k: v for k, v in edges.state_dict().items() if k != "model.raw_bandwidth"})
     data = load_task_data(load_config(config))
-    unaries = load_features(base / "features.pt", "test")["splits"]["val"]["unaries"]
-    guide = guide_of(data, "val")
+    stored = load_features(base / "features.pt", "test")["splits"]["val"]["unaries"]
+    unaries = stored[np.arange(len(stored))]
+    guide = SplitArray(data.windows("val"), "x")[np.arange(len(stored))]
     assert (decode(edges, unaries, guide) != decode(plain, unaries, guide)).any()
     ok("train_joint.py", "--config", config, "--resume", str(base / "ckpt.pt"), "--pgm",
        str(tmp_path / "edges" / "pgm_params.pkl"), "--save", str(tmp_path / "joint"),

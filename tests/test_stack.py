@@ -59,12 +59,18 @@ def test_freed_memory_is_kept_on_glibc():
         assert keep_freed_memory()
 
 
+def unaries_by_row(outputs) -> torch.Tensor:
+    """The unaries of a split's batches, put back in the split's order."""
+    rows = {int(row): out for batch in outputs for row, out in zip(batch.rows, batch.unaries)}
+    return torch.stack([rows[row] for row in range(len(rows))])
+
+
 @pytest.mark.parametrize("stride", [2, 4])
 def test_stateful_windows_equal_the_network_over_each_whole_sequence(write_config, stride):
     """evaluation.stateful: each window continues from the state its sequence's previous window left
     at its first frame, so its unaries are the whole sequence's, sliced (overlapping or tiling windows)."""
     from regimen.data import preprocess
-    from regimen.inference import predict, predict_stateful
+    from regimen.inference import network_outputs
     from regimen.processed import load_task_data
     from regimen.stack import model_input, new_stack
     from regimen.store import ArrayFile
@@ -76,7 +82,7 @@ def test_stateful_windows_equal_the_network_over_each_whole_sequence(write_confi
     data = load_task_data(config)
     torch.manual_seed(0)
     stack = new_stack(config, data).eval()
-    stateful = predict_stateful(stack, data, "val", torch.device("cpu"), batch_size=3)
+    stateful = unaries_by_row(network_outputs(stack, data, "val", torch.device("cpu"), 3, stateful=True))
     frames = ArrayFile(runs.store_path(data.folder, "val", "X"))
     windows = data.windows("val")
     whole = {}
@@ -86,7 +92,7 @@ def test_stateful_windows_equal_the_network_over_each_whole_sequence(write_confi
     for row, (sequence, start) in enumerate(zip(windows.sequence, windows.start)):
         torch.testing.assert_close(stateful[row], whole[int(sequence)][start:start + 4], atol=1e-5, rtol=1e-5)
     # without the state, every window but a sequence's first starts from zeros: other unaries
-    restarted = predict(stack, data.splits["val"]["x"], torch.device("cpu"), 8)[0]
+    restarted = unaries_by_row(network_outputs(stack, data, "val", torch.device("cpu"), 8))
     later = windows.start > 0
     assert not torch.allclose(restarted[later], stateful[later], atol=1e-3)
     torch.testing.assert_close(restarted[~later], stateful[~later], atol=1e-5, rtol=1e-5)

@@ -52,7 +52,7 @@ def test_a_trainer_killed_mid_epoch_and_resumed_ends_with_the_same_weights(write
     straight = trainer_for(config, data, new_stack(config, data), tmp_path / "a")
     straight.fit()
 
-    steps_per_epoch = -(-len(data.splits["train"]["x"]) // 4)
+    steps_per_epoch = -(-len(data.windows("train")) // 4)
     with pytest.raises(Killed):  # dies in the middle of epoch 2
         trainer_for(config, data, new_stack(config, data), tmp_path / "b",
                     kill_at_step=steps_per_epoch + 2).fit()
