@@ -103,3 +103,19 @@ def malicious_pickle(marker: Path) -> bytes:
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under `folder` with its bytes (to prove nothing was written)."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_same_figures(got, expected, rel: float, where: str = "") -> None:
+    """Nested metric dicts (and lists) equal to `rel`, key by key; exact for strings and None."""
+    if isinstance(expected, dict):
+        assert set(got) == set(expected), where
+        for key in expected:
+            assert_same_figures(got[key], expected[key], rel, f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert len(got) == len(expected), where
+        for i, (a, b) in enumerate(zip(got, expected)):
+            assert_same_figures(a, b, rel, f"{where}[{i}]")
+    elif isinstance(expected, (int, float)) and not isinstance(expected, bool):
+        assert got == pytest.approx(expected, rel=rel, abs=1e-15), where
+    else:
+        assert got == expected, where

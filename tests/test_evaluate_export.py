@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, malicious_pickle, metrics_of, ok, phase_one, run_script, snapshot
+from conftest import ROOT, assert_same_figures, malicious_pickle, metrics_of, ok, phase_one, run_script, snapshot
 from regimen import folders
 
 
@@ -219,3 +219,57 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(case, phase2, digits_
     assert done.returncode == 2, done.stderr
     assert expected.format(**fill) in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert snapshot(tmp_path) == before and snapshot(base) == run_before
+
+
+def test_streamed_reports_equal_the_whole_splits_figures(phase2, monkeypatch):
+    """evaluate.py and export.py sum their metrics over batches of windows as they stream: the
+    figures of the whole split at once, the PGM's and the calibrated ones included. A split of
+    more nodes than the cap is sampled by windows for the AUROC and the calibrator's fit only."""
+    import numpy as np
+    import torch
+
+    from regimen import evaluation, files
+    from regimen.calibration import Calibrator
+    from regimen.config_file import load_config
+    from regimen.evaluation import (class_probs, predictions, split_reports, split_sample, validate,
+                                    load_evaluated)
+    from regimen.inference import network_outputs, predict
+    from regimen.metrics import boundary_f1, calibration, class_report, flicker
+    from regimen.stack import model_input
+
+    config_path, base = phase2
+    config, data, stack = load_evaluated(load_config(config_path), base / "best.pt", None)
+    cpu = torch.device("cpu")
+    windows = data.windows("test")
+    whole = windows[np.arange(len(windows))]
+    unaries = predict(stack, whole["x"], cpu, 16)[0]
+    truth, soft = whole["y"].numpy(), whole["p"].numpy().reshape(-1, 3)
+    calibrator = Calibrator("temperature", {"temperature": np.array([1.7])})
+    predictors = {"unary": None, "pgm": stack.head}
+    streamed = split_reports(network_outputs(stack, data, "test", cpu, 3), data, predictors, config.evaluation,
+                             split_sample(data, "test", 0), ("pgm", calibrator))
+    for name, head in predictors.items():
+        predicted = predictions(unaries, "segmentation", head, model_input(whole["x"]))
+        probs = predicted.flat_probs()
+        expected = {**class_report(truth.ravel(), predicted.labels.ravel(), probs, 3, soft),
+                    "calibration": calibration(probs.max(1), probs.argmax(1) == truth.ravel(), config.evaluation.bins),
+                    "boundary": boundary_f1(truth, predicted.labels, (2, 3), config.evaluation.boundary_tolerance),
+                    "temporal": flicker(truth, predicted.labels)}
+        assert_same_figures({key: streamed[name][key] for key in expected}, expected, 1e-9, name)
+    after = calibrator(predictions(unaries, "segmentation", stack.head, model_input(whole["x"])).flat_probs())
+    assert streamed["calibrated"]["nll"] == pytest.approx(class_report(truth.ravel(), after.argmax(1), after, 3)["nll"])
+
+    val = validate(stack, data, config, cpu)
+    assert val.nodes == truth.size  # val is as large as test here: every node, under the cap
+    monkeypatch.setattr(evaluation, "SAMPLE_NODES", 3 * truth[0].size)  # three windows' nodes
+    sample = split_sample(data, "val", config.seed)
+    assert sample.sum() == 3 and np.array_equal(sample, split_sample(data, "val", config.seed))
+    sampled = validate(stack, data, config, cpu)
+    assert sampled.nodes == 3 * truth[0].size and sampled.choice == val.choice  # the choice sees every window
+    rows = np.flatnonzero(sample)
+    final = {"unary": None, "pgm": stack.head}[val.choice["final"]]
+    x = data.windows("val").read("x", rows)
+    probs = class_probs(predict(stack, x, cpu, 16)[0], final, model_input(x)).reshape(-1, 3)
+    refit = evaluation.choose_calibrator(probs, data.windows("val").read("y", rows).numpy().ravel(),
+                                         config.evaluation.calibration, config.evaluation.bins)
+    assert sampled.val_ece == refit[1]

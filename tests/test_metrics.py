@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score, r2_score, roc_auc_score
 
-from regimen.metrics import (auroc_ovr, boundaries, boundary_f1, calibration, class_report, flicker,
-                             regression_report)
+from conftest import assert_same_figures
+from regimen.metrics import (RegressionSums, ReportSums, auroc_ovr, boundaries, boundary_f1, calibration,
+                             class_report, flicker, regression_report)
 
 TRUTH = np.array([0, 0, 1, 1, 2, 2])
 PRED = np.array([0, 1, 1, 1, 2, 0])
@@ -104,3 +105,47 @@ def test_regression_report_by_hand_and_openstl_convention():
     assert report["mae_per_frame"] == pytest.approx((2 + 0) / 2)
     values = np.arange(8.0).reshape(truth.shape)
     assert report["r2"] == pytest.approx(r2_score(values.ravel(), (values + predicted).ravel()))
+
+
+def test_report_sums_over_batches_equal_the_whole_split():
+    """evaluate.py sums its metrics window batch by batch: the same figures as the whole split's."""
+    rng = np.random.default_rng(5)
+    truth = rng.integers(0, 3, size=(7, 4, 6, 5))
+    predicted = np.where(rng.random(truth.shape) < 0.7, truth, rng.integers(0, 3, size=truth.shape))
+    probs = rng.dirichlet(np.ones(3), size=truth.shape)
+    soft = rng.dirichlet(np.ones(3), size=truth.shape)
+    sums = ReportSums("segmentation", 3, bins=10, tolerance=1)
+    for first in (0, 2, 3, 6):  # uneven batches of windows
+        last = {0: 2, 2: 3, 3: 6, 6: 7}[first]
+        sums.add(truth[first:last], predicted[first:last], probs[first:last], soft[first:last])
+    streamed = sums.result()
+    whole = {**class_report(truth.ravel(), predicted.ravel(), probs.reshape(-1, 3), 3, soft.reshape(-1, 3)),
+             "calibration": calibration(probs.reshape(-1, 3).max(1), probs.reshape(-1, 3).argmax(1) == truth.ravel(), 10),
+             "boundary": boundary_f1(truth, predicted, (2, 3), 1), "temporal": flicker(truth, predicted)}
+    assert_same_figures(streamed, whole, rel=1e-12)
+    assert streamed["per_class"]["f1"] == pytest.approx(f1_score(truth.ravel(), predicted.ravel(), average=None))
+
+
+def test_the_auroc_of_sampled_windows_is_their_nodes_auroc():
+    rng = np.random.default_rng(6)
+    truth = rng.integers(0, 3, size=(6, 2, 4, 4))
+    probs = rng.dirichlet(np.ones(3), size=truth.shape)
+    sampled = np.array([True, False, True, True, False, False])
+    sums = ReportSums("segmentation", 3, bins=10, tolerance=1)
+    sums.add(truth[:3], truth[:3], probs[:3], sampled=sampled[:3])
+    sums.add(truth[3:], truth[3:], probs[3:], sampled=sampled[3:])
+    kept = truth[sampled].ravel()
+    assert sums.result()["auroc"] == pytest.approx(roc_auc_score(kept, probs[sampled].reshape(-1, 3), multi_class="ovr"))
+    assert sums.result()["nll"] == pytest.approx(class_report(truth.ravel(), truth.ravel(), probs.reshape(-1, 3), 3)["nll"])
+
+
+def test_regression_sums_over_batches_equal_scikit_learn():
+    rng = np.random.default_rng(7)
+    truth = 100 + rng.normal(size=(5, 3, 4, 4, 2))  # far from 0: the R2's total sum of squares is merged, not E[y^2] - E[y]^2
+    predicted = truth + 0.1 * rng.normal(size=truth.shape)
+    sums = RegressionSums()
+    for first in range(0, 5, 2):
+        sums.add(truth[first:first + 2], predicted[first:first + 2])
+    streamed = sums.result()
+    assert streamed == pytest.approx(regression_report(truth, predicted), rel=1e-10)
+    assert streamed["r2"] == pytest.approx(r2_score(truth.ravel(), predicted.ravel()), rel=1e-10)

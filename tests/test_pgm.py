@@ -135,3 +135,31 @@ def test_pgm_and_task_must_fit():
         check_pgm_task("crf", "tagging")
     with pytest.raises(UserError, match="task 'regression' has no PGM"):
         check_pgm_task("hmm", "regression")
+
+
+def test_hmm_counts_and_baum_welch_summed_by_chunk_equal_the_whole_split(monkeypatch):
+    """The HMM reads a split a chunk of windows at a time: the same fit as on the whole tensors."""
+    from models.hmm import HMM
+    from regimen import pgm
+
+    monkeypatch.setattr(pgm, "COUNT_WINDOWS", 2)
+    torch.manual_seed(8)
+    unaries = torch.randn(5, 6, 3, 2, 2)
+    labels = torch.randint(0, 3, (5, 6, 2, 2))
+    counted = head("hmm", "segmentation")
+    fit_pgm(counted, unaries, labels, PGMConfig(type="hmm", pseudo_count=0.5, fit_steps=1), seed=0)
+    whole = HMM(3, emission="given")
+    whole.fit_supervised(PGMHead._label_chains(labels), pseudo_count=0.5)
+    torch.testing.assert_close(counted.model.log_trans, whole.log_trans)
+    torch.testing.assert_close(counted.model.log_start, whole.log_start)
+
+    em = head("hmm", "segmentation")
+    report = fit_pgm(em, unaries, labels, PGMConfig(type="hmm", fit="em", pseudo_count=0.1), seed=0)
+    reference = head("hmm", "segmentation")
+    reference.log_prior.copy_(em.log_prior)  # the network's mean posterior, as the fit set it
+    history = reference.model.fit_em(reference.emissions(reference._chains(unaries)), iterations=20,
+                                     pseudo_count=0.1)
+    assert report["log_likelihood"] == pytest.approx(history, abs=1e-5)  # float32 sums in another order
+    torch.testing.assert_close(em.model.log_trans, reference.model.log_trans)
+    prior = torch.softmax(unaries, dim=2).mean(dim=(0, 1, 3, 4))
+    torch.testing.assert_close(em.log_prior.exp(), prior)
