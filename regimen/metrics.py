@@ -189,11 +189,12 @@ class ProbabilitySums:
         self.hits += np.bincount(index, weights=(probs.argmax(axis=1) == truth).astype(np.float64),
                                  minlength=self.bins)
         self.sure += np.bincount(index, weights=confidence.astype(np.float64), minlength=self.bins)
-        target = soft if soft is not None else np.eye(self.num_classes)[truth]
-        log_q = np.log(np.clip(probs, TINY, None))
+        # In float64: a float32 sum over a split's nodes would depend on how it was batched.
+        target = (soft if soft is not None else np.eye(self.num_classes)[truth]).astype(np.float64)
+        log_q = np.log(np.clip(probs, TINY, None).astype(np.float64))
         # batchmean: summed over classes, averaged over nodes (torch's kl_div(reduction="batchmean")).
         self.kl += float((xlogy(target, target) - target * log_q).sum(axis=1).sum())
-        self.nll -= float(log_q[np.arange(len(truth)), truth].astype(np.float64).sum())
+        self.nll -= float(log_q[np.arange(len(truth)), truth].sum())
         self.nodes += len(truth)
         self.sampled.append((truth, probs) if sampled is None else (truth[sampled], probs[sampled]))
 
