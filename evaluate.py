@@ -15,7 +15,8 @@ Parameter count, latency per window and peak memory are measured too.
 
 Writes into --out (default: the checkpoint's run folder) the evaluate_<split>
 section of metrics.json and plots/: confusion_<split>.png, reliability_<split>.png,
-per_class_f1_<split>.png and learning_curve.png.
+per_class_f1_<split>.png, learning_curve.png and, with evaluation.thresholds,
+verification_<split>.png (CSI and FSS against lead time).
 """
 
 from __future__ import annotations
@@ -50,10 +51,18 @@ def main(argv=None) -> None:
                 line += (f", ECE {result[name]['calibration']['ece']:.4f}, boundary F1 "
                          f"{result[name]['boundary']['f1']:.4f}, flicker {result[name]['temporal']['flicker']:.4f}")
             log.info(line)
+            for threshold, scores in result[name].get("verification", {}).get("by_threshold", {}).items():
+                log.info("  >= %s: CSI %s, POD %s, FAR %s, HSS %s, FSS %s", threshold,
+                         *(_score(scores[key]) for key in ("csi", "pod", "far", "hss")),
+                         ", ".join(f"{_score(v)} ({scale} px)" for scale, v in scores["fss"].items()))
     if "calibrated" in result:
         log.info("calibrated (%s, fitted on val): ECE %.4f", result["calibrated"]["method"],
                  result["calibrated"]["calibration"]["ece"])
     log.info("plots: %s", ", ".join(result["plots"]))
+
+
+def _score(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 if __name__ == "__main__":

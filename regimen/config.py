@@ -286,6 +286,8 @@ class EvaluationConfig:
     calibration: str = "auto"  # auto (lower val ECE) | temperature | isotonic | none
     use_pgm: str = "auto"  # auto (only when it beats the unaries on val) | always | never
     stateful: bool = False  # each window continues from the state its sequence's previous window left
+    thresholds: list[float] = field(default_factory=list)  # forecast verification: events are values >= each
+    scales: list[int] = field(default_factory=lambda: [1, 4, 16])  # FSS window sizes in pixels
 
 
 @dataclass

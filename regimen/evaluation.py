@@ -33,8 +33,10 @@ from regimen.config import Config, EvaluationConfig, config_hash, from_dict
 from regimen.errors import UserError
 from regimen.losses import class_last
 from regimen.metrics import MAIN_METRIC, MetricSums, ProbabilitySums, ReportSums
+from regimen.verification import VerificationSums
 from regimen.pgm import PGMHead, head_from_params
-from regimen.plots import plot_confusion, plot_learning_curve, plot_per_class_f1, plot_reliability
+from regimen.plots import (plot_confusion, plot_learning_curve, plot_per_class_f1, plot_reliability,
+                           plot_verification)
 from regimen.inference import Outputs, choose_predictor, decode, marginals, network_outputs, predict
 from regimen.processed import TaskData, check_same_data, load_task_data
 from regimen.stack import Stack, check_fits_data, model_input, resolve_device, stack_from_checkpoint
@@ -101,6 +103,8 @@ def split_reports(batches: Iterable[Outputs], data: TaskData, predictors: dict[s
     probability metrics of its calibrated probabilities as "calibrated"."""
     sums = {name: ReportSums(data.task, data.num_classes, settings.bins, settings.boundary_tolerance)
             for name in predictors}
+    verified = {name: VerificationSums(settings.thresholds, settings.scales, int(data.meta["T_window"]))
+                for name in predictors if settings.thresholds and data.task != "tagging"}
     after = ProbabilitySums(data.num_classes, settings.bins) if calibrated else None
     for out in batches:
         truth, soft = out.y.numpy(), None if out.p is None else out.p.numpy()
@@ -109,10 +113,15 @@ def split_reports(batches: Iterable[Outputs], data: TaskData, predictors: dict[s
             predicted = predictions(out.unaries, data.task, head, out.guide)
             sums[name].add(truth, predicted.labels if data.task != "regression" else predicted.probs,
                            predicted.probs, soft, keep)
+            if name in verified:  # label fields, or the (single) regression channel in its own units
+                verified[name].add(*((truth, predicted.labels) if data.task != "regression"
+                                     else (truth[..., 0], predicted.probs[..., 0])))
             if after is not None and name == calibrated[0]:
                 after.add(truth.ravel(), calibrated[1](predicted.flat_probs()),
                           None if soft is None else soft.reshape(-1, data.num_classes), np.repeat(keep, truth[0].size))
     reports = {name: total.result() for name, total in sums.items()}
+    for name, scores in verified.items():
+        reports[name]["verification"] = scores.result()
     if after is not None:
         reports["calibrated"] = after.result()
     return reports
@@ -175,6 +184,7 @@ def load_evaluated(config: Config, ckpt: Path, pgm_path: Optional[Path], payload
                         f"({made['name']}), the configured data is {data.task} with {data.num_classes} "
                         f"classes ({data.meta['name']})")
     check_same_data(made, data.meta, f"--ckpt {ckpt}")
+    check_thresholds(config.evaluation, data)
     stack = stack_from_checkpoint(payload, f"--ckpt {ckpt}", config.training.mixed_precision)
     check_fits_data(stack, data, f"--ckpt {ckpt}")
     if pgm_path is not None or (stack.head is None and data.task != "regression"):
@@ -182,6 +192,24 @@ def load_evaluated(config: Config, ckpt: Path, pgm_path: Optional[Path], payload
     made_with = from_dict(payload["config"], f"--ckpt {ckpt}") if "config" in payload else config
     made_with.evaluation = config.evaluation
     return made_with, data, stack
+
+
+def check_thresholds(settings: EvaluationConfig, data: TaskData) -> None:
+    """A UserError when `evaluation.thresholds` cannot score the data's forecasts: no spatial fields
+    (tagging), a class threshold that is not a class above 0, or several regression channels."""
+    if not settings.thresholds:
+        return
+    if data.task == "tagging":
+        raise UserError(f"evaluation.thresholds = {settings.thresholds}: forecast verification scores fields "
+                        "(segmentation or regression); the data is tagging: set it to []")
+    if data.task == "segmentation":
+        outside = [t for t in settings.thresholds if not 0 < t < data.num_classes]
+        if outside:
+            raise UserError(f"evaluation.thresholds = {settings.thresholds}: {outside[0]} is outside the classes; "
+                            f"expected thresholds in (0, {data.num_classes - 1}] (an event is a label >= it)")
+    elif data.num_outputs != 1:
+        raise UserError(f"evaluation.thresholds = {settings.thresholds}: the regression target has "
+                        f"{data.num_outputs} channels; verification scores a single one")
 
 
 def _pgm_next_to(ckpt: Path, pgm_path: Optional[Path], data: TaskData) -> Optional[PGMHead]:
@@ -267,6 +295,11 @@ def write_plots(result: dict, data: TaskData, history: Optional[list[dict]], out
         plot_per_class_f1({name: result[name]["per_class"]["f1"] for name in ("unary", "pgm") if name in result},
                           names, paths["per_class_f1"])
         written += list(paths.values())
+    verification = result[result["final"]].get("verification")
+    if verification is not None:
+        path = out.plot(f"verification_{split}")
+        plot_verification(verification, path)
+        written.append(path)
     return [str(p) for p in written]
 
 

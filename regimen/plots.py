@@ -249,6 +249,31 @@ def plot_confusion(matrix: list[list[int]], class_names: list[str], path: Path) 
     _save(fig, path, lambda target: fig.savefig(target, dpi=90))
 
 
+def plot_verification(verification: dict, path: Path) -> None:
+    """CSI and FSS against lead time, one line per threshold (FSS: one line style per scale)."""
+    fig, (csi, fss) = plt.subplots(1, 2, figsize=(8, 3.4), sharey=True)
+    styles = ("-", "--", ":", "-.")
+    for threshold, scores in verification["by_threshold"].items():
+        lead = scores["lead_time"]
+        frames = np.arange(1, len(lead["csi"]) + 1)
+        line, = csi.plot(frames, _defined(lead["csi"]), marker="o", markersize=3, label=f">= {threshold}")
+        for i, (scale, values) in enumerate(lead["fss"].items()):
+            fss.plot(frames, _defined(values), linestyle=styles[i % len(styles)], color=line.get_color(),
+                     label=f">= {threshold}, {scale} px")
+    csi.set(xlabel="lead time (frame of the window)", ylabel="score", ylim=(0, 1), title="CSI")
+    fss.set(xlabel="lead time (frame of the window)", title="FSS")
+    for ax in (csi, fss):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    _save(fig, path, lambda target: fig.savefig(target, dpi=90))
+
+
+def _defined(values: list) -> np.ndarray:
+    """Scores with None (0/0: no event) as NaN, which a line leaves out."""
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
 def plot_reliability(curves: dict[str, dict], path: Path, min_share: float = 1e-3) -> None:
     """Reliability diagram: accuracy against confidence per bin, one line per predictor (e.g.
     before and after calibration) with the ECE in the legend, each bin's marker sized by the

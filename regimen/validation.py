@@ -64,6 +64,11 @@ def validate(config: Config, source: str = "config") -> None:
                   f"carries the state from window to window, which needs windows that cover each sequence: "
                   f"data.stride ({data.stride}) <= data.T_window ({data.T_window})")
     check.one_of("evaluation.use_pgm", USE_PGM)
+    evaluation = check.config.evaluation
+    check.require(len(set(evaluation.thresholds)) == len(evaluation.thresholds), "evaluation.thresholds",
+                  "lists a threshold twice")
+    check.require(bool(evaluation.scales) and all(scale >= 1 for scale in evaluation.scales), "evaluation.scales",
+                  "expected FSS window sizes in pixels, each >= 1")
 
 
 def _validate_device(check: _Checker) -> None:

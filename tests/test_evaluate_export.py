@@ -32,8 +32,9 @@ def bundle(phase2, tmp_path_factory):
 
 def test_evaluate_reports_unaries_and_pgm_with_plots(phase2, tmp_path):
     config, base = phase2
-    done = ok("evaluate.py", "--config", config, "--ckpt", str(base / "best.pt"), "--out", str(tmp_path))
-    assert "test pgm (final): miou" in done.stderr
+    done = ok("evaluate.py", "--config", config, "--ckpt", str(base / "best.pt"), "--out", str(tmp_path),
+              "--set", "evaluation.thresholds=[1, 2]", "--set", "evaluation.scales=[1, 5]")
+    assert "test pgm (final): miou" in done.stderr and "  >= 2: CSI " in done.stderr
     result = metrics_of(tmp_path)["evaluate_test"]
     assert result["final"] == "pgm" and result["pgm_type"] == "crf"
     nodes = 0
@@ -47,8 +48,15 @@ def test_evaluate_reports_unaries_and_pgm_with_plots(phase2, tmp_path):
     assert result["calibrated"]["method"] in ("temperature", "isotonic")
     assert result["model"]["parameters"] > 0 and result["model"]["latency_ms_per_window"] > 0
     assert {"seed", "config_hash", "data_version", "git_commit"} <= set(result["provenance"])
-    for name in ("learning_curve.png", "confusion_test.png", "reliability_test.png", "per_class_f1_test.png"):
+    for name in ("learning_curve.png", "confusion_test.png", "reliability_test.png", "per_class_f1_test.png",
+                 "verification_test.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 1000
+    for name in ("unary", "pgm"):  # forecast verification of both predictors, per lead time
+        scores = result[name]["verification"]["by_threshold"]
+        assert set(scores) == {"1", "2"} and set(scores["2"]["fss"]) == {"1", "5"}
+        assert len(scores["1"]["lead_time"]["csi"]) == 4 and 0 <= scores["1"]["csi"] <= 1  # T_window 4
+        assert scores["1"]["hits"] + scores["1"]["misses"] + scores["1"]["false_alarms"] + \
+            scores["1"]["correct_negatives"] == nodes
 
 
 def test_a_pgm_worse_than_the_unaries_is_said_and_left_out(phase2, tmp_path):
@@ -202,6 +210,10 @@ BAD = {
     "verify a folder without a manifest": (["export.py", "--verify", "{tmp}/full"],
                                            "{tmp}/full/MANIFEST.json: missing"),
     "export without --ckpt": (["export.py"], "give --ckpt PATH to export, or --verify FOLDER"),
+    "a threshold above the classes": (["evaluate.py", "--ckpt", "{base}/best.pt", "--set",
+                                       "evaluation.thresholds=[1, 3]"],
+                                      "evaluation.thresholds = [1.0, 3.0]: 3.0 is outside the classes; expected "
+                                      "thresholds in (0, 2] (an event is a label >= it)"),
 }
 
 
@@ -228,7 +240,7 @@ def test_streamed_reports_equal_the_whole_splits_figures(phase2, monkeypatch):
     import numpy as np
     import torch
 
-    from regimen import evaluation, files
+    from regimen import evaluation
     from regimen.calibration import Calibrator
     from regimen.config_file import load_config
     from regimen.evaluation import (class_probs, predictions, split_reports, split_sample, validate,
@@ -236,6 +248,7 @@ def test_streamed_reports_equal_the_whole_splits_figures(phase2, monkeypatch):
     from regimen.inference import network_outputs, predict
     from regimen.metrics import boundary_f1, calibration, class_report, flicker
     from regimen.stack import model_input
+    from regimen.verification import VerificationSums
 
     config_path, base = phase2
     config, data, stack = load_evaluated(load_config(config_path), base / "best.pt", None)
@@ -246,6 +259,7 @@ def test_streamed_reports_equal_the_whole_splits_figures(phase2, monkeypatch):
     truth, soft = whole["y"].numpy(), whole["p"].numpy().reshape(-1, 3)
     calibrator = Calibrator("temperature", {"temperature": np.array([1.7])})
     predictors = {"unary": None, "pgm": stack.head}
+    config.evaluation.thresholds = [1, 2]
     streamed = split_reports(network_outputs(stack, data, "test", cpu, 3), data, predictors, config.evaluation,
                              split_sample(data, "test", 0), ("pgm", calibrator))
     for name, head in predictors.items():
@@ -256,6 +270,9 @@ def test_streamed_reports_equal_the_whole_splits_figures(phase2, monkeypatch):
                     "boundary": boundary_f1(truth, predicted.labels, (2, 3), config.evaluation.boundary_tolerance),
                     "temporal": flicker(truth, predicted.labels)}
         assert_same_figures({key: streamed[name][key] for key in expected}, expected, 1e-9, name)
+        verified = VerificationSums([1, 2], config.evaluation.scales, truth.shape[1])
+        verified.add(truth, predicted.labels)
+        assert_same_figures(streamed[name]["verification"], verified.result(), 1e-9, name)
     after = calibrator(predictions(unaries, "segmentation", stack.head, model_input(whole["x"])).flat_probs())
     assert streamed["calibrated"]["nll"] == pytest.approx(class_report(truth.ravel(), after.argmax(1), after, 3)["nll"])
 
