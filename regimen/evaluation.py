@@ -148,20 +148,21 @@ def validate(stack: Stack, data: TaskData, config: Config, device: torch.device,
     if data.task == "regression":  # no PGM, nothing to calibrate
         return Validation(choose_predictor(None, data.task, None, settings.use_pgm), Calibrator("none"), {})
     predictors = {"unary": None} if stack.head is None else {"unary": None, "pgm": stack.head}
-    scores = {name: MetricSums(data.task, data.num_classes) for name in predictors}
+    # The choice compares the unaries with the PGM: without a PGM there is nothing to score.
+    scores = {name: MetricSums(data.task, data.num_classes) for name in predictors} if stack.head is not None else {}
     probs: dict[str, list[np.ndarray]] = {name: [] for name in predictors}
     labels = []
     sample = split_sample(data, "val", config.seed)
     for out in network_outputs(stack, data, "val", device, config.training.batch_size, stateful):
         keep = torch.from_numpy(sample[out.rows])
         for name, head in predictors.items():
-            if stack.head is not None:
+            if name in scores:
                 scores[name].add(out.y.numpy(), decode(head, out.unaries, out.guide).numpy())
             if keep.any():
                 guide = None if out.guide is None else out.guide[keep]
                 probs[name].append(class_probs(out.unaries[keep], head, guide).reshape(-1, data.num_classes))
         labels.append(out.y[keep].numpy().ravel())
-    val = {name: score.result() for name, score in scores.items()} if stack.head is not None else None
+    val = {name: score.result() for name, score in scores.items()}
     choice = choose_predictor(stack.head, data.task, val, settings.use_pgm)
     chosen, truth = np.concatenate(probs[choice["final"]]), np.concatenate(labels)
     calibrator, val_ece = choose_calibrator(chosen, truth, settings.calibration, settings.bins)

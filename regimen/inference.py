@@ -136,15 +136,15 @@ def stateful_outputs(stack: Stack, data: TaskData, split: str, device: torch.dev
                      else stack.unaries(x[:, :stride].to(device), state=state, return_state=True)[1])
 
 
-def stored_outputs(arrays: dict[str, StoredArray], batch_size: int, inputs: Optional[WindowDataset] = None
+def stored_outputs(arrays: dict[str, StoredArray], batch_size: int, guide: Optional[SplitArray] = None
                    ) -> Iterator[Outputs]:
-    """Phase 1's saved unaries and labels of a split, in order, batch by batch; with the split's
-    windows `inputs`, their inputs as the guide."""
+    """Phase 1's saved unaries and labels of a split, in order, batch by batch; with `guide` (the
+    split's inputs), those windows' inputs too."""
     count = len(arrays["unaries"])
     for first in range(0, count, batch_size):
         rows = np.arange(first, min(count, first + batch_size))
-        guide = None if inputs is None else model_input(inputs.read("x", rows))
-        yield Outputs(rows, arrays["unaries"][rows], arrays["labels"][rows], guide=guide)
+        yield Outputs(rows, arrays["unaries"][rows], arrays["labels"][rows],
+                      guide=None if guide is None else guide[rows])
 
 
 class SplitArray:

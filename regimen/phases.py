@@ -118,7 +118,8 @@ def fit_structure(config: Config, features_path: Path, save: Optional[Path], ove
                      guide=None if data is None else SplitArray(data.windows("train"), "x"))
     metric = MAIN_METRIC[task][0]
     results = {split: _before_after(stored_outputs(features["splits"][split], config.training.batch_size,
-                                                   None if data is None else data.windows(split)), meta, head)
+                                                   None if data is None else SplitArray(data.windows(split), "x")),
+                                    meta, head)
                for split in ("val", "test")}
     on_val = compare_with_unaries(task, results["val"]["unary"], results["val"]["pgm"])
     if not on_val["pgm_better"]:

@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+from regimen import folders
 from regimen.features import load_features
 from conftest import ROOT, malicious_pickle, metrics_of, ok, phase_one, run_script, snapshot, tiny_config
 
@@ -54,7 +55,7 @@ def test_phases_1_to_3_leave_their_run_folders(storms, tmp_path):
         # epoch 0 is phase 2's starting point, so the kept model is never worse on validation
         history = [json.loads(line) for line in (joint / "history.jsonl").read_text().splitlines()]
         assert history[0]["epoch"] == 0
-        assert not [p.name for p in joint.iterdir() if p.name.startswith(".")]  # no temporary array left
+        assert not [p.name for p in joint.iterdir() if folders.TEMPORARY.match(p.name)]  # no refit array left
         assert result["val"]["pgm"]["miou"] == pytest.approx(max(r["val"]["miou"] for r in history))
     # same seed, same weights: dropout in joint training is seeded too
     ok("train_joint.py", "--config", config, "--resume", str(base / "ckpt.pt"), "--save", str(tmp_path / "again"))
