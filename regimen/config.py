@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
 import difflib
 import hashlib
 import json
@@ -39,6 +40,7 @@ TASKS_OF_DATASET = {
 NEXT_FRAME = "next_frame"  # data.labels: the inputs' next frame is the target (regression, nowcasting)
 LOADER_START_METHODS = ("spawn", "forkserver")  # fork after threads deadlocks with HDF5 and Zarr
 STATIC_FEATURES = ("edges", "motion", "mask")
+SPLIT_BY = ("sequence", "time")
 PGM_TYPES = ("crf", "hmm", "chain_crf")
 CRF_INFERENCE = ("mean_field", "loopy_bp")
 JOINT_MODES = ("alternating", "end_to_end")
@@ -151,6 +153,10 @@ class DataConfig:
     stride: int = 4
     normalize: bool = True
     splits: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
+    split_by: str = "sequence"  # sequence (whole sequences at random) | time (cut in time order)
+    split_times: list[str] = field(default_factory=list)  # split_by time: [val start, test start]; []: splits
+    split_gap: int = 0  # split_by time: distinct times before each cut left out of both sides
+    times: Optional[str] = None  # hdf5: dataset of each frame's time, (T) or (N, T), numbers or ISO 8601 text
     static_features: list[str] = field(default_factory=list)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     augmentations: AugmentationConfig = field(default_factory=AugmentationConfig)
@@ -409,6 +415,8 @@ def _convert(value: Any, hint: Any, key: str, source: str) -> Any:
             raise UserError(f"{where} = {value!r}: expected a finite number")
         return value
     if hint is str:
+        if isinstance(value, (datetime.date, datetime.datetime)):  # YAML reads 2019-06-01 as a date
+            return value.isoformat()
         if not isinstance(value, str):
             raise UserError(f"{where} = {value!r}: expected a string")
         return value

@@ -27,6 +27,7 @@ from regimen.machine import require_memory
 from regimen.progress import track
 from regimen.readers import Reader, check_chunk, open_reader
 from regimen.runs import dataset_name
+from regimen.splits import Piece, by_sequence, by_time, format_time
 from regimen.store import STORE_VERSION, ArrayWriter
 
 log = logging.getLogger(__name__)
@@ -34,25 +35,6 @@ log = logging.getLogger(__name__)
 # Derivative along H, smoothing along W; its transpose the other way round.
 SOBEL_H = np.array([[-1.0, -2.0, -1.0], [0.0, 0.0, 0.0], [1.0, 2.0, 1.0]], dtype=np.float32)
 CHUNK_BYTES = 64 << 20  # frames are read and written about this many bytes of inputs at a time
-
-
-def split_sequences(num_sequences: int, fractions: list[float], seed: int) -> dict[str, np.ndarray]:
-    """Shuffle sequence indices and deal them to train/val/test (sorted within each).
-
-    Raises:
-        UserError: when a split would be empty.
-    """
-    order = np.random.default_rng(seed).permutation(num_sequences)
-    n_val = int(round(fractions[1] * num_sequences))
-    n_test = int(round(fractions[2] * num_sequences))
-    n_train = num_sequences - n_val - n_test
-    sizes = {"train": n_train, "val": n_val, "test": n_test}
-    for split, size in sizes.items():
-        if size <= 0:
-            raise UserError(f"data.splits = {fractions}: split '{split}' gets {size} of "
-                            f"{num_sequences} sequences; every split needs at least one")
-    bounds = np.cumsum([0, n_train, n_val, n_test])
-    return {split: np.sort(order[bounds[i]:bounds[i + 1]]) for i, split in enumerate(runs.SPLITS)}
 
 
 def add_static_features(x: np.ndarray, names: list[str], previous: Optional[np.ndarray] = None
@@ -118,23 +100,59 @@ def window_starts(num_frames: int, window: int, stride: int) -> np.ndarray:
     return np.arange(0, num_frames - window + 1, stride)
 
 
-def window_index(sequences: np.ndarray, lengths: list[int], window: int, stride: int) -> np.ndarray:
-    """`[W, 3]` int64 (sequence, start, first row) of every window of `sequences` stored end to end
-    in that order; no window crosses from one sequence into the next."""
+def window_index(pieces: list[Piece], window: int, stride: int) -> np.ndarray:
+    """`[W, 3]` int64 (sequence, first frame in the sequence, first row) of every window of `pieces`
+    stored end to end in that order; no window crosses from one piece into the next."""
     rows, offset = [], 0
-    for sequence in sequences:
-        starts = window_starts(lengths[sequence], window, stride)
-        rows.append(np.stack([np.full_like(starts, sequence), starts, starts + offset], axis=1))
-        offset += lengths[sequence]
+    for piece in pieces:
+        starts = window_starts(piece.frames, window, stride)
+        rows.append(np.stack([np.full_like(starts, piece.sequence), piece.start + starts, starts + offset], axis=1))
+        offset += piece.frames
     return np.concatenate(rows).astype(np.int64)
 
 
-def sequence_chunks(reader: Reader, index: int, static: list[str], frames_per_chunk: int
-                    ) -> Iterator[dict[str, np.ndarray]]:
-    """One sequence's frames in chunks, with the static features appended to `X` (unnormalised)."""
-    length, previous = reader.sequences[index].frames, None
-    for start in range(0, length, frames_per_chunk):
-        chunk = reader.read(index, start, min(length, start + frames_per_chunk))
+def split_frames(reader: Reader, data: DataConfig, seed: int) -> tuple[dict[str, list[Piece]], Optional[list[float]]]:
+    """The pieces of each split (`regimen.splits`) and, split by time, the two cuts.
+
+    Raises:
+        UserError: split by time without each frame's time.
+    """
+    if data.split_by == "sequence":
+        return by_sequence([s.frames for s in reader.sequences], data.splits, seed), None
+    untimed = next((s for s in reader.sequences if s.times is None), None)
+    if untimed is not None:
+        raise UserError(f"data.split_by = 'time': {untimed.name} has no time; expected a time coordinate "
+                        f"'{data.dims.time}' (xarray, data.dims.time), a times dataset (hdf5, data.times) or a "
+                        "catalog time column (data.catalog.time)")
+    kinds = {s.time_kind for s in reader.sequences}
+    if len(kinds) > 1:
+        raise UserError("data.split_by = 'time': some sequences' times are dates, others numbers; expected one kind")
+    return by_time([s.times for s in reader.sequences], kinds.pop(), data)
+
+
+def time_ranges(reader: Reader, parts: dict[str, list[Piece]], cuts: Optional[list[float]]) -> Optional[dict]:
+    """What meta.json records of the splits' times: each split's first and last frame time and the
+    cuts; None when the data has no times. Split by sequence, the ranges may overlap."""
+    if any(s.times is None for s in reader.sequences) or len({s.time_kind for s in reader.sequences}) > 1:
+        return None
+    kind = reader.sequences[0].time_kind
+    ranges = {}
+    for split, pieces in parts.items():
+        first = min(reader.sequences[p.sequence].times[p.start] for p in pieces)
+        last = max(reader.sequences[p.sequence].times[p.stop - 1] for p in pieces)
+        ranges[split] = {"first": format_time(first, kind), "last": format_time(last, kind)}
+    if cuts is not None:
+        ranges["cuts"] = [format_time(cut, kind) for cut in cuts]
+    return ranges
+
+
+def piece_chunks(reader: Reader, piece: Piece, static: list[str], frames_per_chunk: int
+                 ) -> Iterator[dict[str, np.ndarray]]:
+    """One piece's frames in chunks, with the static features appended to `X` (unnormalised; the
+    motion of a piece's first frame is taken from the frame before it in its sequence)."""
+    previous = reader.read(piece.sequence, piece.start - 1, piece.start)["X"][0] if piece.start > 0 else None
+    for start in range(piece.start, piece.stop, frames_per_chunk):
+        chunk = reader.read(piece.sequence, start, min(piece.stop, start + frames_per_chunk))
         x = chunk["X"]
         chunk["X"] = add_static_features(x, static, previous)[0]
         previous = x[-1]
@@ -152,7 +170,7 @@ def preprocess(config: Config) -> tuple[Path, dict]:
         if sequence.frames < data.T_window:
             raise UserError(f"data.T_window = {data.T_window}: must be <= the {sequence.frames} frames of each "
                             f"sequence ({sequence.name})")
-    parts = split_sequences(len(lengths), data.splits, config.seed)
+    parts, cuts = split_frames(reader, data, config.seed)
     inputs = _inputs(config, reader)
     current = _up_to_date(folder, inputs)
     if current is not None:
@@ -174,7 +192,7 @@ def preprocess(config: Config) -> tuple[Path, dict]:
 
     writers: list[ArrayWriter] = []
     try:
-        written = {split: _write_split(reader, folder, split, parts[split], lengths, data, mean, std, num_classes,
+        written = {split: _write_split(reader, folder, split, parts[split], data, mean, std, num_classes,
                                        frames_per_chunk, writers) for split in runs.SPLITS}
     except BaseException:
         for writer in writers:
@@ -200,6 +218,8 @@ def preprocess(config: Config) -> tuple[Path, dict]:
         "splits": {split: entry["sizes"] for split, entry in written.items()},
         "files": {split: entry["files"] for split, entry in written.items()},
         "sequences": {split: entry["sequences"] for split, entry in written.items()},
+        "split_by": data.split_by,
+        "time_ranges": time_ranges(reader, parts, cuts),
         "sha256": hashes,
         "data_version": hashlib.sha256("".join(hashes[s] for s in runs.SPLITS).encode()).hexdigest(),
         "generator": reader.params,
@@ -214,14 +234,14 @@ def preprocess(config: Config) -> tuple[Path, dict]:
     return folder, meta
 
 
-def _scan_training(reader: Reader, sequences: np.ndarray, static: list[str], frames_per_chunk: int
+def _scan_training(reader: Reader, pieces: list[Piece], static: list[str], frames_per_chunk: int
                    ) -> tuple[ChannelStatistics, Optional[int]]:
     """The first pass: the training frames' statistics (static features included), their values
     checked, and the classes when the reader does not know them (largest training label + 1)."""
     statistics, largest = ChannelStatistics(), -1
-    for index in track(sequences, "statistics", "sequences"):
-        for chunk in sequence_chunks(reader, index, static, frames_per_chunk):
-            check_chunk(reader.sequences[index].name, chunk, reader.task, reader.num_classes)
+    for piece in track(pieces, "statistics", "sequences"):
+        for chunk in piece_chunks(reader, piece, static, frames_per_chunk):
+            check_chunk(reader.sequences[piece.sequence].name, chunk, reader.task, reader.num_classes)
             statistics.add(chunk["X"])
             if reader.task != "regression":
                 largest = max(largest, int(chunk["Y"].max()))
@@ -233,19 +253,18 @@ def _scan_training(reader: Reader, sequences: np.ndarray, static: list[str], fra
     return statistics, largest + 1
 
 
-def _write_split(reader: Reader, folder: Path, split: str, sequences: np.ndarray, lengths: list[int],
-                 data: DataConfig, mean: np.ndarray, std: np.ndarray, num_classes: Optional[int], frames_per_chunk: int,
-                 writers: list[ArrayWriter]) -> dict:
+def _write_split(reader: Reader, folder: Path, split: str, pieces: list[Piece], data: DataConfig, mean: np.ndarray,
+                 std: np.ndarray, num_classes: Optional[int], frames_per_chunk: int, writers: list[ArrayWriter]) -> dict:
     """The second pass over one split: its frames normalised and written end to end, and its
     window index. Returns what meta.json records of the split."""
-    frames = sum(lengths[i] for i in sequences)
+    frames = sum(piece.frames for piece in pieces)
     arrays: dict[str, ArrayWriter] = {}
     offset, table = 0, []
-    for index in track(sequences, f"write {split}", "sequences"):
-        name = reader.sequences[index].name
-        for chunk in sequence_chunks(reader, index, data.static_features, frames_per_chunk):
+    for piece in track(pieces, f"write {split}", "sequences"):
+        sequence = reader.sequences[piece.sequence]
+        for chunk in piece_chunks(reader, piece, data.static_features, frames_per_chunk):
             if split != "train":  # the first pass checked the training frames
-                check_chunk(name, chunk, reader.task, num_classes)
+                check_chunk(sequence.name, chunk, reader.task, num_classes)
             chunk["X"] = (chunk["X"] - mean) / std
             for key, rows in chunk.items():
                 if key not in arrays:
@@ -253,10 +272,11 @@ def _write_split(reader: Reader, folder: Path, split: str, sequences: np.ndarray
                                               (frames, *rows.shape[1:]))
                     writers.append(arrays[key])
                 arrays[key].append(rows)
-        table.append({"index": int(index), "name": name, "frames": lengths[index], "offset": offset,
-                      "time": reader.sequences[index].time})
-        offset += lengths[index]
-    windows = window_index(sequences, lengths, data.T_window, data.stride)
+        table.append({"index": piece.sequence, "name": sequence.name, "start": piece.start, "frames": piece.frames,
+                      "offset": offset, "time": sequence.time if sequence.times is None
+                      else format_time(sequence.times[piece.start], sequence.time_kind)})
+        offset += piece.frames
+    windows = window_index(pieces, data.T_window, data.stride)
     arrays["windows"] = ArrayWriter(runs.store_path(folder, split, "windows"), np.int64, windows.shape)
     writers.append(arrays["windows"])
     arrays["windows"].append(windows)
@@ -264,7 +284,7 @@ def _write_split(reader: Reader, folder: Path, split: str, sequences: np.ndarray
     shapes = {key: [len(windows), data.T_window, *writer.shape[1:]] for key, writer in arrays.items()
               if key != "windows"}
     return {"files": written, "shapes": shapes, "sequences": table,
-            "sizes": {"sequences": int(len(sequences)), "windows": int(len(windows)), "frames": int(frames)}}
+            "sizes": {"sequences": len(pieces), "windows": int(len(windows)), "frames": int(frames)}}
 
 
 def _inputs(config: Config, reader: Reader) -> dict:

@@ -7,7 +7,7 @@ from typing import Any
 
 from regimen.config import (ARCHIVES, CALIBRATIONS, CMAES_OBJECTIVES, CRF_INFERENCE, DATASETS, FILE_DATASETS,
                             GENERATOR_BYTES_PER_PIXEL, JOINT_MODES, LOADER_START_METHODS, MAX_OBJECTIVES, MAX_SEED,
-                            NEXT_FRAME, OBJECTIVES, PGM_TYPES, STATIC_FEATURES, TASKS, TASKS_OF_DATASET,
+                            NEXT_FRAME, OBJECTIVES, PGM_TYPES, SPLIT_BY, STATIC_FEATURES, TASKS, TASKS_OF_DATASET,
                             UNARY_LOSSES, USE_PGM, Config, did_you_mean, get_key, leaf_keys, shown)
 from regimen.errors import UserError
 from regimen.machine import path_problem, require_memory
@@ -114,6 +114,16 @@ def _validate_data(check: _Checker) -> None:
     check.require(len(data.splits) == 3 and all(f >= 0 for f in data.splits)
                   and abs(sum(data.splits) - 1.0) < 1e-6 and data.splits[0] > 0,
                   "data.splits", "expected three fractions [train, val, test] summing to 1, train > 0")
+    check.one_of("data.split_by", SPLIT_BY)
+    check.require(not data.split_times or (data.split_by == "time" and len(data.split_times) == 2),
+                  "data.split_times", "expected two times, the start of val and the start of test, with "
+                  "data.split_by: time (or [] to cut at data.splits of the frames in time order)")
+    check.non_negative("data.split_gap")
+    check.require(data.split_gap == 0 or data.split_by == "time", "data.split_gap",
+                  "leaves frames out at the cuts of data.split_by: time")
+    check.require(data.times is None or data.dataset == "hdf5", "data.times",
+                  "names the HDF5 dataset of the frames' times (data.dataset: hdf5); xarray reads the time "
+                  "coordinate data.dims.time, a catalog its data.catalog.time column")
     for i, name in enumerate(data.static_features):
         check.require(name in STATIC_FEATURES, "data.static_features",
                       f"item {i} {name!r} is not one of {', '.join(STATIC_FEATURES)}")

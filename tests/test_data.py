@@ -10,16 +10,19 @@ import pytest
 from regimen import files, folders, runs
 from regimen.errors import UserError
 from regimen.config_file import load_config
-from regimen.data import (ChannelStatistics, add_static_features, preprocess, split_sequences, window_index,
+from regimen.data import (ChannelStatistics, add_static_features, preprocess, window_index,
                           window_starts)
+from regimen.splits import Piece, split_sequences
 from regimen.windows import WindowDataset
 
 
 def test_window_index_equals_hand_computed_rows():
     assert window_starts(7, 3, 2).tolist() == [0, 2, 4]
     # sequences 2 (5 frames) then 0 (7 frames) stored end to end: rows 0-4, then 5-11
-    index = window_index(np.array([2, 0]), [7, 9, 5], window=3, stride=2)
+    index = window_index([Piece(2, 0, 5), Piece(0, 0, 7)], window=3, stride=2)
     assert index.tolist() == [[2, 0, 0], [2, 2, 2], [0, 0, 5], [0, 2, 7], [0, 4, 9]]
+    # a piece that starts later in its sequence numbers its windows' first frames in the sequence
+    assert window_index([Piece(1, 10, 15)], window=3, stride=2).tolist() == [[1, 10, 0], [1, 12, 2]]
     # a window that would run past the end is not cut
     assert window_starts(7, 4, 4).tolist() == [0]
     assert window_starts(4, 4, 1).tolist() == [0]

@@ -203,6 +203,18 @@ def netcdf_without(tmp: Path, arrays: dict) -> dict:
     return {"dataset": "xarray", "path": str(tmp / "radar.nc"), "dims": {"sequence": "n", "channel": "c"}}
 
 
+def timed_hdf5(tmp: Path, arrays: dict, times: np.ndarray, **data) -> dict:
+    """An HDF5 file whose dataset `time` holds `times`, split by time."""
+    path = hdf5_file(tmp, arrays, time=times)
+    return {"dataset": "hdf5", "path": str(path), "times": "time", "split_by": "time", **data}
+
+
+def hourly(n: int = N, t: int = T) -> np.ndarray:
+    """`[n, t]` ISO times: event i starts on day i, frames an hour apart."""
+    days = np.datetime64("2022-03-01T00:00") + np.arange(n)[:, None] * np.timedelta64(1, "D")
+    return (days + np.arange(t)[None] * np.timedelta64(1, "h")).astype("datetime64[s]").astype(str).astype("S")
+
+
 def garbage(tmp: Path, name: str) -> Path:
     (tmp / name).write_bytes(b"not an archive at all" * 10)
     return tmp / name
@@ -237,6 +249,20 @@ BAD = {
                                                              "(6, 4); expected (5, 4) as the frames"),
     "frames: not a folder": (lambda t, a: {"dataset": "frames", "path": str(garbage(t, "x.png"))},
                              "data.path: {t}/x.png is not a folder"),
+    "split by time without times": (lambda t, a: {**write_npz(t, a), "split_by": "time"},
+                                    "data.split_by = 'time': {t}/all.npz sequence 0 has no time; expected a time "
+                                    "coordinate 'time'"),
+    "unknown split time": (lambda t, a: timed_hdf5(t, a, hourly(), split_times=["2022-03-03", "the fifth"]),
+                           "data.split_times[1] = 'the fifth': not a time; expected an ISO 8601 date and time"),
+    "split time leaves test empty": (
+        lambda t, a: timed_hdf5(t, a, hourly(), split_times=["2022-03-03", "2030-01-01"]),
+        "split 'test' gets no window of 3 frames between 2030-01-01T00:00:00 and None; the data's times run "
+        "from 2022-03-01T00:00:00 to 2022-03-06T06:00:00"),
+    "times of another shape": (lambda t, a: timed_hdf5(t, a, hourly(t=T + 1)),
+                               "{t}/one.h5: dataset 'time' (times) has shape (6, 8); expected (6, 7) (axes NT of 'X')"),
+    "times not increasing": (lambda t, a: timed_hdf5(t, a, hourly()[:, ::-1]),
+                             "{t}/one.h5: dataset 'time' event 0: time 2022-03-01T06:00:00 is followed by "
+                             "2022-03-01T05:00:00 (index 1); expected times that never decrease"),
     "xarray time not increasing": pytest.param(
         unsorted_time, "{t}/radar.nc: time coordinate 'time' does not increase: 900.0 is followed by 600.0 "
                        "(index 4); expected increasing times", marks=needs_xarray),

@@ -28,11 +28,15 @@ from regimen.errors import UserError
 
 @dataclass
 class Sequence:
-    """One sequence of frames: how messages name it, its length and its start time (ISO 8601)."""
+    """One sequence of frames: how messages name it, its length, its start time (ISO 8601) and,
+    where the data says, the time of each frame (`regimen.splits.frame_times`: float64, `time_kind`
+    "date" or "number")."""
 
     name: str
     frames: int
     time: Optional[str] = None
+    times: Optional[np.ndarray] = None
+    time_kind: Optional[str] = None
 
 
 @dataclass

@@ -7,6 +7,9 @@ the same file with the same axes, less C for class labels, less H and W too
 for tagging; `next_frame` takes the inputs' next frame as the target. Without
 a catalog every event of every file is a sequence; a catalog CSV
 (`data.catalog`) lists the events instead: file, index along N and start time.
+The frames' times, for `data.split_by: time`, are a dataset `data.times` of the
+same file, (T) or (N, T), numbers or ISO 8601 text; failing that, every frame
+of a catalog event takes its start time.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 from regimen.config import NEXT_FRAME, DataConfig
 from regimen.errors import UserError
 from regimen.readers import Reader, Sequence, archive_files, archive_names, integer_labels, stored_targets
+from regimen.splits import format_time, frame_times, parse_time
 
 SUFFIXES = (".h5", ".hdf5", ".he5")
 
@@ -48,7 +52,7 @@ class HDF5Reader(Reader):
                             f"as in {a}")
         shift = 1 if data.labels == NEXT_FRAME else 0
         self.events = [(path, index) for path, index, _ in events]
-        sequences = [Sequence(f"{path}: '{data.inputs}' event {index}", shapes[path]["T"] - shift, time)
+        sequences = [self._sequence(path, index, shapes[path], shapes[path]["T"] - shift, time)
                      for path, index, time in events]
         super().__init__(**archive_names(data, shapes[events[0][0]].get("C", 1), data.inputs), sequences=sequences,
                          params={"dataset": "hdf5", "path": data.path, "format": self.axes, "inputs": data.inputs,
@@ -142,6 +146,30 @@ class HDF5Reader(Reader):
                                 f"'{data.inputs}' (0 to {count - 1})")
             events.append((path, index, _time(row, data.catalog.time, where)))
         return events
+
+    def _sequence(self, path: Path, index: int, shape: dict[str, int], frames: int, time: Optional[str]) -> Sequence:
+        """One event, with its frames' times: from the dataset `data.times`, else its catalog time
+        for every frame (the event is placed whole), else none."""
+        name = f"{path}: '{self.data.inputs}' event {index}"
+        if self.data.times is None:
+            if time is None:
+                return Sequence(name, frames)
+            return Sequence(name, frames, time, np.full(frames, parse_time(time, "date", name)), "date")
+        dataset = self._dataset(path, self.data.times, "times")
+        axes = "NT" if "N" in shape else "T"
+        expected = tuple(shape[a] for a in axes)
+        if dataset.shape != expected:
+            raise UserError(f"{path}: dataset '{self.data.times}' (times) has shape {dataset.shape}; expected "
+                            f"{expected} (axes {axes} of '{self.data.inputs}')")
+        values = dataset[index] if axes == "NT" else dataset[()]
+        if values.dtype.kind in "SOU":  # ISO 8601 text
+            try:
+                values = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values], "datetime64[ms]")
+            except ValueError:
+                raise UserError(f"{path}: dataset '{self.data.times}' (times) holds text that is not ISO 8601 "
+                                "dates and times") from None
+        times, kind = frame_times(values, f"{path}: dataset '{self.data.times}' event {index}")
+        return Sequence(name, frames, format_time(times[0], kind), times[:frames], kind)
 
     # ------------------------------------------------------------------ reading
 

@@ -5,7 +5,7 @@ them or a glob. `data.inputs` is the variable, `data.dims` says which of its
 dims are time, y, x and (optionally) channel and sequence: without a sequence
 dim each file is one (long) sequence. The labels are a variable with the same
 dims (less channel for classes, less y and x for tagging) or `next_frame`. A
-time coordinate must increase; each sequence records its first time.
+time coordinate must increase; it gives each frame's time (`data.split_by: time`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 from regimen.config import NEXT_FRAME, DataConfig
 from regimen.errors import UserError
 from regimen.readers import Reader, Sequence, archive_files, archive_names, integer_labels, stored_targets
+from regimen.splits import format_time, frame_times
 
 SUFFIXES = (".nc", ".nc4", ".cdf", ".zarr")
 
@@ -47,12 +48,14 @@ class XarrayReader(Reader):
                                 f"{grid[0]} as in {grid[1]}")
             grid = grid or (frame, path)
             self._check_targets(path, sizes)
-            times = self._times(path)
+            times, kind = self._times(path) or (None, None)
             count = sizes.get(self.dims.sequence, 1) if self.dims.sequence else 1
             for index in range(count):
                 self.events.append((path, index if self.dims.sequence else None))
                 name = f"{path}: '{data.inputs}'" + (f" {self.dims.sequence} {index}" if self.dims.sequence else "")
-                sequences.append(Sequence(name, sizes[self.dims.time] - shift, times))
+                frames = sizes[self.dims.time] - shift
+                sequences.append(Sequence(name, frames, None if times is None else format_time(times[0], kind),
+                                          None if times is None else times[:frames], kind))
         super().__init__(**archive_names(data, grid[0][2], data.inputs), sequences=sequences,
                          params={"dataset": "xarray", "path": data.path, "inputs": data.inputs, "labels": data.labels},
                          sources=sorted(set(path for path, _ in self.events)))
@@ -113,8 +116,8 @@ class XarrayReader(Reader):
                     raise UserError(f"{path}: variable '{name}' has {dim} size {found[dim]}; expected "
                                     f"{sizes[dim]} as '{self.data.inputs}'")
 
-    def _times(self, path: Path) -> Optional[str]:
-        """The first time of the file, after checking that its time coordinate increases."""
+    def _times(self, path: Path) -> Optional[tuple[np.ndarray, str]]:
+        """The file's times (`regimen.splits.frame_times`), after checking that they increase."""
         dataset = self._dataset(path)
         if self.dims.time not in dataset.coords:
             return None
@@ -127,9 +130,7 @@ class XarrayReader(Reader):
             where = int(np.argmax(steps <= steps.dtype.type(0)))
             raise UserError(f"{path}: time coordinate '{self.dims.time}' does not increase: {values[where]} is "
                             f"followed by {values[where + 1]} (index {where + 1}); expected increasing times")
-        first = values[0]
-        return str(np.datetime_as_string(first, unit="s")) if np.issubdtype(values.dtype, np.datetime64) \
-            else str(first)
+        return frame_times(values, f"{path}: coordinate '{self.dims.time}'")
 
     # ------------------------------------------------------------------ reading
 
