@@ -57,30 +57,40 @@ class Bundle:
         self.preparation, self.batch_size = preparation, batch_size
         self.task = preparation["task"]
 
-    def prepare(self, x: np.ndarray) -> torch.Tensor:
+    def prepare(self, x: np.ndarray) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Raw windows `[N, T, H, W, C]` (or `[N, T, F]`) -> the static features and
-        normalisation the model was trained with, as `[N, T, H, W, C']`."""
+        normalisation the model was trained with, as `[N, T, H, W, C']`, and where the model was
+        trained with `data.missing: mask`, the pixels observed `[N, T, H, W]` (NaN/Inf missing,
+        filled with the training mean as phase 0 does; else None and NaN is refused)."""
         x = np.asarray(x, dtype=np.float32)
         if x.ndim == 3:
             x = x[:, :, None, None, :]
         raw = self.preparation["raw_channels"]
         if x.ndim != 5 or x.shape[-1] != raw:
             raise UserError(f"X has shape {tuple(x.shape)}; the model expects raw windows [N, T, H, W, {raw}]")
-        if not np.isfinite(x).all():
-            raise UserError("X holds NaN or Inf values")
+        finite = np.isfinite(x)
+        observed = None
+        if self.preparation.get("missing") == "mask":
+            observed, x = finite.all(-1), np.where(finite, x, np.float32(0))
+        elif not finite.all():
+            raise UserError("X holds NaN or Inf values (the model was trained without data.missing: mask)")
         x = np.stack([add_static_features(window, self.preparation["static_features"])[0] for window in x])
         norm = self.preparation["normalisation"]
         mean, std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
-        return torch.from_numpy(((x - mean) / std).astype(np.float32))
+        x = ((x - mean) / std).astype(np.float32)
+        if observed is None:
+            return torch.from_numpy(x), None
+        x[~observed] = 0.0
+        return torch.from_numpy(x), torch.from_numpy(observed) if self.task == "segmentation" else None
 
     def predict(self, x, normalized: bool = False, calibrated: bool = True, device: str | torch.device = "cpu") -> dict:
         """Labels `[N, T(, H, W)]` and class probabilities `[..., K]` (calibrated unless told not to);
         regression: predicted `values`. `normalized=True` takes already-processed windows
         (a split file's `X`)."""
         device = torch.device(device)
-        x = torch.as_tensor(x, dtype=torch.float32) if normalized else self.prepare(x)
+        x, valid = (torch.as_tensor(x, dtype=torch.float32), None) if normalized else self.prepare(x)
         unaries, _ = predict_unaries(self.stack.to(device), x, device, self.batch_size)
-        predicted = predictions(unaries, self.task, self.stack.head, model_input(x))
+        predicted = predictions(unaries, self.task, self.stack.head, model_input(x), valid)
         if self.task == "regression":
             return {"values": predicted.probs}
         probs = predicted.probs
@@ -109,7 +119,8 @@ def preparation(meta: dict) -> dict:
     raw = len([c for c in meta["channel_names"] if not c.startswith(("edges_", "motion_")) and c != "mask"])
     return {"task": meta["task"], "num_classes": meta["num_classes"], "class_names": meta["class_names"],
             "channel_names": meta["channel_names"], "raw_channels": raw, "static_features": static,
-            "normalisation": meta["normalisation"], "T_window": meta["T_window"]}
+            "normalisation": meta["normalisation"], "T_window": meta["T_window"],
+            "missing": (meta.get("masks") or {}).get("missing", "refuse")}
 
 
 # --------------------------------------------------------------------------- export.py

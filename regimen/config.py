@@ -41,6 +41,7 @@ NEXT_FRAME = "next_frame"  # data.labels: the inputs' next frame is the target (
 LOADER_START_METHODS = ("spawn", "forkserver")  # fork after threads deadlocks with HDF5 and Zarr
 STATIC_FEATURES = ("edges", "motion", "mask")
 SPLIT_BY = ("sequence", "time")
+MISSING = ("refuse", "mask")
 PGM_TYPES = ("crf", "hmm", "chain_crf")
 CRF_INFERENCE = ("mean_field", "loopy_bp")
 JOINT_MODES = ("alternating", "end_to_end")
@@ -156,6 +157,9 @@ class DataConfig:
     split_by: str = "sequence"  # sequence (whole sequences at random) | time (cut in time order)
     split_times: list[str] = field(default_factory=list)  # split_by time: [val start, test start]; []: splits
     split_gap: int = 0  # split_by time: distinct times before each cut left out of both sides
+    mask: Optional[str] = None  # hdf5 dataset / xarray variable: 1 where a pixel (tagging: frame) is observed, 0 not
+    missing: str = "refuse"  # NaN/Inf in the inputs or regression targets: refuse | mask (as missing pixels)
+    ignore_label: Optional[int] = None  # a label value that marks a node as not scored (e.g. 255)
     times: Optional[str] = None  # hdf5: dataset of each frame's time, (T) or (N, T), numbers or ISO 8601 text
     static_features: list[str] = field(default_factory=list)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)

@@ -146,17 +146,60 @@ def time_ranges(reader: Reader, parts: dict[str, list[Piece]], cuts: Optional[li
     return ranges
 
 
-def piece_chunks(reader: Reader, piece: Piece, static: list[str], frames_per_chunk: int
-                 ) -> Iterator[dict[str, np.ndarray]]:
+def piece_chunks(reader: Reader, piece: Piece, data: DataConfig, frames_per_chunk: int
+                 ) -> Iterator[tuple[dict[str, np.ndarray], Optional[np.ndarray]]]:
     """One piece's frames in chunks, with the static features appended to `X` (unnormalised; the
-    motion of a piece's first frame is taken from the frame before it in its sequence)."""
-    previous = reader.read(piece.sequence, piece.start - 1, piece.start)["X"][0] if piece.start > 0 else None
+    motion of a piece's first frame is taken from the frame before it in its sequence) and, where
+    masks are configured, missing data turned into the mask `M` (`mark_missing`). Yields each chunk
+    and its observed pixels `[t, H, W]` (None without masks)."""
+    previous = None
+    if piece.start > 0:
+        previous = reader.read(piece.sequence, piece.start - 1, piece.start)
+        previous = (mark_missing(previous, data, reader.task)[0] if masks_configured(data) else previous)["X"][0]
     for start in range(piece.start, piece.stop, frames_per_chunk):
-        chunk = reader.read(piece.sequence, start, min(piece.stop, start + frames_per_chunk))
+        chunk, observed = reader.read(piece.sequence, start, min(piece.stop, start + frames_per_chunk)), None
+        if masks_configured(data):
+            chunk, observed = mark_missing(chunk, data, reader.task)
         x = chunk["X"]
-        chunk["X"] = add_static_features(x, static, previous)[0]
+        chunk["X"] = add_static_features(x, data.static_features, previous)[0]
         previous = x[-1]
-        yield chunk
+        yield chunk, observed
+
+
+def masks_configured(data: DataConfig) -> bool:
+    """Whether the processed data holds a mask `M`: a mask dataset or variable, NaN taken as missing
+    or an ignored label."""
+    return data.mask is not None or data.missing == "mask" or data.ignore_label is not None
+
+
+def mark_missing(chunk: dict[str, np.ndarray], data: DataConfig, task: str
+                 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A chunk with its mask `M` (True where a node, a pixel or for tagging a frame, is observed and
+    scored): the reader's mask (`data.mask`), less pixels with a NaN/Inf input or regression target
+    (`data.missing: mask`), less nodes labelled `data.ignore_label`. Missing values become 0 and
+    ignored labels class 0, so every value stays in range; `M` says they count for nothing.
+    Returns the chunk and the pixels `[t, H, W]` whose inputs are observed."""
+    chunk = dict(chunk)
+    x, y = chunk["X"], chunk["Y"]
+    pixels = x.shape[:3]
+    valid = chunk.pop("M", None)
+    valid = np.ones(y.shape[:1] if task == "tagging" else pixels, bool) if valid is None else valid.copy()
+    observed = np.ones(pixels, bool) if task == "tagging" else valid.copy()
+    if data.missing == "mask":
+        finite = np.isfinite(x)
+        chunk["X"] = np.where(finite, x, np.float32(0))
+        observed &= finite.all(-1)
+        if task != "tagging":
+            valid &= finite.all(-1)
+        if task == "regression":
+            valid &= np.isfinite(y).all(-1)
+            chunk["Y"] = np.where(np.isfinite(y), y, np.float32(0))
+    if data.ignore_label is not None:
+        ignored = y == data.ignore_label
+        valid &= ~ignored
+        chunk["Y"] = np.where(ignored, 0, y)
+    chunk["M"] = valid
+    return chunk, observed
 
 
 def preprocess(config: Config) -> tuple[Path, dict]:
@@ -180,7 +223,7 @@ def preprocess(config: Config) -> tuple[Path, dict]:
     first = reader.read(0, 0, 1)
     first_frame, static_names = add_static_features(first["X"], data.static_features)
     frames_per_chunk = max(1, CHUNK_BYTES // first_frame.nbytes)
-    statistics, num_classes = _scan_training(reader, parts["train"], data.static_features, frames_per_chunk)
+    statistics, num_classes = _scan_training(reader, parts["train"], data, frames_per_chunk)
     if num_classes is not None and data.dataset in ARCHIVES:  # (an npz is checked as it is loaded)
         # The unaries of every window hold K floats per node (each frame sits in T_window / stride windows).
         require_memory(4.0 * sum(lengths) * first["Y"][0].size * num_classes * max(1.0, data.T_window / data.stride),
@@ -218,6 +261,8 @@ def preprocess(config: Config) -> tuple[Path, dict]:
         "splits": {split: entry["sizes"] for split, entry in written.items()},
         "files": {split: entry["files"] for split, entry in written.items()},
         "sequences": {split: entry["sequences"] for split, entry in written.items()},
+        "masks": {"mask": data.mask, "missing": data.missing, "ignore_label": data.ignore_label}
+        if masks_configured(data) else None,
         "split_by": data.split_by,
         "time_ranges": time_ranges(reader, parts, cuts),
         "sha256": hashes,
@@ -234,15 +279,18 @@ def preprocess(config: Config) -> tuple[Path, dict]:
     return folder, meta
 
 
-def _scan_training(reader: Reader, pieces: list[Piece], static: list[str], frames_per_chunk: int
+def _scan_training(reader: Reader, pieces: list[Piece], data: DataConfig, frames_per_chunk: int
                    ) -> tuple[ChannelStatistics, Optional[int]]:
     """The first pass: the training frames' statistics (static features included), their values
     checked, and the classes when the reader does not know them (largest training label + 1)."""
     statistics, largest = ChannelStatistics(), -1
     for piece in track(pieces, "statistics", "sequences"):
-        for chunk in piece_chunks(reader, piece, static, frames_per_chunk):
+        for chunk, observed in piece_chunks(reader, piece, data, frames_per_chunk):
             check_chunk(reader.sequences[piece.sequence].name, chunk, reader.task, reader.num_classes)
-            statistics.add(chunk["X"])
+            if observed is None:
+                statistics.add(chunk["X"])
+            elif observed.any():
+                statistics.add(chunk["X"][observed])  # [n, C]: missing pixels do not count
             if reader.task != "regression":
                 largest = max(largest, int(chunk["Y"].max()))
     if reader.task == "regression" or reader.num_classes is not None:
@@ -259,13 +307,16 @@ def _write_split(reader: Reader, folder: Path, split: str, pieces: list[Piece], 
     window index. Returns what meta.json records of the split."""
     frames = sum(piece.frames for piece in pieces)
     arrays: dict[str, ArrayWriter] = {}
-    offset, table = 0, []
+    offset, table, masked = 0, [], None
     for piece in track(pieces, f"write {split}", "sequences"):
         sequence = reader.sequences[piece.sequence]
-        for chunk in piece_chunks(reader, piece, data.static_features, frames_per_chunk):
+        for chunk, observed in piece_chunks(reader, piece, data, frames_per_chunk):
             if split != "train":  # the first pass checked the training frames
                 check_chunk(sequence.name, chunk, reader.task, num_classes)
             chunk["X"] = (chunk["X"] - mean) / std
+            if observed is not None:
+                chunk["X"][~observed] = 0.0  # missing pixels take the training mean
+                masked = (masked or 0) + int((~chunk["M"]).sum())
             for key, rows in chunk.items():
                 if key not in arrays:
                     arrays[key] = ArrayWriter(runs.store_path(folder, split, key), rows.dtype,
@@ -277,6 +328,9 @@ def _write_split(reader: Reader, folder: Path, split: str, pieces: list[Piece], 
                       else format_time(sequence.times[piece.start], sequence.time_kind)})
         offset += piece.frames
     windows = window_index(pieces, data.T_window, data.stride)
+    sizes = {"sequences": len(pieces), "windows": int(len(windows)), "frames": int(frames)}
+    if masked is not None:
+        sizes["masked_nodes"] = masked
     arrays["windows"] = ArrayWriter(runs.store_path(folder, split, "windows"), np.int64, windows.shape)
     writers.append(arrays["windows"])
     arrays["windows"].append(windows)
@@ -284,7 +338,7 @@ def _write_split(reader: Reader, folder: Path, split: str, pieces: list[Piece], 
     shapes = {key: [len(windows), data.T_window, *writer.shape[1:]] for key, writer in arrays.items()
               if key != "windows"}
     return {"files": written, "shapes": shapes, "sequences": table,
-            "sizes": {"sequences": len(pieces), "windows": int(len(windows)), "frames": int(frames)}}
+            "sizes": sizes}
 
 
 def _inputs(config: Config, reader: Reader) -> dict:

@@ -37,7 +37,7 @@ from regimen.verification import VerificationSums
 from regimen.pgm import PGMHead, head_from_params
 from regimen.plots import (plot_confusion, plot_learning_curve, plot_per_class_f1, plot_reliability,
                            plot_verification)
-from regimen.inference import Outputs, choose_predictor, decode, marginals, network_outputs, predict
+from regimen.inference import Outputs, choose_predictor, decode, marginals, network_outputs, numpy_of, predict
 from regimen.processed import TaskData, check_same_data, load_task_data
 from regimen.stack import Stack, check_fits_data, model_input, resolve_device, stack_from_checkpoint
 
@@ -61,18 +61,18 @@ class Predictions:
 
 
 def predictions(unaries: torch.Tensor, task: str, head: Optional[PGMHead] = None,
-                guide: Optional[torch.Tensor] = None) -> Predictions:
+                guide: Optional[torch.Tensor] = None, valid: Optional[torch.Tensor] = None) -> Predictions:
     """The unaries' softmax and argmax, or the head's marginals and joint decoding (`guide`: the
-    input windows in model layout, for an edge-aware CRF)."""
+    input windows in model layout, for an edge-aware CRF; `valid`: their masks)."""
     if task == "regression":
         return Predictions(class_last(unaries).numpy())
-    return Predictions(class_probs(unaries, head, guide), decode(head, unaries, guide).numpy())
+    return Predictions(class_probs(unaries, head, guide, valid), decode(head, unaries, guide, valid).numpy())
 
 
-def class_probs(unaries: torch.Tensor, head: Optional[PGMHead], guide: Optional[torch.Tensor] = None
-                ) -> np.ndarray:
+def class_probs(unaries: torch.Tensor, head: Optional[PGMHead], guide: Optional[torch.Tensor] = None,
+                valid: Optional[torch.Tensor] = None) -> np.ndarray:
     """Class probabilities, class axis last: the unaries' softmax, or the head's marginals."""
-    probs = F.softmax(unaries.float(), dim=2) if head is None else marginals(head, unaries, guide)
+    probs = F.softmax(unaries.float(), dim=2) if head is None else marginals(head, unaries, guide, valid)
     return class_last(probs).numpy()
 
 
@@ -107,18 +107,21 @@ def split_reports(batches: Iterable[Outputs], data: TaskData, predictors: dict[s
                 for name in predictors if settings.thresholds and data.task != "tagging"}
     after = ProbabilitySums(data.num_classes, settings.bins) if calibrated else None
     for out in batches:
-        truth, soft = out.y.numpy(), None if out.p is None else out.p.numpy()
+        truth, soft, valid = out.y.numpy(), None if out.p is None else out.p.numpy(), numpy_of(out.valid)
         keep = sample[out.rows]
         for name, head in predictors.items():
-            predicted = predictions(out.unaries, data.task, head, out.guide)
+            predicted = predictions(out.unaries, data.task, head, out.guide, out.valid)
             sums[name].add(truth, predicted.labels if data.task != "regression" else predicted.probs,
-                           predicted.probs, soft, keep)
+                           predicted.probs, soft, keep, valid)
             if name in verified:  # label fields, or the (single) regression channel in its own units
                 verified[name].add(*((truth, predicted.labels) if data.task != "regression"
-                                     else (truth[..., 0], predicted.probs[..., 0])))
+                                     else (truth[..., 0], predicted.probs[..., 0])), valid)
             if after is not None and name == calibrated[0]:
-                after.add(truth.ravel(), calibrated[1](predicted.flat_probs()),
-                          None if soft is None else soft.reshape(-1, data.num_classes), np.repeat(keep, truth[0].size))
+                nodes = (truth.ravel(), calibrated[1](predicted.flat_probs()),
+                         None if soft is None else soft.reshape(-1, data.num_classes), np.repeat(keep, truth[0].size))
+                if valid is not None:
+                    nodes = tuple(None if a is None else a[valid.ravel()] for a in nodes)
+                after.add(*nodes)
     reports = {name: total.result() for name, total in sums.items()}
     for name, scores in verified.items():
         reports[name]["verification"] = scores.result()
@@ -157,11 +160,14 @@ def validate(stack: Stack, data: TaskData, config: Config, device: torch.device,
         keep = torch.from_numpy(sample[out.rows])
         for name, head in predictors.items():
             if name in scores:
-                scores[name].add(out.y.numpy(), decode(head, out.unaries, out.guide).numpy())
+                scores[name].add(out.y.numpy(), decode(head, out.unaries, out.guide, out.valid).numpy(),
+                                 numpy_of(out.valid))
             if keep.any():
-                guide = None if out.guide is None else out.guide[keep]
-                probs[name].append(class_probs(out.unaries[keep], head, guide).reshape(-1, data.num_classes))
-        labels.append(out.y[keep].numpy().ravel())
+                guide, valid = (None if a is None else a[keep] for a in (out.guide, out.valid))
+                nodes = class_probs(out.unaries[keep], head, guide, valid).reshape(-1, data.num_classes)
+                probs[name].append(nodes if valid is None else nodes[valid.numpy().ravel()])
+        observed = out.y[keep] if out.valid is None else out.y[keep][out.valid[keep]]
+        labels.append(observed.numpy().ravel())
     val = {name: score.result() for name, score in scores.items()}
     choice = choose_predictor(stack.head, data.task, val, settings.use_pgm)
     chosen, truth = np.concatenate(probs[choice["final"]]), np.concatenate(labels)

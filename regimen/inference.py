@@ -58,10 +58,13 @@ def save_features(stack: Stack, data: TaskData, run: RunFolder, device: torch.de
             for batch in track(split_loader(data, split, batch_size, device), f"predict {split}", "batches"):
                 out, maps = stack.unaries(model_input(batch["x"]).to(device), return_features=True)
                 rows = {"unaries": out.cpu(), "labels": batch["y"]}
+                if "m" in batch:
+                    rows["valid"] = batch["m"]
                 if feature_maps:
                     rows["feature_maps"] = maps.cpu()
                 writer.add(split, count, rows)
-                score.add(batch["y"].numpy(), _predicted(data.task, rows["unaries"], None, None).numpy())
+                score.add(batch["y"].numpy(), _predicted(data.task, rows["unaries"], None, None).numpy(),
+                          numpy_of(batch.get("m")))
             metrics[split] = score.result()
         writer.save(data.identity)
     except BaseException:
@@ -70,22 +73,29 @@ def save_features(stack: Stack, data: TaskData, run: RunFolder, device: torch.de
     return {split: metrics[split] for split in ("val", "test")}
 
 
-def _predicted(task: str, unaries: torch.Tensor, head: Optional[PGMHead], x: Optional[torch.Tensor]) -> torch.Tensor:
+def _predicted(task: str, unaries: torch.Tensor, head: Optional[PGMHead], x: Optional[torch.Tensor],
+               valid: Optional[torch.Tensor] = None) -> torch.Tensor:
     """What a task's metrics compare with the truth: values (regression, channels last) or labels."""
-    return class_last(unaries) if task == "regression" else decode(head, unaries, x)
+    return class_last(unaries) if task == "regression" else decode(head, unaries, x, valid)
+
+
+def numpy_of(tensor: Optional[torch.Tensor]) -> Optional[np.ndarray]:
+    return None if tensor is None else tensor.numpy()
 
 
 @dataclass
 class Outputs:
     """One batch of a split's windows: their `rows` in the split, the network's `unaries`
     `[B, T, K(, H, W)]`, labels `y`, soft targets `p`, and `guide`, the inputs in model layout
-    `[B, T, C, H, W]` (what an edge-aware CRF weighs its edges by; None where not read). CPU tensors."""
+    `[B, T, C, H, W]` (what an edge-aware CRF weighs its edges by; None where not read), and `valid`,
+    False at missing nodes (None where the data has no mask). CPU tensors."""
 
     rows: np.ndarray
     unaries: torch.Tensor
     y: torch.Tensor
     p: Optional[torch.Tensor] = None
     guide: Optional[torch.Tensor] = None
+    valid: Optional[torch.Tensor] = None
 
 
 @torch.no_grad()
@@ -102,7 +112,7 @@ def network_outputs(stack: Stack, data: TaskData, split: str, device: torch.devi
         x = model_input(batch["x"])
         rows = np.arange(first, first + len(x))
         first += len(x)
-        yield Outputs(rows, stack.unaries(x.to(device)).cpu(), batch["y"], batch.get("p"), x)
+        yield Outputs(rows, stack.unaries(x.to(device)).cpu(), batch["y"], batch.get("p"), x, batch.get("m"))
 
 
 @torch.no_grad()
@@ -130,7 +140,7 @@ def stateful_outputs(stack: Stack, data: TaskData, split: str, device: torch.dev
             batch = windows[rows]
             x = model_input(batch["x"])  # (B, T, C, H, W)
             unaries, final = stack.unaries(x.to(device), state=state, return_state=True)
-            yield Outputs(rows, unaries.cpu(), batch["y"], batch.get("p"), x)
+            yield Outputs(rows, unaries.cpu(), batch["y"], batch.get("p"), x, batch.get("m"))
             # The next window starts `stride` frames later: continue from the state after them.
             state = (final if stride >= x.shape[1]
                      else stack.unaries(x[:, :stride].to(device), state=state, return_state=True)[1])
@@ -138,13 +148,14 @@ def stateful_outputs(stack: Stack, data: TaskData, split: str, device: torch.dev
 
 def stored_outputs(arrays: dict[str, StoredArray], batch_size: int, guide: Optional[SplitArray] = None
                    ) -> Iterator[Outputs]:
-    """Phase 1's saved unaries and labels of a split, in order, batch by batch; with `guide` (the
-    split's inputs), those windows' inputs too."""
+    """Phase 1's saved unaries, labels (and masks) of a split, in order, batch by batch; with `guide`
+    (the split's inputs), those windows' inputs too."""
     count = len(arrays["unaries"])
     for first in range(0, count, batch_size):
         rows = np.arange(first, min(count, first + batch_size))
         yield Outputs(rows, arrays["unaries"][rows], arrays["labels"][rows],
-                      guide=None if guide is None else guide[rows])
+                      guide=None if guide is None else guide[rows],
+                      valid=arrays["valid"][rows] if "valid" in arrays else None)
 
 
 class SplitArray:
@@ -183,31 +194,34 @@ def output_metrics(outputs: Iterable[Outputs], task: str, num_classes: Optional[
     scores = {name: MetricSums(task, num_classes) for name in heads}
     for out in outputs:
         for name, head in heads.items():
-            scores[name].add(out.y.numpy(), _predicted(task, out.unaries, head, out.guide).numpy())
+            scores[name].add(out.y.numpy(), _predicted(task, out.unaries, head, out.guide, out.valid).numpy(),
+                             numpy_of(out.valid))
     return {name: score.result() for name, score in scores.items()}
 
 
 @torch.no_grad()
 def decode(head: Optional[PGMHead], unaries: torch.Tensor, guide: Optional[torch.Tensor] = None,
-           batch_size: int = 16) -> torch.Tensor:
+           valid: Optional[torch.Tensor] = None, batch_size: int = 16) -> torch.Tensor:
     """Labels from unaries: per-node argmax without a head, else the head's joint decoding.
-    `guide`: the input windows `[N, T, C, H, W]` (model layout) the unaries came from."""
+    `guide`: the input windows `[N, T, C, H, W]` (model layout) the unaries came from; `valid`:
+    their masks (missing nodes have no data term in the head)."""
     if head is None:
         return unaries.argmax(dim=2)
     head.eval()
     device = _device_of(head)
-    return torch.cat([head.decode(unaries[i:i + batch_size].to(device), _rows(guide, i, batch_size, device)).cpu()
+    return torch.cat([head.decode(unaries[i:i + batch_size].to(device), _rows(guide, i, batch_size, device),
+                                  _rows(valid, i, batch_size, device)).cpu()
                       for i in range(0, len(unaries), batch_size)])
 
 
 @torch.no_grad()
 def marginals(head: PGMHead, unaries: torch.Tensor, guide: Optional[torch.Tensor] = None,
-              batch_size: int = 16) -> torch.Tensor:
+              valid: Optional[torch.Tensor] = None, batch_size: int = 16) -> torch.Tensor:
     """The head's marginal class probabilities, the shape of `unaries`."""
     head.eval()
     device = _device_of(head)
-    return torch.cat([head.log_marginals(unaries[i:i + batch_size].to(device),
-                                         _rows(guide, i, batch_size, device)).exp().cpu()
+    return torch.cat([head.log_marginals(unaries[i:i + batch_size].to(device), _rows(guide, i, batch_size, device),
+                                         _rows(valid, i, batch_size, device)).exp().cpu()
                       for i in range(0, len(unaries), batch_size)])
 
 

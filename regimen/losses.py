@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from regimen.errors import UserError
+from regimen.pgm import masked_mean
 
 
 def resolve_unary_loss(name: str, task: str, has_soft_targets: bool) -> str:
@@ -32,18 +33,32 @@ def class_last(outputs: torch.Tensor) -> torch.Tensor:
 
 
 def unary_loss(kind: str, outputs: torch.Tensor, target: torch.Tensor,
-               soft: torch.Tensor | None = None) -> torch.Tensor:
+               soft: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy against labels, KL divergence against soft targets, or MSE.
 
     KL uses `reduction="batchmean"` over every node (pixel or frame) as one
     row, so it is the mean KL per node, on the same scale as the cross-entropy.
+    With `valid` (`[B, T(, H, W)]`, False at missing nodes) each is the mean over
+    the observed nodes only: a missing node's target counts for nothing.
     """
+    if valid is not None:
+        return masked_mean(_per_node(kind, outputs, target, soft), valid)
     if kind == "mse":
         return F.mse_loss(class_last(outputs).float(), target.float())
     logits = class_last(outputs).float().flatten(0, -2)  # (nodes, K)
     if kind == "kl":
         return F.kl_div(F.log_softmax(logits, dim=1), soft.flatten(0, -2).float(), reduction="batchmean")
     return F.cross_entropy(logits, target.flatten())
+
+
+def _per_node(kind: str, outputs: torch.Tensor, target: torch.Tensor, soft: torch.Tensor | None) -> torch.Tensor:
+    """`unary_loss`'s terms per node `[nodes]`, before the mean."""
+    if kind == "mse":
+        return (class_last(outputs).float() - target.float()).pow(2).mean(dim=-1).flatten()
+    logits = class_last(outputs).float().flatten(0, -2)  # (nodes, K)
+    if kind == "kl":
+        return F.kl_div(F.log_softmax(logits, dim=1), soft.flatten(0, -2).float(), reduction="none").sum(dim=1)
+    return F.cross_entropy(logits, target.flatten(), reduction="none")
 
 
 def consistency(log_marginals: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -11,8 +11,12 @@ import numpy as np
 TINY = 1e-12  # probabilities are clipped here before a log
 
 
-def confusion(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
-    """Counts `[true class, predicted class]` (scikit-learn's `confusion_matrix` with all labels)."""
+def confusion(truth: np.ndarray, predicted: np.ndarray, num_classes: int, valid: np.ndarray | None = None
+              ) -> np.ndarray:
+    """Counts `[true class, predicted class]` (scikit-learn's `confusion_matrix` with all labels) of
+    the nodes `valid` marks (all without it)."""
+    if valid is not None:
+        truth, predicted = truth[valid], predicted[valid]
     pairs = truth.ravel().astype(np.int64) * num_classes + predicted.ravel().astype(np.int64)
     return np.bincount(pairs, minlength=num_classes ** 2).reshape(num_classes, num_classes)
 
@@ -64,11 +68,15 @@ class MetricSums:
         self.squared = self.absolute = 0.0
         self.count = 0
 
-    def add(self, truth: np.ndarray, predicted: np.ndarray) -> None:
+    def add(self, truth: np.ndarray, predicted: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """One batch: labels `[B, T(, H, W)]` or values `[B, T, H, W, C]`; `valid` `[B, T(, H, W)]`:
+        the nodes scored (None: all)."""
         if self.matrix is not None:
-            self.matrix += confusion(truth, predicted, self.num_classes)
+            self.matrix += confusion(truth, predicted, self.num_classes, valid)
             return
         error = predicted.astype(np.float64) - truth.astype(np.float64)
+        if valid is not None:
+            error = error[valid]  # (nodes, C)
         self.squared += float((error ** 2).sum())
         self.absolute += float(np.abs(error).sum())
         self.count += error.size
@@ -109,20 +117,26 @@ class ReportSums:
         self.changes = np.zeros(4, np.int64)  # changed where stable, stable, changed, pairs
 
     def add(self, truth: np.ndarray, predicted: np.ndarray, probs: np.ndarray | None = None,
-            soft: np.ndarray | None = None, sampled: np.ndarray | None = None) -> None:
+            soft: np.ndarray | None = None, sampled: np.ndarray | None = None, valid: np.ndarray | None = None
+            ) -> None:
         """One batch of windows: `truth` and `predicted` labels `[B, T(, H, W)]` with `probs` (class
         axis last), or regression values `[B, T, H, W, C]`; `soft` targets like `probs`; `sampled`:
-        which windows `[B]` count for the AUROC (None: all)."""
+        which windows `[B]` count for the AUROC (None: all); `valid` `[B, T(, H, W)]`: the nodes
+        scored (None: all). A missing node counts in no score, nor as a boundary or flicker's
+        neighbour."""
         if self.task == "regression":
-            self.errors.add(truth, predicted)
+            self.errors.add(truth, predicted, valid)
             return
         k = len(self.matrix)
-        self.matrix += confusion(truth, predicted, k)
+        self.matrix += confusion(truth, predicted, k, valid)
         nodes = None if sampled is None else np.repeat(sampled, truth[0].size)
-        self.probabilities.add(truth.ravel(), probs.reshape(-1, k), None if soft is None else soft.reshape(-1, k),
-                               nodes)
-        self.edges += boundary_counts(truth, predicted, self.axes, self.tolerance)
-        self.changes += flicker_counts(truth, predicted)
+        flat = (truth.ravel(), probs.reshape(-1, k), None if soft is None else soft.reshape(-1, k), nodes)
+        if valid is not None:
+            kept = valid.ravel()
+            flat = tuple(None if a is None else a[kept] for a in flat)
+        self.probabilities.add(*flat)
+        self.edges += boundary_counts(truth, predicted, self.axes, self.tolerance, valid)
+        self.changes += flicker_counts(truth, predicted, valid)
 
     def result(self) -> dict:
         if self.task == "regression":
@@ -251,12 +265,15 @@ def calibration_scores(count: np.ndarray, hits: np.ndarray, sure: np.ndarray) ->
                                           "confidence": mean_confidence.tolist()}}
 
 
-def boundaries(labels: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
-    """Nodes whose label differs from the next node along any of `axes` (both sides marked)."""
+def boundaries(labels: np.ndarray, axes: tuple[int, ...], valid: np.ndarray | None = None) -> np.ndarray:
+    """Nodes whose label differs from the next node along any of `axes` (both sides marked); with
+    `valid`, only between two valid nodes."""
     edge = np.zeros(labels.shape, dtype=bool)
     for axis in axes:
         n = labels.shape[axis]
         change = np.take(labels, range(1, n), axis) != np.take(labels, range(n - 1), axis)
+        if valid is not None:
+            change &= np.take(valid, range(1, n), axis) & np.take(valid, range(n - 1), axis)
         pad_before = [(0, 0)] * labels.ndim
         pad_after = [(0, 0)] * labels.ndim
         pad_before[axis], pad_after[axis] = (1, 0), (0, 1)
@@ -274,11 +291,13 @@ def boundary_f1(truth: np.ndarray, predicted: np.ndarray, axes: tuple[int, ...],
     return boundary_scores(boundary_counts(truth, predicted, axes, tolerance), tolerance)
 
 
-def boundary_counts(truth: np.ndarray, predicted: np.ndarray, axes: tuple[int, ...], tolerance: int) -> np.ndarray:
-    """Predicted and true boundary nodes, and of each those near one of the other: `[4]`."""
+def boundary_counts(truth: np.ndarray, predicted: np.ndarray, axes: tuple[int, ...], tolerance: int,
+                    valid: np.ndarray | None = None) -> np.ndarray:
+    """Predicted and true boundary nodes, and of each those near one of the other: `[4]` (`valid`:
+    the nodes scored, see `boundaries`)."""
     from scipy import ndimage
 
-    true_edge, pred_edge = boundaries(truth, axes), boundaries(predicted, axes)
+    true_edge, pred_edge = boundaries(truth, axes, valid), boundaries(predicted, axes, valid)
     size = [2 * tolerance + 1 if axis in axes else 1 for axis in range(truth.ndim)]
     near_true = ndimage.maximum_filter(true_edge, size=size, mode="constant")
     near_pred = ndimage.maximum_filter(pred_edge, size=size, mode="constant")
@@ -302,12 +321,13 @@ def flicker(truth: np.ndarray, predicted: np.ndarray) -> dict:
     return flicker_scores(flicker_counts(truth, predicted))
 
 
-def flicker_counts(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """Frame-to-frame pairs: predicted changes where the truth is stable, stable ones, predicted
-    changes, all: `[4]`."""
-    stable = truth[:, 1:] == truth[:, :-1]
-    changed = predicted[:, 1:] != predicted[:, :-1]
-    return np.array([(changed & stable).sum(), stable.sum(), changed.sum(), stable.size], np.int64)
+def flicker_counts(truth: np.ndarray, predicted: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """Frame-to-frame pairs (of two valid nodes, with `valid`): predicted changes where the truth is
+    stable, stable ones, predicted changes, all: `[4]`."""
+    pairs = np.ones(truth[:, 1:].shape, bool) if valid is None else valid[:, 1:] & valid[:, :-1]
+    stable = (truth[:, 1:] == truth[:, :-1]) & pairs
+    changed = (predicted[:, 1:] != predicted[:, :-1]) & pairs
+    return np.array([(changed & stable).sum(), stable.sum(), changed.sum(), pairs.sum()], np.int64)
 
 
 def flicker_scores(counts: np.ndarray) -> dict:
@@ -325,8 +345,13 @@ class RegressionSums:
         self.count = self.frames = 0
         self.mean = self.deviations = 0.0
 
-    def add(self, truth: np.ndarray, predicted: np.ndarray) -> None:
+    def add(self, truth: np.ndarray, predicted: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """`valid` `[B, T, H, W]`: the pixels scored (None: all); a missing pixel adds no error and
+        is not part of the truth's variance."""
         error = predicted.astype(np.float64) - truth.astype(np.float64)
+        if valid is not None:
+            error = error * valid[..., None]
+            truth = truth[valid]
         frames = error.reshape(error.shape[0] * error.shape[1], -1)
         self.squared += float((error ** 2).sum())
         self.absolute += float(np.abs(error).sum())
@@ -334,6 +359,8 @@ class RegressionSums:
         self.frame_absolute += float(np.abs(frames).sum(axis=1).sum())
         self.frames += len(frames)
         values = truth.astype(np.float64).ravel()
+        if not values.size:  # every pixel of the batch missing
+            return
         mean, deviations, n = float(values.mean()), float(((values - values.mean()) ** 2).sum()), values.size
         total = self.count + n
         delta = mean - self.mean

@@ -94,13 +94,16 @@ class PGMHead(nn.Module):
     def emission_scale(self) -> torch.Tensor:
         return F.softplus(self.raw_scale)
 
-    def log_marginals(self, unaries: torch.Tensor, guide: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def log_marginals(self, unaries: torch.Tensor, guide: Optional[torch.Tensor] = None,
+                      valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Log marginals of every node, the shape of `unaries` (differentiable). `guide`: the input
-        windows `[B, T, C, H, W]` the unaries came from (what an edge-aware CRF weighs its edges by)."""
+        windows `[B, T, C, H, W]` the unaries came from (what an edge-aware CRF weighs its edges by).
+        `valid`: `[B, T(, H, W)]`, False at missing nodes, whose data term is left out: they get
+        their labels from their neighbours' messages alone."""
         unaries = unaries.float()
         if self.type == "crf":
-            return F.log_softmax(self.model(unaries, _float(guide)), dim=2)
-        emissions = self.emissions(self._chains(unaries))
+            return F.log_softmax(self.model(_data_term(unaries, valid), _float(guide)), dim=2)
+        emissions = self._emissions_of(unaries, valid)
         if self.type == "hmm":
             _, posteriors = forward_backward(self.model.log_start, self.model.log_trans, emissions)
         else:
@@ -108,31 +111,42 @@ class PGMHead(nn.Module):
         return self._unchain(posteriors.clamp_min(TINY).log(), unaries.shape)
 
     @torch.no_grad()
-    def decode(self, unaries: torch.Tensor, guide: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def decode(self, unaries: torch.Tensor, guide: Optional[torch.Tensor] = None,
+               valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The jointly most likely labelling (Viterbi on chains; on the grid the mean-field argmax or
-        max-product BP)."""
+        max-product BP); missing nodes as in `log_marginals`."""
         unaries = unaries.float()
         if self.type == "crf":
-            return self.model.decode(unaries, _float(guide))
-        emissions = self.emissions(self._chains(unaries))
+            return self.model.decode(_data_term(unaries, valid), _float(guide))
+        emissions = self._emissions_of(unaries, valid)
         if self.type == "hmm":
             paths, _ = viterbi(self.model.log_start, self.model.log_trans, emissions)
         else:
             paths = self.model.decode(emissions)
         return self._unchain(paths[..., None], unaries[:, :, :1].shape).squeeze(2)
 
-    def nll(self, unaries: torch.Tensor, labels: torch.Tensor, guide: Optional[torch.Tensor] = None
-            ) -> torch.Tensor:
+    def nll(self, unaries: torch.Tensor, labels: torch.Tensor, guide: Optional[torch.Tensor] = None,
+            valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Structured NLL per node: of the mean-field marginals (CRF), or of the labelled path
         under the chain (HMM, chain CRF: `-log p(y_1..y_T | unaries) / T`, exact). The path's
         likelihood is what Viterbi decoding maximises: fitting the HMM's emission scale to the
         nodes' marginals instead under-weighs the network against sticky transitions, and the
-        decoded labels switch late wherever the label moves (a flood front)."""
+        decoded labels switch late wherever the label moves (a flood front).
+
+        With `valid`, missing nodes lose their data term and their label: the CRF's NLL is the
+        mean over observed nodes, a chain's `-log p(observed labels | unaries) / T`, the missing
+        labels summed out (a forward pass with the observed nodes clamped to their labels)."""
         if self.type == "crf":
-            log_q = self.log_marginals(unaries, guide)
-            return F.nll_loss(log_q.movedim(2, -1).flatten(0, -2), labels.flatten())
-        emissions = self.emissions(self._chains(unaries.float()))  # (M, T, K)
+            log_q = self.log_marginals(unaries, guide, valid)
+            per_node = F.nll_loss(log_q.movedim(2, -1).flatten(0, -2), labels.flatten(), reduction="none")
+            return masked_mean(per_node, valid)
+        emissions = self._emissions_of(unaries.float(), valid)  # (M, T, K)
         paths = self._label_chains(labels)  # (M, T)
+        if valid is not None:
+            observed = self._label_chains(valid)[..., None]  # (M, T, 1)
+            on_path = F.one_hot(paths, emissions.shape[2]).bool()
+            clamped = emissions.masked_fill(observed & ~on_path, -float("inf"))
+            return (self._log_partition(emissions) - self._log_partition(clamped)).mean() / emissions.shape[1]
         if self.type == "chain_crf":
             return -self.model.log_likelihood(emissions, paths).mean() / emissions.shape[1]
         log_start, log_trans = self.model.log_start, self.model.log_trans
@@ -140,6 +154,20 @@ class PGMHead(nn.Module):
         score = (log_start[paths[:, 0]] + log_trans[paths[:, :-1], paths[:, 1:]].sum(dim=1)
                  + emissions.gather(2, paths[..., None])[..., 0].sum(dim=1))
         return (log_z - score).mean() / emissions.shape[1]
+
+    def _log_partition(self, emissions: torch.Tensor) -> torch.Tensor:
+        """`log sum_paths exp(score)` of chains `[M, T, K]` under the HMM or the chain CRF: `[M]`."""
+        if self.type == "hmm":
+            return forward_backward(self.model.log_start, self.model.log_trans, emissions)[0]
+        return self.model._log_partition(emissions, torch.ones(emissions.shape[:2], dtype=torch.bool,
+                                                               device=emissions.device))
+
+    def _emissions_of(self, unaries: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
+        """The chains' emissions `[M, T, K]`, 0 (no evidence) at missing nodes."""
+        emissions = self.emissions(self._chains(unaries))
+        if valid is None:
+            return emissions
+        return emissions * self._label_chains(valid)[..., None].to(emissions.dtype)
 
     def emissions(self, chains: torch.Tensor) -> torch.Tensor:
         """Scaled emission scores of chains `[M, T, K]` of unaries."""
@@ -174,6 +202,19 @@ def _float(guide: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if guide is None else guide.float()
 
 
+def _data_term(unaries: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
+    """Unaries `[B, T, K(, H, W)]` with missing nodes' set to 0: a uniform data term."""
+    return unaries if valid is None else unaries * valid.unsqueeze(2).to(unaries.dtype)
+
+
+def masked_mean(per_node: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
+    """The mean of per-node values (flattened as `valid` is) over the valid nodes; 0 with none."""
+    if valid is None:
+        return per_node.mean()
+    weights = valid.flatten().to(per_node.dtype)
+    return (per_node.flatten() * weights).sum() / weights.sum().clamp_min(1.0)
+
+
 # --------------------------------------------------------------------------- pgm_params.pkl
 
 
@@ -196,7 +237,8 @@ def head_from_params(params: dict, source: str) -> PGMHead:
 # --------------------------------------------------------------------------- fitting
 
 
-def fit_pgm(head: PGMHead, unaries, labels, pgm: PGMConfig, seed: int, batch_size: int = 8, guide=None) -> dict:
+def fit_pgm(head: PGMHead, unaries, labels, pgm: PGMConfig, seed: int, batch_size: int = 8, guide=None,
+            valid=None) -> dict:
     """Fit the head's parameters on fixed unaries; returns a small report for metrics.json.
 
     HMM: MAP counts (`fit: mle`, Dirichlet `pseudo_count`, then the emission scale by
@@ -208,10 +250,12 @@ def fit_pgm(head: PGMHead, unaries, labels, pgm: PGMConfig, seed: int, batch_siz
             as tensors, `array[rows]` (a tensor, phase 1's `StoredArray`, a `SplitArray`): the
             fit reads a batch, or a chunk of windows, at a time.
         guide: the input windows in model layout, the same way, for an edge-aware CRF.
+        valid: the windows' masks (False at missing nodes), the same way, where the data has them:
+            missing nodes add no count and no data term.
     """
     if head.type == "hmm":
-        return _fit_hmm(head, unaries, labels, pgm, seed, batch_size)
-    return _fit_by_gradient(head, unaries, labels, pgm, seed, batch_size, guide)
+        return _fit_hmm(head, unaries, labels, pgm, seed, batch_size, valid)
+    return _fit_by_gradient(head, unaries, labels, pgm, seed, batch_size, guide, valid)
 
 
 COUNT_WINDOWS = 64  # windows a chunk when the HMM sums counts over a split
@@ -223,40 +267,49 @@ def _chunks(array, device: torch.device):
         yield array[np.arange(first, min(len(array), first + COUNT_WINDOWS))].to(device)
 
 
-def _fit_hmm(head: PGMHead, unaries, labels, pgm: PGMConfig, seed: int, batch_size: int) -> dict:
+def _optional_chunks(array, like, device: torch.device):
+    """`_chunks(array)`, or as many Nones as `like` has chunks when there is no array."""
+    return _chunks(array, device) if array is not None else (None for _ in range(0, len(like), COUNT_WINDOWS))
+
+
+def _fit_hmm(head: PGMHead, unaries, labels, pgm: PGMConfig, seed: int, batch_size: int, valid=None) -> dict:
     k, device = head.settings["num_classes"], head.log_prior.device
     if pgm.fit == "em":
         # Without labels the priors are the network's mean posterior, and the scale stays 1.
         total, nodes = torch.zeros(k, dtype=torch.float64, device=device), 0
-        for chunk in _chunks(unaries, device):
+        for chunk, observed in zip(_chunks(unaries, device), _optional_chunks(valid, unaries, device)):
             probs = F.softmax(chunk.float(), dim=2).movedim(2, -1).reshape(-1, k)
+            if observed is not None:
+                probs = probs[observed.flatten()]
             total, nodes = total + probs.double().sum(0), nodes + len(probs)
         head.log_prior.copy_((total / nodes).float().clamp_min(TINY).log())
-        return {"method": "em", "log_likelihood": _baum_welch(head, unaries, pgm.pseudo_count)}
+        return {"method": "em", "log_likelihood": _baum_welch(head, unaries, pgm.pseudo_count, valid)}
     counts = torch.full((k,), pgm.pseudo_count, dtype=torch.float64, device=device)
     start, transitions = 0, 0
-    for chunk in _chunks(labels, device):
-        counts += torch.bincount(chunk.flatten(), minlength=k).double()
-        first, pairs = head.model.state_counts(head._label_chains(chunk))
+    for chunk, observed in zip(_chunks(labels, device), _optional_chunks(valid, labels, device)):
+        counts += torch.bincount(chunk.flatten() if observed is None else chunk[observed], minlength=k).double()
+        first, pairs = head.model.state_counts(head._label_chains(chunk),
+                                               None if observed is None else head._label_chains(observed))
         start, transitions = start + first, transitions + pairs
     head.log_prior.copy_((counts / counts.sum()).log())
     head.model.set_from_counts(start, transitions, pgm.pseudo_count)
     # Then the emission scale alone, by gradient on the posteriors' NLL.
-    report = _fit_by_gradient(head, unaries, labels, pgm, seed, batch_size)
+    report = _fit_by_gradient(head, unaries, labels, pgm, seed, batch_size, valid=valid)
     return {**report, "method": "mle_counts+scale", "pseudo_count": pgm.pseudo_count}
 
 
 @torch.no_grad()
-def _baum_welch(head: PGMHead, unaries, pseudo_count: float, iterations: int = 20, tolerance: float = 1e-6
-                ) -> list[float]:
-    """`HMM.fit_em` on the head's emissions, with the E-step's counts summed a chunk of windows at a
-    time; returns the total log-likelihood before each update."""
+def _baum_welch(head: PGMHead, unaries, pseudo_count: float, valid=None, iterations: int = 20,
+                tolerance: float = 1e-6) -> list[float]:
+    """`HMM.fit_em` on the head's emissions (none at missing nodes), with the E-step's counts summed
+    a chunk of windows at a time; returns the total log-likelihood before each update."""
     device = head.log_prior.device
     history = []
     for _ in range(iterations):
         start, transitions, log_likelihood = 0, 0, 0.0
-        for chunk in _chunks(unaries, device):
-            first, pairs, _, chunk_likelihood = head.model.expected_counts(head.emissions(head._chains(chunk.float())))
+        for chunk, observed in zip(_chunks(unaries, device), _optional_chunks(valid, unaries, device)):
+            emissions = head._emissions_of(chunk.float(), observed)
+            first, pairs, _, chunk_likelihood = head.model.expected_counts(emissions)
             start, transitions, log_likelihood = start + first, transitions + pairs, log_likelihood + chunk_likelihood
         history.append(log_likelihood)
         head.model.set_from_counts(start, transitions, pseudo_count)
@@ -265,8 +318,8 @@ def _baum_welch(head: PGMHead, unaries, pseudo_count: float, iterations: int = 2
     return history
 
 
-def _fit_by_gradient(head: PGMHead, unaries, labels, pgm: PGMConfig, seed: int, batch_size: int, guide=None
-                     ) -> dict:
+def _fit_by_gradient(head: PGMHead, unaries, labels, pgm: PGMConfig, seed: int, batch_size: int, guide=None,
+                     valid=None) -> dict:
     params = list(head.parameters())
     device = params[0].device
     frozen = [not p.requires_grad for p in params]  # the alternating mode freezes the head between fits
@@ -281,7 +334,8 @@ def _fit_by_gradient(head: PGMHead, unaries, labels, pgm: PGMConfig, seed: int, 
             rows = torch.randint(len(unaries), (min(batch_size, len(unaries)),), generator=generator)
             prior = sum((p - p0).pow(2).sum() for p, p0 in zip(params, start))
             loss = head.nll(unaries[rows].to(device), labels[rows].to(device),
-                            None if guide is None else guide[rows].to(device)) + pgm.l2 * prior
+                            None if guide is None else guide[rows].to(device),
+                            None if valid is None else valid[rows].to(device)) + pgm.l2 * prior
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -69,7 +69,7 @@ def pretrain(config: Config, save: Path, resume: Optional[Path], overwrite: bool
              sum(p.numel() for p in stack.parameters()), run.root)
 
     def loss_fn(stack: Stack, batch: dict):
-        return unary_loss(unary, stack.unaries(batch["x"]), batch["y"], batch.get("p")), {}
+        return unary_loss(unary, stack.unaries(batch["x"]), batch["y"], batch.get("p"), batch.get("m")), {}
 
     trainer = Trainer(stack, data, Schedule.pretraining(config), loss_fn,
                       lambda s: split_metrics(s, data, "val", device, config.training.batch_size), run,
@@ -212,10 +212,11 @@ def _joint_loss(unary: str, config: Config):
 
     def loss_fn(stack: Stack, batch: dict):
         out = stack.unaries(batch["x"])
-        parts = {"unary": unary_loss(unary, out, batch["y"], batch.get("p")),
-                 "structured": stack.head.nll(out, batch["y"], batch["x"])}
+        valid = batch.get("m")
+        parts = {"unary": unary_loss(unary, out, batch["y"], batch.get("p"), valid),
+                 "structured": stack.head.nll(out, batch["y"], batch["x"], valid)}
         if weights.gamma_consistency > 0:
-            parts["consistency"] = consistency(stack.head.log_marginals(out, batch["x"]), batch["x"])
+            parts["consistency"] = consistency(stack.head.log_marginals(out, batch["x"], valid), batch["x"])
         total = (weights.alpha_unary * parts["unary"] + weights.beta_structured * parts["structured"]
                  + weights.gamma_consistency * parts.get("consistency", 0.0))
         return total, {key: value.item() for key, value in parts.items()}
@@ -265,7 +266,8 @@ def _refit(stack: Stack, data: TaskData, run: runs.RunFolder, config: Config, de
         writer.close()
         edge_aware = stack.head.settings.get("edge_aware", False)
         return fit_pgm(stack.head, StoredArray(writer.temporary), SplitArray(windows, "y"), config.model.pgm, seed,
-                       guide=SplitArray(windows, "x") if edge_aware else None)
+                       guide=SplitArray(windows, "x") if edge_aware else None,
+                       valid=SplitArray(windows, "m") if data.has_mask else None)
     finally:
         if writer is not None:
             writer.discard()

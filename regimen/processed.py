@@ -59,6 +59,11 @@ class TaskData:
         return "P" in self.meta["shapes"]["train"]
 
     @property
+    def has_mask(self) -> bool:
+        """Whether the splits mark missing nodes (`M`, see `regimen.data.mark_missing`)."""
+        return "M" in self.meta["shapes"]["train"]
+
+    @property
     def identity(self) -> dict:
         return data_identity(self.meta)
 

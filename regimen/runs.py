@@ -44,7 +44,8 @@ def processed_dir(root: str | Path, name: str) -> Path:
     return Path(root) / "processed" / name
 
 
-STORE_ARRAYS = ("X", "Y", "P", "windows")  # per split: frames, labels, soft targets (optional), window index
+# Per split: frames, labels, soft targets and mask (both optional), window index.
+STORE_ARRAYS = ("X", "Y", "P", "M", "windows")
 
 
 def store_path(folder: Path, split: str, array: str) -> Path:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from regimen.config import (ARCHIVES, CALIBRATIONS, CMAES_OBJECTIVES, CRF_INFERENCE, DATASETS, FILE_DATASETS,
-                            GENERATOR_BYTES_PER_PIXEL, JOINT_MODES, LOADER_START_METHODS, MAX_OBJECTIVES, MAX_SEED,
+                            GENERATOR_BYTES_PER_PIXEL, JOINT_MODES, LOADER_START_METHODS, MAX_OBJECTIVES, MISSING, MAX_SEED,
                             NEXT_FRAME, OBJECTIVES, PGM_TYPES, SPLIT_BY, STATIC_FEATURES, TASKS, TASKS_OF_DATASET,
                             UNARY_LOSSES, USE_PGM, Config, did_you_mean, get_key, leaf_keys, shown)
 from regimen.errors import UserError
@@ -121,6 +121,11 @@ def _validate_data(check: _Checker) -> None:
     check.non_negative("data.split_gap")
     check.require(data.split_gap == 0 or data.split_by == "time", "data.split_gap",
                   "leaves frames out at the cuts of data.split_by: time")
+    check.one_of("data.missing", MISSING)
+    check.require(data.mask is None or data.dataset in ("hdf5", "xarray"), "data.mask",
+                  "names the HDF5 dataset or xarray variable of the observed pixels (data.dataset hdf5 or xarray)")
+    check.require(data.ignore_label is None or data.task != "regression", "data.ignore_label",
+                  "marks class labels; regression targets mark missing values as NaN (data.missing: mask)")
     check.require(data.times is None or data.dataset == "hdf5", "data.times",
                   "names the HDF5 dataset of the frames' times (data.dataset: hdf5); xarray reads the time "
                   "coordinate data.dims.time, a catalog its data.catalog.time column")

@@ -25,11 +25,12 @@ from regimen.store import ArrayFile
 
 class WindowDataset(Dataset):
     """The windows of one processed split: `dataset[rows]` -> `{"x": [B, T, H, W, C], "y": [B, T, ...],
-    "p": [B, T, ..., K]}` (CPU tensors; `p` only where the split has soft targets)."""
+    "p": [B, T, ..., K], "m": [B, T, ...]}` (CPU tensors; `p` only where the split has soft targets,
+    `m`, False at missing nodes, only where it has a mask)."""
 
     def __init__(self, folder: Path, split: str, meta: dict, in_memory: bool = False):
         self.window = int(meta["T_window"])
-        names = {"X": "x", "Y": "y", "P": "p"}
+        names = {"X": "x", "Y": "y", "P": "p", "M": "m"}
         self.arrays = {names[array]: ArrayFile(runs.store_path(folder, split, array), in_memory)
                        for array in meta["files"][split] if array in names}
         self.index = np.load(runs.store_path(folder, split, "windows"), allow_pickle=False)  # [W, 3]

@@ -66,7 +66,8 @@ class Reader(ABC):
     @abstractmethod
     def read(self, index: int, start: int, stop: int) -> dict[str, np.ndarray]:
         """Frames `[start, stop)` of sequence `index`: `X` float32 `[t, H, W, C]`, `Y` (int64
-        `[t, H, W]` or `[t]`, float32 `[t, H, W, C']`) and optional `P` float32 `[..., K]`."""
+        `[t, H, W]` or `[t]`, float32 `[t, H, W, C']`), optional `P` float32 `[..., K]` and optional
+        `M` bool `[t, H, W]` or `[t]`, True where observed (`data.mask`)."""
 
 
 def open_reader(data: DataConfig, seed: int) -> Reader:
@@ -113,9 +114,10 @@ def archive_files(path: str, suffixes: tuple[str, ...], what: str) -> list[Path]
 
 
 def stored_targets(data: DataConfig) -> list[tuple[str, str]]:
-    """`(role, name)` of the targets an archive stores beside its inputs: the labels (unless they are
-    the next frames) and the soft targets, when configured."""
-    return [(role, name) for role, name in (("labels", data.labels), ("soft_targets", data.soft_targets))
+    """`(role, name)` of the arrays an archive stores beside its inputs: the labels (unless they are
+    the next frames), the soft targets and the mask, when configured."""
+    return [(role, name) for role, name in (("labels", data.labels), ("soft_targets", data.soft_targets),
+                                            ("mask", data.mask))
             if name is not None and name != NEXT_FRAME]
 
 
@@ -154,4 +156,5 @@ def _require_finite(name: str, what: str, a: np.ndarray) -> None:
     bad = ~np.isfinite(a)
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise UserError(f"{name}: {what} hold {int(bad.sum())} NaN/Inf value(s), the first at frame index {where}")
+        raise UserError(f"{name}: {what} hold {int(bad.sum())} NaN/Inf value(s), the first at frame index {where}; "
+                        "data.missing: mask takes them for missing pixels")

@@ -91,6 +91,8 @@ class HDF5Reader(Reader):
     def _target_axes(self, role: str) -> str:
         if role == "soft_targets":
             return self._target_axes("labels") + "K"
+        if role == "mask" and self.data.task != "tagging":
+            return self.axes.replace("C", "")
         if self.data.task == "tagging":
             return "".join(a for a in self.axes if a in "NT")
         if self.data.task == "segmentation":
@@ -103,7 +105,7 @@ class HDF5Reader(Reader):
             axes = self._target_axes(role)
             if role == "labels" and self.data.task == "regression" and dataset.ndim == len(axes) - 1:
                 axes = axes.replace("C", "")  # a single-channel target without its C axis
-            free = "CK" if self.data.task == "regression" else "K"  # a regression target has its own channels
+            free = "CK" if self.data.task == "regression" and role == "labels" else "K"  # a target's own channels
             expected = tuple(-1 if a in free else shape[a] for a in axes)
             if dataset.ndim != len(axes) or any(e not in (-1, s) for e, s in zip(expected, dataset.shape)):
                 shown = tuple(a if e == -1 else e for a, e in zip(axes, expected))
@@ -177,9 +179,12 @@ class HDF5Reader(Reader):
         path, event = self.events[index]
         extra = 1 if self.data.labels == NEXT_FRAME else 0
         x = self._frames(path, self.data.inputs, self.axes, event, start, stop + extra).astype(np.float32)
+        chunk = {"X": x[:-1], "Y": x[1:]} if extra else {"X": x}
+        if self.data.mask:  # of the frames predicted: the next ones for next_frame
+            mask = self._frames(path, self.data.mask, self._target_axes("mask"), event, start + extra, stop + extra)
+            chunk["M"] = mask[..., 0] != 0
         if extra:
-            return {"X": x[:-1], "Y": x[1:]}
-        chunk = {"X": x}
+            return chunk
         labels = self._dataset(path, self.data.labels, "labels")
         axes = self._target_axes("labels")
         if self.data.task == "regression":

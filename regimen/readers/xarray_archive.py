@@ -92,9 +92,11 @@ class XarrayReader(Reader):
                             f"{tuple(expected)} in any order (data.dims names time, y, x, channel, sequence)")
         return {str(dim): int(size) for dim, size in variable.sizes.items()}
 
-    def _target_dims(self) -> list[str]:
-        """The dims of the labels (soft targets add one, the classes)."""
+    def _target_dims(self, role: str = "labels") -> list[str]:
+        """The dims of the labels (soft targets add one, the classes) or of the mask."""
         d = self.dims
+        if role == "mask" and self.data.task != "tagging":
+            return [name for name in self._input_dims() if name != d.channel]
         if self.data.task == "regression":
             return self._input_dims()
         kept = (d.sequence, d.time) if self.data.task == "tagging" else (d.sequence, d.time, d.y, d.x)
@@ -103,12 +105,13 @@ class XarrayReader(Reader):
     def _check_targets(self, path: Path, sizes: dict[str, int]) -> None:
         for role, name in stored_targets(self.data):
             variable = self._variable(path, name, role)
-            extra = [str(dim) for dim in variable.dims if dim not in self._target_dims()]
+            extra = [str(dim) for dim in variable.dims if dim not in self._target_dims(role)]
             if role == "soft_targets" and len(extra) == 1:  # the class dim, whatever its name
                 dims = [*self._target_dims(), extra[0]]
             else:
-                dims = self._target_dims()
-                if self.data.task == "regression" and self.dims.channel is None and len(extra) == 1:
+                dims = self._target_dims(role)
+                if (self.data.task == "regression" and role == "labels" and self.dims.channel is None
+                        and len(extra) == 1):
                     dims = [*dims, extra[0]]  # a target with channels for inputs without
             found = self._check_dims(path, name, variable, dims)
             for dim in dims:
@@ -138,9 +141,11 @@ class XarrayReader(Reader):
         path, event = self.events[index]
         extra = 1 if self.data.labels == NEXT_FRAME else 0
         x = self._frames(path, self.data.inputs, event, start, stop + extra).astype(np.float32)
+        chunk = {"X": x[:-1], "Y": x[1:]} if extra else {"X": x}
+        if self.data.mask:  # of the frames predicted: the next ones for next_frame
+            chunk["M"] = self._frames(path, self.data.mask, event, start + extra, stop + extra)[..., 0] != 0
         if extra:
-            return {"X": x[:-1], "Y": x[1:]}
-        chunk = {"X": x}
+            return chunk
         y = self._frames(path, self.data.labels, event, start, stop)
         chunk["Y"] = y.astype(np.float32) if self.data.task == "regression" else \
             integer_labels(f"{path}: '{self.data.labels}'", y[..., 0])
