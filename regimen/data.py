@@ -176,8 +176,9 @@ def mark_missing(chunk: dict[str, np.ndarray], data: DataConfig, task: str
                  ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """A chunk with its mask `M` (True where a node, a pixel or for tagging a frame, is observed and
     scored): the reader's mask (`data.mask`), less pixels with a NaN/Inf input or regression target
-    (`data.missing: mask`), less nodes labelled `data.ignore_label`. Missing values become 0 and
-    ignored labels class 0, so every value stays in range; `M` says they count for nothing.
+    (`data.missing: mask`), less nodes labelled `data.ignore_label`. Missing inputs become 0 and
+    every missing node's target 0 (class 0), whatever it held, so every value stays in range and
+    nothing under the mask reaches the store; `M` says they count for nothing.
     Returns the chunk and the pixels `[t, H, W]` whose inputs are observed."""
     chunk = dict(chunk)
     x, y = chunk["X"], chunk["Y"]
@@ -193,11 +194,11 @@ def mark_missing(chunk: dict[str, np.ndarray], data: DataConfig, task: str
             valid &= finite.all(-1)
         if task == "regression":
             valid &= np.isfinite(y).all(-1)
-            chunk["Y"] = np.where(np.isfinite(y), y, np.float32(0))
     if data.ignore_label is not None:
-        ignored = y == data.ignore_label
-        valid &= ~ignored
-        chunk["Y"] = np.where(ignored, 0, y)
+        valid &= y != data.ignore_label
+    y = chunk["Y"]
+    chunk["Y"] = np.where(valid[..., None] if task == "regression" else valid, y, y.dtype.type(0))
+    chunk["X"] = np.where(observed[..., None], chunk["X"], np.float32(0))
     chunk["M"] = valid
     return chunk, observed
 
