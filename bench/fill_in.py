@@ -1,6 +1,6 @@
 """How well the space-time CRF fills in missing pixels, against the unaries' argmax there.
 
-    python bench/fill_in.py [--out runs/fill_in] [--missing 0.2] [--compatibility potts]
+    python bench/fill_in.py [--out runs/fill_in] [--missing 0.2] [--compatibility potts|learned]
 
 Writes the built-in storms (config.yaml's generator, seed 42) as an HDF5 archive
 with a fraction of the input pixels NaN (missing radar data, drawn at random),
@@ -10,9 +10,6 @@ the store, so no phase sees them; this script alone reads them back from the
 archive's truth and prints the test accuracy at missing and at observed pixels
 of the unaries' argmax (the network sees the training mean there) and of the
 CRF (no data term there: its label comes from the neighbours' messages).
-The CRF's compatibility is Potts by default: a learned matrix may make one
-label cheap next to every other (a class bias that the data term outweighs at
-observed pixels), and where there is no data term that bias alone decides.
 """
 
 from __future__ import annotations
@@ -59,15 +56,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/fill_in"))
     parser.add_argument("--missing", type=float, default=0.2, help="fraction of input pixels missing")
     parser.add_argument("--seed", type=int, default=0, help="draws the missing pixels")
-    parser.add_argument("--compatibility", choices=("potts", "learned"), default="potts",
-                        help="the CRF's label compatibility (model.pgm.compatibility)")
+    parser.add_argument("--compatibility", choices=("potts", "learned"),
+                        help="the CRF's label compatibility (default: config.yaml's model.pgm.compatibility)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     truth = write_archive(args.out / "storms_missing.h5", args.missing, args.seed)
     raw = yaml.safe_load(Path("config.yaml").read_text())
     raw["data"].update({"root": str(args.out / "data"), "dataset": "hdf5", "path": str(args.out / "storms_missing.h5"),
                         "num_classes": 3, "missing": "mask"})
-    raw["model"]["pgm"]["compatibility"] = args.compatibility
+    if args.compatibility:
+        raw["model"]["pgm"]["compatibility"] = args.compatibility
     config = args.out / "config.yaml"
     config.write_text(yaml.safe_dump(raw))
     base = args.out / "base"
@@ -86,7 +84,8 @@ def main() -> None:
     for out in stored_outputs(arrays, 16):
         true = torch.from_numpy(np.stack([truth[s, f:f + window] for s, f in index[out.rows, :2]]))
         observed = out.valid
-        for name, labels in (("unaries", decode(None, out.unaries)), ("crf", decode(head, out.unaries, None, observed))):
+        decoded = {"unaries": decode(None, out.unaries), "crf": decode(head, out.unaries, None, observed)}
+        for name, labels in decoded.items():
             hit = labels == true
             right[name, "missing"] += int(hit[~observed].sum())
             right[name, "observed"] += int(hit[observed].sum())

@@ -42,7 +42,7 @@ class ChainCRF(nn.Module):
         """
         self._check(emissions)
         mask = check_mask(emissions, mask)
-        return self._score(emissions, tags, mask) - self._log_partition(emissions, mask)
+        return self._score(emissions, tags, mask) - self.log_partition(emissions, mask)
 
     def marginals(self, emissions: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """`p(y_t = k | emissions)` `[B, T, K]` (0 at masked steps)."""
@@ -89,5 +89,6 @@ class ChainCRF(nn.Module):
             alphas.append(alpha)
         return torch.stack(alphas, dim=1)
 
-    def _log_partition(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def log_partition(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`log Z` of each sequence `[B]`: every tag path's score summed out."""
         return torch.logsumexp(self._forward_alphas(emissions, mask)[:, -1] + self.end_transitions, dim=1)

@@ -209,11 +209,13 @@ class HMM(nn.Module):
     def state_counts(self, states: torch.Tensor, mask: Optional[torch.Tensor] = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """First-state counts `[K]` and transition counts `[K, K]` of labelled chains `[B, T]`:
-        sums, so chains can be counted a batch at a time and `set_from_counts` fitted on the total."""
+        sums, so chains can be counted a batch at a time and `set_from_counts` fitted on the total.
+        `mask`: the labelled steps, anywhere in a chain (a first state counts when the first step is
+        labelled, a transition when both of its steps are)."""
         return self._state_counts(states, mask)[1:]
 
     def _state_counts(self, states: torch.Tensor, mask: Optional[torch.Tensor]):
-        mask = check_mask(states[..., None], mask)
+        mask = torch.ones(states.shape, dtype=torch.bool, device=states.device) if mask is None else mask.bool()
         onehot = torch.nn.functional.one_hot(states.clamp(min=0), self.num_states).double() * mask[..., None]
         pairs = mask[:, 1:] & mask[:, :-1]
         transitions = torch.einsum("bti,btj->ij", onehot[:, :-1] * pairs[..., None], onehot[:, 1:])

@@ -199,6 +199,10 @@ def fine_tune(config: Config, ckpt: Path, out: Path, overwrite: bool) -> dict:
     folders.claim(folder.root, "--out")
     payload = files.load_checkpoint(ckpt, "--ckpt", CHECKPOINT_KINDS)
     _, data, stack = load_evaluated(config, ckpt, None, payload)
+    if data.has_mask:
+        raise UserError(f"--ckpt {ckpt}: the data marks missing nodes (data.mask, data.missing or "
+                        "data.ignore_label), which the CMA-ES objective does not leave out yet; fine-tune on "
+                        "data without them")
     if data.task == "regression" and settings.objective != "metric":
         raise UserError(f"evolutionary.cmaes.objective = {settings.objective!r} needs class labels; "
                         "use metric (RMSE) for regression")

@@ -177,8 +177,8 @@ def mark_missing(chunk: dict[str, np.ndarray], data: DataConfig, task: str
     """A chunk with its mask `M` (True where a node, a pixel or for tagging a frame, is observed and
     scored): the reader's mask (`data.mask`), less pixels with a NaN/Inf input or regression target
     (`data.missing: mask`), less nodes labelled `data.ignore_label`. Missing inputs become 0 and
-    every missing node's target 0 (class 0), whatever it held, so every value stays in range and
-    nothing under the mask reaches the store; `M` says they count for nothing.
+    every missing node's target 0 (class 0, uniform soft targets), whatever it held, so every value
+    stays in range and nothing under the mask reaches the store; `M` says they count for nothing.
     Returns the chunk and the pixels `[t, H, W]` whose inputs are observed."""
     chunk = dict(chunk)
     x, y = chunk["X"], chunk["Y"]
@@ -199,6 +199,8 @@ def mark_missing(chunk: dict[str, np.ndarray], data: DataConfig, task: str
     y = chunk["Y"]
     chunk["Y"] = np.where(valid[..., None] if task == "regression" else valid, y, y.dtype.type(0))
     chunk["X"] = np.where(observed[..., None], chunk["X"], np.float32(0))
+    if "P" in chunk:  # soft targets: uniform
+        chunk["P"] = np.where(valid[..., None], chunk["P"], np.float32(1 / chunk["P"].shape[-1]))
     chunk["M"] = valid
     return chunk, observed
 
@@ -303,7 +305,8 @@ def _scan_training(reader: Reader, pieces: list[Piece], data: DataConfig, frames
 
 
 def _write_split(reader: Reader, folder: Path, split: str, pieces: list[Piece], data: DataConfig, mean: np.ndarray,
-                 std: np.ndarray, num_classes: Optional[int], frames_per_chunk: int, writers: list[ArrayWriter]) -> dict:
+                 std: np.ndarray, num_classes: Optional[int], frames_per_chunk: int, writers: list[ArrayWriter]
+                 ) -> dict:
     """The second pass over one split: its frames normalised and written end to end, and its
     window index. Returns what meta.json records of the split."""
     frames = sum(piece.frames for piece in pieces)

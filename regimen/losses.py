@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from regimen.errors import UserError
-from regimen.pgm import masked_mean
 
 
 def resolve_unary_loss(name: str, task: str, has_soft_targets: bool) -> str:
@@ -59,6 +58,14 @@ def _per_node(kind: str, outputs: torch.Tensor, target: torch.Tensor, soft: torc
     if kind == "kl":
         return F.kl_div(F.log_softmax(logits, dim=1), soft.flatten(0, -2).float(), reduction="none").sum(dim=1)
     return F.cross_entropy(logits, target.flatten(), reduction="none")
+
+
+def masked_mean(per_node: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """The mean of per-node values (flattened as `valid` is) over the valid nodes; 0 with none."""
+    if valid is None:
+        return per_node.mean()
+    weights = valid.flatten().to(per_node.dtype)
+    return (per_node.flatten() * weights).sum() / weights.sum().clamp_min(1.0)
 
 
 def consistency(log_marginals: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ from models.crf import SpaceTimeCRF, inverse_softplus
 from models.hmm import HMM, converged, forward_backward, viterbi
 from regimen.config import PGMConfig
 from regimen.errors import UserError
+from regimen.losses import masked_mean
 from regimen.progress import track
 from regimen.weights import load_state_checked
 
@@ -159,8 +160,8 @@ class PGMHead(nn.Module):
         """`log sum_paths exp(score)` of chains `[M, T, K]` under the HMM or the chain CRF: `[M]`."""
         if self.type == "hmm":
             return forward_backward(self.model.log_start, self.model.log_trans, emissions)[0]
-        return self.model._log_partition(emissions, torch.ones(emissions.shape[:2], dtype=torch.bool,
-                                                               device=emissions.device))
+        return self.model.log_partition(emissions, torch.ones(emissions.shape[:2], dtype=torch.bool,
+                                                              device=emissions.device))
 
     def _emissions_of(self, unaries: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
         """The chains' emissions `[M, T, K]`, 0 (no evidence) at missing nodes."""
@@ -205,14 +206,6 @@ def _float(guide: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 def _data_term(unaries: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
     """Unaries `[B, T, K(, H, W)]` with missing nodes' set to 0: a uniform data term."""
     return unaries if valid is None else unaries * valid.unsqueeze(2).to(unaries.dtype)
-
-
-def masked_mean(per_node: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
-    """The mean of per-node values (flattened as `valid` is) over the valid nodes; 0 with none."""
-    if valid is None:
-        return per_node.mean()
-    weights = valid.flatten().to(per_node.dtype)
-    return (per_node.flatten() * weights).sum() / weights.sum().clamp_min(1.0)
 
 
 # --------------------------------------------------------------------------- pgm_params.pkl

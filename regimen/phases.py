@@ -115,7 +115,7 @@ def fit_structure(config: Config, features_path: Path, save: Optional[Path], ove
     train = features["splits"]["train"]
     log.info("phase 2: fitting a %s on %d training windows", head.type, len(train["unaries"]))
     report = fit_pgm(head, train["unaries"], train["labels"], config.model.pgm, config.seed,
-                     guide=None if data is None else SplitArray(data.windows("train"), "x"))
+                     guide=None if data is None else SplitArray(data.windows("train"), "x"), valid=train.get("valid"))
     metric = MAIN_METRIC[task][0]
     results = {split: _before_after(stored_outputs(features["splits"][split], config.training.batch_size,
                                                    None if data is None else SplitArray(data.windows(split), "x")),

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from regimen.config import (ARCHIVES, CALIBRATIONS, CMAES_OBJECTIVES, CRF_INFERENCE, DATASETS, FILE_DATASETS,
-                            GENERATOR_BYTES_PER_PIXEL, JOINT_MODES, LOADER_START_METHODS, MAX_OBJECTIVES, MISSING, MAX_SEED,
-                            NEXT_FRAME, OBJECTIVES, PGM_TYPES, SPLIT_BY, STATIC_FEATURES, TASKS, TASKS_OF_DATASET,
+                            GENERATOR_BYTES_PER_PIXEL, JOINT_MODES, LOADER_START_METHODS, MAX_OBJECTIVES, MAX_SEED,
+                            MISSING, NEXT_FRAME, OBJECTIVES, PGM_TYPES, SPLIT_BY, STATIC_FEATURES, TASKS, TASKS_OF_DATASET,
                             UNARY_LOSSES, USE_PGM, Config, did_you_mean, get_key, leaf_keys, shown)
 from regimen.errors import UserError
 from regimen.machine import path_problem, require_memory
