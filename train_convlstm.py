@@ -46,6 +46,8 @@ def main(argv=None) -> None:
     if args.resume is not None:
         resume = runs.RunFolder(args.save).checkpoint if args.resume is True else args.resume
     metrics = pretrain(config, args.save, resume, args.overwrite, args.until_epoch)
+    if metrics is None:  # a torchrun process other than rank 0: it trained, rank 0 reports
+        return
     metric = metrics["metric"]
     log.info("unaries: val %s %.4f, test %s %.4f", metric, metrics["val"][metric], metric,
              metrics["test"][metric])

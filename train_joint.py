@@ -42,6 +42,8 @@ def main(argv=None) -> None:
     config = load_config(args.config, args.overrides)
     cli.apply_machine(config)
     metrics = train_joint(config, args.resume, args.pgm, args.save, args.overwrite)
+    if metrics is None:  # a torchrun process other than rank 0: it trained, rank 0 reports
+        return
     metric = metrics["metric"]
     log.info("test %s: unaries %.4f, with the %s %.4f (%s)", metric, metrics["test"]["unary"][metric],
              metrics["pgm"], metrics["test"]["pgm"][metric], metrics["mode"])

@@ -92,14 +92,17 @@ class ConvLSTM(nn.Module):
         self.output_channels = directions * hidden_sizes[-1]
         self.checkpoint_steps = checkpoint_steps
 
-    def forward(self, x: torch.Tensor, state: Optional[list[State]] = None
-                ) -> tuple[torch.Tensor, list[State]]:
+    def forward(self, x: torch.Tensor, state: Optional[list[State]] = None,
+                dropout_seeds: Optional[list[int]] = None) -> tuple[torch.Tensor, list[State]]:
         """Run the stack.
 
         Args:
             x: `[B, T, C, H, W]`.
             state: a list of `(h, c)` per layer to continue from (e.g. the state
                 returned by the previous chunk of a stream), or None for zeros.
+            dropout_seeds: one seed per window: in training, each window's dropout masks come
+                from its own generator, so they do not depend on the batch the window is in
+                (one process or a share of a data-parallel batch); None: `nn.Dropout`.
 
         Returns:
             The last layer's outputs `[B, T, C_out, H, W]` and the final state
@@ -108,14 +111,26 @@ class ConvLSTM(nn.Module):
         if state is not None and self.backward_cells is not None:
             raise ValueError("a bidirectional ConvLSTM cannot continue from a state")
         final = []
+        generators = None
+        if dropout_seeds is not None and self.training and self.dropout.p > 0:
+            generators = [torch.Generator(x.device).manual_seed(int(seed)) for seed in dropout_seeds]
         for layer, cell in enumerate(self.cells):
             out, last = self._run(cell, x, None if state is None else state[layer], reverse=False)
             if self.backward_cells is not None:
                 back, _ = self._run(self.backward_cells[layer], x, None, reverse=True)
                 out = torch.cat([out, back], dim=2)
             final.append(last)
-            x = self.dropout(out) if layer < len(self.cells) - 1 else out
+            x = self._dropout(out, generators) if layer < len(self.cells) - 1 else out
         return x, final
+
+    def _dropout(self, x: torch.Tensor, generators: Optional[list[torch.Generator]]) -> torch.Tensor:
+        """Dropout of a layer's outputs `[B, T, C, H, W]`, with window b's mask drawn from `generators[b]`."""
+        if generators is None:
+            return self.dropout(x)
+        keep = 1.0 - self.dropout.p
+        # shape: (B, T, C, H, W)
+        masks = torch.stack([torch.rand(x.shape[1:], generator=g, device=x.device) < keep for g in generators])
+        return x * masks.to(x.dtype) / keep
 
     def _run(self, cell: ConvLSTMCell, x: torch.Tensor, state: Optional[State], reverse: bool
              ) -> tuple[torch.Tensor, State]:
@@ -165,11 +180,12 @@ class ConvLSTMNet(nn.Module):
             self.head = nn.Conv2d(channels, num_outputs, kernel_size=1)
 
     def forward(self, x: torch.Tensor, state: Optional[list[State]] = None,
-                return_features: bool = False, return_state: bool = False):
+                return_features: bool = False, return_state: bool = False,
+                dropout_seeds: Optional[list[int]] = None):
         """`x` `[B, T, C, H, W]` -> outputs; with `return_features` also the last layer's features
         `[B, T, C_out, H, W]`, with `return_state` also the final `(h, c)` per layer, from which the
-        next window of a long sequence continues (`state=`)."""
-        features, final = self.encoder(x, state)
+        next window of a long sequence continues (`state=`); `dropout_seeds`: see `ConvLSTM`."""
+        features, final = self.encoder(x, state, dropout_seeds)
         if self.task == "tagging":
             # shape: (B, T, 2*C_out)
             pooled = torch.cat([features.mean(dim=(3, 4)), features.amax(dim=(3, 4))], dim=2)

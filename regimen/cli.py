@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -69,6 +70,11 @@ def setup_logging(verbose: bool = False) -> None:
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
 
 
+def environment_rank() -> int:
+    """This process's rank in a torchrun job (0 without one)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def run(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> None:
     """Run a script's `main` and exit 0, 2 (bad input) or 1 (internal failure)."""
     keep_freed_memory()
@@ -76,7 +82,8 @@ def run(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None
         main(argv)
     except UserError as error:
         folders.abandon()
-        print(f"error: {error}", file=sys.stderr)
+        if environment_rank() == 0:  # under torchrun every process stops; one says why
+            print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

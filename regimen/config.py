@@ -212,7 +212,8 @@ class TrainingConfig:
     optimizer: str = "adamw"
     lr: float = 2.0e-3
     weight_decay: float = 1.0e-2
-    batch_size: int = 8
+    batch_size: int = 8  # the global batch: split over the processes of a torchrun job
+    accumulate: int = 1  # micro-batches per process and step (gradient accumulation)
     epochs: int = 8
     warmup_epochs: int = 1
     grad_clip: float = 1.0
@@ -280,6 +281,7 @@ class EvolutionaryConfig:
     trial_timeout_s: float = 1800.0
     trial_retries: int = 1
     devices: Optional[list[int]] = None
+    gpus_per_trial: int = 1  # GPUs of one trial; above 1 its training phases run under torchrun
     scheduler: Optional[str] = None
     low_fidelity: LowFidelityConfig = field(default_factory=LowFidelityConfig)
     halving: HalvingConfig = field(default_factory=HalvingConfig)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from regimen.distributed import World
 from regimen.features import FeatureWriter, StoredArray
 from regimen.losses import class_last
 from regimen.metrics import MAIN_METRIC, MetricSums
@@ -100,15 +101,16 @@ class Outputs:
 
 @torch.no_grad()
 def network_outputs(stack: Stack, data: TaskData, split: str, device: torch.device, batch_size: int,
-                    stateful: bool = False) -> Iterator[Outputs]:
-    """The stack's unaries over the split's windows, batch by batch: in order, or by sequence
-    with `stateful` (`stateful_outputs`)."""
+                    stateful: bool = False, rows: Optional[range] = None) -> Iterator[Outputs]:
+    """The stack's unaries over the split's windows (or its `rows`), batch by batch: in order, or by
+    sequence with `stateful` (`stateful_outputs`)."""
     stack.eval()
     if stateful:
         yield from stateful_outputs(stack, data, split, device, batch_size)
         return
-    first = 0
-    for batch in track(split_loader(data, split, batch_size, device), f"predict {split}", "batches"):
+    rows = rows if rows is not None else range(len(data.windows(split)))
+    first = rows.start
+    for batch in track(split_loader(data, split, batch_size, device, rows), f"predict {split}", "batches"):
         x = model_input(batch["x"])
         rows = np.arange(first, first + len(x))
         first += len(x)
@@ -173,30 +175,42 @@ class SplitArray:
         return model_input(values) if self.key == "x" else values
 
 
-def split_loader(data: TaskData, split: str, batch_size: int, device: torch.device) -> DataLoader:
-    """The split's windows in order, in batches."""
-    return data.loader(split, SequentialBatches(len(data.windows(split)), batch_size), device.type == "cuda")
+def split_loader(data: TaskData, split: str, batch_size: int, device: torch.device,
+                 rows: Optional[range] = None) -> DataLoader:
+    """The split's windows (or its `rows`) in order, in batches."""
+    rows = rows if rows is not None else range(len(data.windows(split)))
+    return data.loader(split, SequentialBatches(rows.stop, batch_size, rows.start), device.type == "cuda")
 
 
-def split_metrics(stack: Stack, data: TaskData, split: str, device: torch.device, batch_size: int) -> dict:
-    """The split's metrics through the head (when there is one), plus the unaries' as `unary_*`."""
+def split_metrics(stack: Stack, data: TaskData, split: str, device: torch.device, batch_size: int,
+                  world: Optional[World] = None) -> dict:
+    """The split's metrics through the head (when there is one), plus the unaries' as `unary_*`.
+    With a `world` of several processes each scores its shard of the windows and the sums are
+    added up, so every process gets the whole split's figures."""
+    world = world or World(device)
     heads = {"": stack.head, "unary_": None} if stack.head is not None else {"": None}
-    scores = output_metrics(network_outputs(stack, data, split, device, batch_size), data.task, data.num_classes,
-                            heads)
-    return {f"{prefix}{key}": value for prefix, score in scores.items() for key, value in score.items()}
+    outputs = network_outputs(stack, data, split, device, batch_size, rows=world.shard(len(data.windows(split))))
+    scores = world.merged(output_sums(outputs, data.task, data.num_classes, heads))
+    return {f"{prefix}{key}": value for prefix, score in scores.items() for key, value in score.result().items()}
 
 
-@torch.no_grad()
 def output_metrics(outputs: Iterable[Outputs], task: str, num_classes: Optional[int],
                    heads: dict[str, Optional[PGMHead]]) -> dict[str, dict]:
     """The task's metrics (`label_metrics` or `regression_metrics`) of each head's predictions
     (None: the unaries alone), summed over the batches: equal to those of the whole split."""
+    return {name: score.result() for name, score in output_sums(outputs, task, num_classes, heads).items()}
+
+
+@torch.no_grad()
+def output_sums(outputs: Iterable[Outputs], task: str, num_classes: Optional[int],
+                heads: dict[str, Optional[PGMHead]]) -> dict[str, MetricSums]:
+    """`output_metrics` before its results: each head's `MetricSums`."""
     scores = {name: MetricSums(task, num_classes) for name in heads}
     for out in outputs:
         for name, head in heads.items():
             scores[name].add(out.y.numpy(), _predicted(task, out.unaries, head, out.guide, out.valid).numpy(),
                              numpy_of(out.valid))
-    return {name: score.result() for name, score in scores.items()}
+    return scores
 
 
 @torch.no_grad()

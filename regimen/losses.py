@@ -7,10 +7,37 @@ with the class axis last; regression targets `[B, T, H, W, K]`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
 from regimen.errors import UserError
+
+
+@dataclass(frozen=True)
+class Part:
+    """A micro-batch's place in its global batch (the whole batch: 1 and 1).
+
+    Every loss term is a mean over the global batch's nodes, or over its observed nodes where
+    the data has a mask. A micro-batch's mean weighted by its share of those (`windows`: every
+    window has as many nodes; `observed`) gives terms whose sum over the micro-batches of every
+    process is the whole batch's loss, exactly, however the batch is split.
+
+    Attributes:
+        windows: the micro-batch's share of the global batch's windows.
+        observed: its share of the global batch's observed nodes.
+        dropout_seeds: one per window, drawn for the global batch (see `ConvLSTM`).
+    """
+
+    windows: float = 1.0
+    observed: float = 1.0
+    dropout_seeds: Optional[list[int]] = None
+
+    def of_mean(self, valid: Optional[torch.Tensor]) -> float:
+        """The weight of a mean over nodes, which is over the observed ones where there is a mask."""
+        return self.windows if valid is None else self.observed
 
 
 def resolve_unary_loss(name: str, task: str, has_soft_targets: bool) -> str:

@@ -81,6 +81,14 @@ class MetricSums:
         self.absolute += float(np.abs(error).sum())
         self.count += error.size
 
+    def merge(self, other: "MetricSums") -> None:
+        """Add the sums of another part of the split (another process's windows)."""
+        if self.matrix is not None:
+            self.matrix += other.matrix
+        self.squared += other.squared
+        self.absolute += other.absolute
+        self.count += other.count
+
     def result(self) -> dict:
         if self.matrix is not None:
             return confusion_metrics(self.matrix, self.task)

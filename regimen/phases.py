@@ -4,6 +4,11 @@
 (train_joint.py) each check every input before writing anything, then write
 their run folder through `regimen.runs`. Later phases rebuild the network from
 the checkpoint they are given, not from the current config.
+
+Under torchrun, phases 1 and 3 train data-parallel (`regimen.distributed`):
+every process checks the inputs and trains; rank 0 alone claims and writes the
+run folder, and after training it alone predicts the splits and writes the
+metrics while the others end.
 """
 
 from __future__ import annotations
@@ -15,12 +20,12 @@ from typing import Iterable, Optional
 
 import torch
 
-from regimen import files, folders, runs
+from regimen import distributed, files, folders, runs
 from regimen.config import Config, config_hash, dump_config, from_dict, get_key, leaf_keys, to_dict
 from regimen.config_file import load_config
 from regimen.errors import UserError
 from regimen.store import ArrayWriter
-from regimen.losses import consistency, resolve_unary_loss, unary_loss
+from regimen.losses import Part, consistency, resolve_unary_loss, unary_loss
 from regimen.metrics import MAIN_METRIC
 from regimen.pgm import (PGMHead, check_pgm_task, fit_pgm, head_from_params, pgm_params,
                          pgm_settings)
@@ -28,7 +33,7 @@ from regimen.features import StoredArray, load_features
 from regimen.inference import (Outputs, SplitArray, compare_with_unaries, network_outputs, output_metrics,
                                pgm_is_worse, save_features, split_metrics, stored_outputs)
 from regimen.processed import TaskData, check_same_data, data_identity, load_checked_meta, load_task_data
-from regimen.stack import Stack, check_fits_data, new_stack, resolve_device, stack_from_checkpoint
+from regimen.stack import Stack, check_fits_data, new_stack, stack_from_checkpoint
 from regimen.training import Schedule, Trainer, attach_log_file
 
 log = logging.getLogger(__name__)
@@ -40,9 +45,10 @@ DEFAULT_JOINT_FOLDER = Path("runs/joint")
 
 
 def pretrain(config: Config, save: Path, resume: Optional[Path], overwrite: bool,
-             until_epoch: Optional[int] = None) -> dict:
-    """Train the ConvLSTM on the unary loss; write ckpt/best/features/metrics into `save`.
-    `until_epoch`: pause after that epoch of `training.epochs` (successive halving's rungs)."""
+             until_epoch: Optional[int] = None) -> Optional[dict]:
+    """Train the ConvLSTM on the unary loss; write ckpt/best/features/metrics into `save`; its
+    metrics (None on a torchrun process other than rank 0). `until_epoch`: pause after that epoch
+    of `training.epochs` (successive halving's rungs)."""
     started = time.time()
     payload = None
     if resume is not None:
@@ -54,27 +60,38 @@ def pretrain(config: Config, save: Path, resume: Optional[Path], overwrite: bool
     fresh = payload is None
     if until_epoch is not None and not 1 <= until_epoch <= config.training.epochs:
         raise UserError(f"--until-epoch {until_epoch}: expected 1 to training.epochs ({config.training.epochs})")
-    _check_run_folder(run, "--save", fresh and resume is None, overwrite)
-    data = load_task_data(config)
-    device = resolve_device(config.device)
-    unary = resolve_unary_loss(config.loss.unary, data.task, data.has_soft_targets)
-    if payload is not None:
-        check_same_data(payload["dataset"], data.meta, str(resume))
-        stack = stack_from_checkpoint(payload, str(resume), config.training.mixed_precision)
-    else:
-        stack = new_stack(config, data)
+    world = distributed.join(config)
+    try:
+        with world.agreement():
+            _check_run_folder(run, "--save", fresh and resume is None, overwrite, world.writer)
+            data = load_task_data(config, check_files=world.writer)
+            unary = resolve_unary_loss(config.loss.unary, data.task, data.has_soft_targets)
+            if payload is not None:
+                check_same_data(payload["dataset"], data.meta, str(resume))
+                stack = stack_from_checkpoint(payload, str(resume), config.training.mixed_precision)
+            else:
+                stack = new_stack(config, data)
+        device = world.device
 
-    _open_run(run, config, fresh)
-    log.info("phase 1: %s on %s (%s loss, %d parameters) into %s", data.task, data.meta["name"], unary,
-             sum(p.numel() for p in stack.parameters()), run.root)
+        if world.writer:
+            _open_run(run, config, fresh)
+        log.info("phase 1: %s on %s (%s loss, %d parameters) into %s", data.task, data.meta["name"], unary,
+                 sum(p.numel() for p in stack.parameters()), run.root)
 
-    def loss_fn(stack: Stack, batch: dict):
-        return unary_loss(unary, stack.unaries(batch["x"]), batch["y"], batch.get("p"), batch.get("m")), {}
+        def loss_fn(stack: Stack, batch: dict, part: Part):
+            valid = batch.get("m")
+            out = stack.unaries(batch["x"], dropout_seeds=part.dropout_seeds)
+            return part.of_mean(valid) * unary_loss(unary, out, batch["y"], batch.get("p"), valid), {}
 
-    trainer = Trainer(stack, data, Schedule.pretraining(config), loss_fn,
-                      lambda s: split_metrics(s, data, "val", device, config.training.batch_size), run,
-                      _info("convlstm", data, config), config.seed, device, config.data.augmentations)
-    summary = trainer.fit(payload, until_epoch)
+        trainer = Trainer(stack, data, Schedule.pretraining(config), loss_fn,
+                          lambda s: split_metrics(s, data, "val", device, config.training.batch_size, world), run,
+                          _info("convlstm", data, config), config.seed, device, config.data.augmentations,
+                          world=world)
+        summary = trainer.fit(payload, until_epoch)
+    finally:
+        world.close()
+    if not world.writer:
+        return None
 
     best = stack_from_checkpoint(files.load_checkpoint(run.best, run.best.name, ("convlstm",)), str(run.best),
                                  config.training.mixed_precision).to(device)
@@ -82,7 +99,7 @@ def pretrain(config: Config, save: Path, resume: Optional[Path], overwrite: bool
     metrics = {
         "task": data.task, "metric": MAIN_METRIC[data.task][0], "unary_loss": unary, **scores,
         "training": summary,
-        "provenance": _provenance(config, data.meta, device, started),
+        "provenance": _provenance(config, data.meta, device, started, world),
     }
     files.update_metrics(run.metrics, "train_convlstm", metrics)
     return metrics
@@ -157,8 +174,9 @@ def _check_not_replaced(path: Path, settings: dict) -> None:
 
 
 def train_joint(config: Config, resume: Path, pgm_path: Optional[Path], save: Optional[Path],
-                overwrite: bool) -> dict:
-    """Fine-tune network and PGM together (alternating or end to end) from a checkpoint."""
+                overwrite: bool) -> Optional[dict]:
+    """Fine-tune network and PGM together (alternating or end to end) from a checkpoint; its metrics
+    (None on a torchrun process other than rank 0)."""
     started = time.time()
     payload = files.load_checkpoint(resume, "--resume", ("convlstm", "joint"))
     continuing = payload["kind"] == "joint"
@@ -169,30 +187,41 @@ def train_joint(config: Config, resume: Path, pgm_path: Optional[Path], save: Op
         config = _config_of(payload, config)
     else:
         run = runs.RunFolder(Path(save) if save else DEFAULT_JOINT_FOLDER)
-    _check_run_folder(run, "--save", not continuing, overwrite)
-    data = load_task_data(config)
-    device = resolve_device(config.device)
-    unary = resolve_unary_loss(config.loss.unary, data.task, data.has_soft_targets)
-    check_same_data(payload["dataset"], data.meta, f"--resume {resume}")
-    stack = stack_from_checkpoint(payload, f"--resume {resume}", config.training.mixed_precision)
-    check_fits_data(stack, data, f"--resume {resume}")
-    if not continuing:
-        stack.head = _initial_head(config, data, resume, pgm_path)
-        torch.manual_seed(config.seed)  # dropout draws from the global generator (a resume restores it)
-    mode = config.training.joint.mode
-    if mode == "alternating":
-        stack.head.requires_grad_(False)  # fitted between network epochs, not by its gradient
+    world = distributed.join(config)
+    try:
+        with world.agreement():
+            _check_run_folder(run, "--save", not continuing, overwrite, world.writer)
+            data = load_task_data(config, check_files=world.writer)
+            unary = resolve_unary_loss(config.loss.unary, data.task, data.has_soft_targets)
+            check_same_data(payload["dataset"], data.meta, f"--resume {resume}")
+            stack = stack_from_checkpoint(payload, f"--resume {resume}", config.training.mixed_precision)
+            check_fits_data(stack, data, f"--resume {resume}")
+            if not continuing:
+                stack.head = _initial_head(config, data, resume, pgm_path)
+        device = world.device
+        mode = config.training.joint.mode
+        if mode == "alternating":
+            stack.head.requires_grad_(False)  # fitted between network epochs, not by its gradient
 
-    _open_run(run, config, not continuing)
-    log.info("phase 3: %s joint training of the ConvLSTM and a %s into %s", mode, stack.head.type, run.root)
-    def refit(epoch: int) -> dict:
-        return _refit(stack, data, run, config, device, config.seed + epoch)
+        if world.writer:
+            _open_run(run, config, not continuing)
+        log.info("phase 3: %s joint training of the ConvLSTM and a %s into %s", mode, stack.head.type, run.root)
 
-    trainer = Trainer(stack, data, Schedule.joint(config), _joint_loss(unary, config),
-                      lambda s: split_metrics(s, data, "val", device, config.training.batch_size), run,
-                      _info("joint", data, config), config.seed, device, config.data.augmentations,
-                      refit=refit if mode == "alternating" else None, validate_start=True)
-    summary = trainer.fit(payload if continuing else None)
+        def refit(epoch: int) -> dict:
+            """Rank 0 refits the PGM (it writes the temporary unaries) and gives it to the others."""
+            report = _refit(stack, data, run, config, device, config.seed + epoch) if world.writer else {}
+            world.broadcast_module(stack.head)
+            return report
+
+        trainer = Trainer(stack, data, Schedule.joint(config), _joint_loss(unary, config),
+                          lambda s: split_metrics(s, data, "val", device, config.training.batch_size, world), run,
+                          _info("joint", data, config), config.seed, device, config.data.augmentations,
+                          refit=refit if mode == "alternating" else None, validate_start=True, world=world)
+        summary = trainer.fit(payload if continuing else None)
+    finally:
+        world.close()
+    if not world.writer:
+        return None
 
     best = stack_from_checkpoint(files.load_checkpoint(run.best, run.best.name, ("joint",)), str(run.best),
                                  config.training.mixed_precision).to(device)
@@ -201,7 +230,7 @@ def train_joint(config: Config, resume: Path, pgm_path: Optional[Path], save: Op
                                     data.meta, best.head) for split in ("val", "test")}
     metrics = {"task": data.task, "metric": MAIN_METRIC[data.task][0], "mode": mode,
                "pgm": best.head.type, "learned": _learned(best.head), **results, "training": summary,
-               "provenance": _provenance(config, data.meta, device, started)}
+               "provenance": _provenance(config, data.meta, device, started, world)}
     files.update_metrics(run.metrics, "train_joint", metrics)
     return metrics
 
@@ -210,16 +239,19 @@ def _joint_loss(unary: str, config: Config):
     """`alpha * unary + beta * structured NLL + gamma * consistency`."""
     weights = config.loss
 
-    def loss_fn(stack: Stack, batch: dict):
-        out = stack.unaries(batch["x"])
+    def loss_fn(stack: Stack, batch: dict, part: Part):
+        out = stack.unaries(batch["x"], dropout_seeds=part.dropout_seeds)
         valid = batch.get("m")
-        parts = {"unary": unary_loss(unary, out, batch["y"], batch.get("p"), valid),
-                 "structured": stack.head.nll(out, batch["y"], batch["x"], valid)}
+        # The CRF's NLL is a mean over observed nodes, a chain's over every node (missing labels summed out).
+        structured_share = part.of_mean(valid) if stack.head.type == "crf" else part.windows
+        parts = {"unary": part.of_mean(valid) * unary_loss(unary, out, batch["y"], batch.get("p"), valid),
+                 "structured": structured_share * stack.head.nll(out, batch["y"], batch["x"], valid)}
         if weights.gamma_consistency > 0:
-            parts["consistency"] = consistency(stack.head.log_marginals(out, batch["x"], valid), batch["x"])
+            parts["consistency"] = part.windows * consistency(stack.head.log_marginals(out, batch["x"], valid),
+                                                              batch["x"])
         total = (weights.alpha_unary * parts["unary"] + weights.beta_structured * parts["structured"]
                  + weights.gamma_consistency * parts.get("consistency", 0.0))
-        return total, {key: value.item() for key, value in parts.items()}
+        return total, {key: value.detach() for key, value in parts.items()}
 
     return loss_fn
 
@@ -322,12 +354,14 @@ def _resume_point(resume: Path, run: runs.RunFolder, current: Config) -> tuple[O
     return None, current
 
 
-def _check_run_folder(run: runs.RunFolder, flag: str, fresh: bool, overwrite: bool) -> None:
+def _check_run_folder(run: runs.RunFolder, flag: str, fresh: bool, overwrite: bool, writer: bool = True) -> None:
     """Before any work: a new run goes into a folder without a run (or, with --overwrite, one that
-    holds a run and nothing else). Then the folder is claimed: a second writer is refused here.
-    (A continued run's metrics.json is checked by the caller, before it says anything of the resume.)"""
+    holds a run and nothing else). Then the writer (rank 0 under torchrun) claims the folder: a
+    second writer is refused here. (A continued run's metrics.json is checked by the caller, before
+    it says anything of the resume.)"""
     folders.check_output(run.root, runs.RUN, flag, overwrite=fresh and overwrite, fresh=fresh, resumable=True)
-    folders.claim(run.root, flag)
+    if writer:
+        folders.claim(run.root, flag)
 
 
 def _open_run(run: runs.RunFolder, config: Config, fresh: bool) -> None:
@@ -343,5 +377,9 @@ def _info(kind: str, data: TaskData, config: Config) -> dict:
     return {"kind": kind, "dataset": data.identity, "config": to_dict(config)}
 
 
-def _provenance(config: Config, meta: dict, device: torch.device, started: float) -> dict:
-    return files.provenance(config_hash(config), config.seed, meta, str(device), started, time.time())
+def _provenance(config: Config, meta: dict, device: torch.device, started: float,
+                world: Optional[distributed.World] = None) -> dict:
+    made = files.provenance(config_hash(config), config.seed, meta, str(device), started, time.time())
+    if world is not None:  # phases 1 and 3: how the training was spread
+        made["distributed"] = world.describe(config.training.batch_size, config.training.accumulate)
+    return made

@@ -87,12 +87,13 @@ class Stack(nn.Module):
         self.mixed_precision = mixed_precision
 
     def unaries(self, x: torch.Tensor, return_features: bool = False, state: Optional[list] = None,
-                return_state: bool = False):
+                return_state: bool = False, dropout_seeds: Optional[list[int]] = None):
         """Network outputs in fp32 for model-layout inputs `[B, T, C, H, W]`; with `return_features`
         also the last layer's features, with `return_state` also the ConvLSTM's final state, from
-        which the next frames continue (`state=`)."""
+        which the next frames continue (`state=`); `dropout_seeds`: one per window (training)."""
         with autocast_for(x.device, self.mixed_precision):
-            out, features, final = self.net(x, state, return_features=True, return_state=True)
+            out, features, final = self.net(x, state, return_features=True, return_state=True,
+                                            dropout_seeds=dropout_seeds)
         extra = ((features.float(),) if return_features else ()) + ((final,) if return_state else ())
         return (out.float(), *extra) if extra else out.float()
 

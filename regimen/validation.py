@@ -197,9 +197,12 @@ def _validate_model(check: _Checker) -> None:
 
 def _validate_training(check: _Checker) -> None:
     check.one_of("training.optimizer", ("adamw",))
-    check.positive("training.lr", "training.batch_size", "training.epochs",
+    check.positive("training.lr", "training.batch_size", "training.accumulate", "training.epochs",
                    "training.early_stopping_patience", "training.joint.epochs", "training.joint.lr")
     check.one_of("training.joint.mode", JOINT_MODES)
+    training = check.config.training
+    check.require(training.accumulate <= training.batch_size, "training.accumulate",
+                  f"must be <= training.batch_size ({training.batch_size}): each micro-batch needs a window")
     check.one_of("loss.unary", UNARY_LOSSES)
     check.non_negative("training.weight_decay", "training.grad_clip", "training.warmup_epochs",
                        "loss.alpha_unary", "loss.beta_structured", "loss.gamma_consistency")
@@ -214,7 +217,7 @@ def _validate_evolutionary(check: _Checker) -> None:
     check.require(evo.elitism < evo.population_size, "evolutionary.elitism",
                   f"must be < evolutionary.population_size ({evo.population_size})")
     check.rate("evolutionary.mutation_rate", "evolutionary.crossover_rate")
-    check.positive("evolutionary.n_islands", "evolutionary.migration_interval", "evolutionary.trial_timeout_s",
+    check.positive("evolutionary.gpus_per_trial", "evolutionary.n_islands", "evolutionary.migration_interval", "evolutionary.trial_timeout_s",
                    "evolutionary.stagnation.generations", "evolutionary.stagnation.mutation_boost",
                    "evolutionary.cmaes.population_size", "evolutionary.cmaes.generations",
                    "evolutionary.cmaes.sigma", "evolutionary.cmaes.batch_windows")

@@ -5,12 +5,14 @@ and array, see `regimen.store`), so a `DataLoader` with `batch_size=None` and a
 batch sampler moves finished batches from its workers. Workers only read: the
 batch order (`ShuffledBatches`, drawn from the trainer's generator) and the
 augmentations stay in the training process, so the batches, and the weights,
-are the same with 0 or 8 workers.
+are the same with 0 or 8 workers. Under torchrun every process draws the same
+order and reads only its `Share` of each global batch (`ShardedBatches`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -71,21 +73,78 @@ class ShuffledBatches(Sampler):
         return math.ceil(self.count / self.size)
 
 
-class SequentialBatches(Sampler):
-    """The windows in order, in batches of `size`."""
+@dataclass(frozen=True)
+class Share:
+    """One process's part of one global batch of training windows.
 
-    def __init__(self, count: int, size: int):
-        self.count, self.size = count, size
+    Attributes:
+        rows: the windows it reads, its micro-batches' one after the other.
+        sizes: the windows of each of its micro-batches.
+        offset: where its first window stands in the global batch.
+        batch: the windows of the global batch.
+        stand_in: the global batch (an epoch's last, smaller one) has no window for this process:
+            `rows` holds the batch's first window, whose loss counts 0, because every process must
+            take part in each step's gradient all-reduce.
+    """
 
-    def __iter__(self) -> Iterator[list[int]]:
-        for start in range(0, self.count, self.size):
-            yield list(range(start, min(self.count, start + self.size)))
+    rows: list[int]
+    sizes: list[int]
+    offset: int
+    batch: int
+    stand_in: bool = False
+
+
+def share_of(batch: list[int], rank: int, world: int, parts: int) -> Share:
+    """Process `rank`'s share of a global batch cut into `world * parts` near-equal micro-batches
+    (as `numpy.array_split`), `parts` of them per process in rank order; empty ones are left out."""
+    base, extra = divmod(len(batch), world * parts)
+    sizes = [base + (i < extra) for i in range(world * parts)]
+    offset = sum(sizes[:rank * parts])
+    mine = [size for size in sizes[rank * parts:(rank + 1) * parts] if size]
+    if not mine:
+        return Share([batch[0]], [1], 0, len(batch), stand_in=True)
+    return Share(batch[offset:offset + sum(mine)], mine, offset, len(batch))
+
+
+class ShardedBatches(Sampler):
+    """`batches`' global batches (the same order on every process), as this process's `Share`s."""
+
+    def __init__(self, batches: ShuffledBatches, rank: int = 0, world: int = 1, parts: int = 1):
+        self.batches, self.rank, self.world, self.parts = batches, rank, world, parts
+
+    def __iter__(self) -> Iterator[Share]:
+        for batch in self.batches:
+            yield share_of(batch, self.rank, self.world, self.parts)
 
     def __len__(self) -> int:
-        return math.ceil(self.count / self.size)
+        return len(self.batches)
 
 
-def window_loader(dataset: WindowDataset, batches: Sampler, loader: LoaderConfig,
+class SharedWindows(Dataset):
+    """`dataset[share]` -> the share's windows (as `WindowDataset[rows]`) and the share."""
+
+    def __init__(self, windows: WindowDataset):
+        self.windows = windows
+
+    def __getitem__(self, share: Share) -> tuple[dict[str, torch.Tensor], Share]:
+        return self.windows[share.rows], share
+
+
+class SequentialBatches(Sampler):
+    """The windows `start` to `stop` in order, in batches of `size`."""
+
+    def __init__(self, stop: int, size: int, start: int = 0):
+        self.start, self.stop, self.size = start, stop, size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for first in range(self.start, self.stop, self.size):
+            yield list(range(first, min(self.stop, first + self.size)))
+
+    def __len__(self) -> int:
+        return math.ceil((self.stop - self.start) / self.size)
+
+
+def window_loader(dataset: Dataset, batches: Sampler, loader: LoaderConfig,
                   pin_memory: bool = False) -> DataLoader:
     """A DataLoader of whole batches; with `loader.workers`, read by that many processes started
     with `loader.start_method` (never fork: HDF5 and Zarr deadlock in a forked child of a

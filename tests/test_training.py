@@ -29,11 +29,11 @@ class Killed(Exception):
 def trainer_for(config, data, stack, folder, kill_at_step=None):
     steps = []
 
-    def loss_fn(stack, batch):
+    def loss_fn(stack, batch, part):
         steps.append(1)
         if len(steps) == kill_at_step:
             raise Killed
-        return unary_loss("ce", stack.unaries(batch["x"]), batch["y"]), {}
+        return unary_loss("ce", stack.unaries(batch["x"], dropout_seeds=part.dropout_seeds), batch["y"]), {}
 
     def validate(stack):
         with torch.no_grad():  # any deterministic number of the weights
