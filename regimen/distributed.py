@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from regimen import machine
 from regimen.cli import environment_rank
 from regimen.config import Config
 from regimen.errors import UserError
@@ -134,6 +135,7 @@ def join(config: Config) -> World:
                         f"{size} processes of this torchrun job{times}: expected at least "
                         f"{size * training.accumulate} windows (raise training.batch_size, or start fewer "
                         "processes)")
+    machine.die_with_parent()  # torchrun starts each process in a session of its own
     rank, local_rank = environment_rank(), int(os.environ.get("LOCAL_RANK", "0"))
     device = _device_of_rank(config.device, local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"

@@ -369,12 +369,12 @@ def evolve(config: Config, out: Path, parallel: int, resume: bool, overwrite: bo
     if replay is not None:
         from regimen.steady_state import check_replay
         check_replay(replay, state)
+    slot_env = slot_environment(parallel, config, scheduler)
     folders.claim(search.root, "--out")
     if not resume:
         folders.clear(search.root, runs.SEARCH)
     files.atomic_write_text(search.config, dump_config(config))
     with TrialPool(parallel, scheduler) as pool:
-        slot_env = slot_environment(parallel, config, scheduler)
         if config.evolutionary.mode == "steady_state":
             from regimen.steady_state import SteadyState
             evolution = SteadyState(config, search.root, pool, slot_env, replay)

@@ -3,8 +3,10 @@ a config cannot ask for more than there is)."""
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import signal
 from pathlib import Path
 from typing import Optional
 
@@ -82,3 +84,12 @@ def require_memory(nbytes: float, what: str) -> None:
     if nbytes > available:
         raise UserError(f"{what} would take about {gib(nbytes)}, more than this machine's "
                         f"{gib(available)} of memory")
+
+
+def die_with_parent() -> None:
+    """Linux: this process gets SIGKILL when the process that started it dies (a killed evolve.py,
+    Dask worker or torchrun agent leaves no orphan training on)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass

@@ -160,7 +160,7 @@ class TrialScheduler:
     def _spec(self, record: TrialRecord, config: Config, slot: int, rung: Optional[Rung]) -> TrialSpec:
         spec = TrialSpec(record.folder, record.key, dump_config(config), config.data.task != "regression",
                          self.evo.trial_joint, list(self.evo.objectives), self.evo.trial_timeout_s,
-                         self.evo.trial_retries, self.slot_env(slot))
+                         self.evo.trial_retries, self.slot_env(slot), processes=self.evo.gpus_per_trial)
         if rung is not None:
             last = rung.fidelity == "full"
             spec.until_epoch, spec.stage = (None, "") if last else (rung.epochs, rung.fidelity)
@@ -245,16 +245,26 @@ class TrialPool:
 
 
 def slot_environment(parallel: int, config: Config, scheduler: Optional[str]) -> Callable[[int], dict]:
-    """Slot i's environment: one GPU round-robin over `evolutionary.devices` (default every visible
-    GPU), else a share of the CPU cores. On a cluster each worker pins its own GPU."""
+    """Slot i's environment: `evolutionary.gpus_per_trial` GPUs round-robin over
+    `evolutionary.devices` (default every visible GPU), else a share of the CPU cores. On a cluster
+    each worker pins its own GPUs. More GPUs per trial than there are: a UserError."""
+    per_trial = config.evolutionary.gpus_per_trial
     if scheduler:
         return lambda slot: {}
     devices = config.evolutionary.devices
     if config.device == "cpu":  # trials on the CPU on a GPU machine: share the cores
         devices = []
-    elif devices is None and torch.cuda.is_available():
-        devices = list(range(torch.cuda.device_count()))
+    elif devices is None:
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    if per_trial > max(1, len(devices)):
+        there = (f"evolutionary.devices lists {len(devices)}" if config.evolutionary.devices else
+                 f"{len(devices)} are visible" if devices else
+                 "device: cpu runs the trials on the CPU" if config.device == "cpu" else
+                 "no GPU is visible, so the trials run on the CPU")
+        raise UserError(f"evolutionary.gpus_per_trial = {per_trial}: more GPUs than the trials have ({there}); "
+                        f"expected at most {len(devices) or 1}")
     if devices:
-        return lambda slot: {"CUDA_VISIBLE_DEVICES": str(devices[slot % len(devices)])}
+        return lambda slot: {"CUDA_VISIBLE_DEVICES": ",".join(str(devices[(slot * per_trial + i) % len(devices)])
+                                                              for i in range(per_trial))}
     threads = str(max(1, (os.cpu_count() or 1) // parallel))
     return lambda slot: {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}

@@ -3,8 +3,9 @@
     python -m regimen.trial_process '[["train_convlstm", "LOG", ["train_convlstm.py", "--config", ...]], ...]'
 
 Each phase script runs as `python script.py args` would (`runpy`, as `__main__`,
-with its `sys.argv`), its stdout and stderr going to its own log file, one after
-the other: the phase scripts stay the interface of a trial. The first phase that
+with its `sys.argv`; a command `-m module args` as `python -m module args`:
+torchrun for a trial over several GPUs), its stdout and stderr going to its own
+log file, one after the other: the phase scripts stay the interface of a trial. The first phase that
 exits non-zero ends the process with its exit code; a signal that kills the
 process (a timeout, the out-of-memory killer) is seen by the caller, which
 blames the phase whose log was opened last.
@@ -22,12 +23,16 @@ import traceback
 
 
 def run_phase(command: list[str]) -> int:
-    """Run one phase script with `command` as its argv; its exit code."""
+    """Run one phase script with `command` as its argv (or `-m module` and its arguments); its exit code."""
     root = logging.getLogger()
     handlers = list(root.handlers)
-    sys.argv = list(command)
+    module = command[1] if command[0] == "-m" else None
+    sys.argv = [module, *command[2:]] if module else list(command)
     try:
-        runpy.run_path(command[0], run_name="__main__")
+        if module:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(command[0], run_name="__main__")
         code = 0
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)

@@ -15,7 +15,6 @@ again.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 import os
@@ -28,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from regimen import files, runs
+from regimen import files, machine, runs
 from regimen.config import OBJECTIVES
 from regimen.metrics import MAIN_METRIC
 
@@ -37,6 +36,7 @@ PROJECT = Path(__file__).resolve().parents[1]  # the phase scripts live here
 SCRIPTS = {"train_convlstm": "train_convlstm.py", "fit_pgm": "fit_pgm.py", "train_joint": "train_joint.py",
            "evaluate": "evaluate.py"}
 LOG_TAIL = 400  # characters of a failed phase's stderr kept as its reason
+TRAINING = ("train_convlstm", "train_joint")  # the phases that run data-parallel over a trial's GPUs
 
 
 @dataclass
@@ -57,6 +57,8 @@ class TrialSpec:
         stage: the rung's name, which names its result and logs; "" for the trial's last.
         continues: a rung after the first: phase 1 resumes from the folder's checkpoint, and the
             folder is kept.
+        processes: above 1, the training phases run under torchrun with this many processes
+            (`evolutionary.gpus_per_trial`: one per GPU of the slot).
     """
 
     folder: str
@@ -71,12 +73,14 @@ class TrialSpec:
     until_epoch: Optional[int] = None
     stage: str = ""
     continues: bool = False
+    processes: int = 1
 
 
 def trial_commands(folder: Path, has_pgm: bool, joint: bool, until_epoch: Optional[int] = None,
-                   continues: bool = False) -> list[tuple[str, list[str]]]:
+                   continues: bool = False, processes: int = 1) -> list[tuple[str, list[str]]]:
     """The (phase, command) pairs of a trial folder, in order (each attempt starts in an empty folder,
-    unless it `continues` the folder's phase 1, to `until_epoch` or the end)."""
+    unless it `continues` the folder's phase 1, to `until_epoch` or the end); with `processes` above
+    1 the training phases run under torchrun on this machine (`--standalone`)."""
     trial = runs.TrialFolder(folder)
     train = ["--resume", str(trial.run.checkpoint)] if continues else []
     train += ["--save", str(trial.run.root)]
@@ -91,7 +95,9 @@ def trial_commands(folder: Path, has_pgm: bool, joint: bool, until_epoch: Option
                                            *(["--overwrite"] if continues else [])]))
             ckpt = trial.joint.best
     phases.append(("evaluate", ["--ckpt", str(ckpt), "--split", "val", "--out", str(trial.root)]))
-    return [(phase, [sys.executable, str(PROJECT / SCRIPTS[phase]), "--config", str(trial.config), *args])
+    torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    return [(phase, [sys.executable, *(torchrun if processes > 1 and phase in TRAINING else []),
+                     str(PROJECT / SCRIPTS[phase]), "--config", str(trial.config), *args])
             for phase, args in phases]
 
 
@@ -134,14 +140,14 @@ def _attempt(spec: TrialSpec, trial: runs.TrialFolder) -> dict:
     env = {**os.environ, **spec.env}
     phases = [(phase, str(trial.log(phase, spec.stage)), command[1:])
               for phase, command in trial_commands(trial.root, spec.has_pgm, spec.joint, spec.until_epoch,
-                                                   spec.continues)]
+                                                   spec.continues, spec.processes)]
     for _, log, _ in phases[1:]:  # a retried rung's: the last existing log names the phase it was in
         Path(log).unlink(missing_ok=True)
     launched = time.time()
     with open(phases[0][1], "w") as first_log:  # until the process opens it itself: its own start-up errors
         process = subprocess.Popen([sys.executable, "-m", "regimen.trial_process", json.dumps(phases)],
                                    stdin=subprocess.DEVNULL, stdout=first_log, stderr=subprocess.STDOUT,
-                                   env=env, start_new_session=True, preexec_fn=_die_with_parent)
+                                   env=env, start_new_session=True, preexec_fn=machine.die_with_parent)
     try:
         code = process.wait(timeout=spec.timeout_s)
     except subprocess.TimeoutExpired:
@@ -209,12 +215,3 @@ def higher_is_better(name: str, task: str) -> bool:
 
 def _failed(status: str, reason: str) -> dict:
     return {"status": status, "reason": reason, "objectives": None, "overhead_s": None}
-
-
-def _die_with_parent() -> None:
-    """Linux: the phase process gets SIGKILL when the process that started it dies (a killed
-    evolve.py or Dask worker leaves no orphan training on)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
