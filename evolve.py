@@ -19,7 +19,8 @@ continue from their checkpoint), stagnation handling. evolutionary.mode:
 steady_state breeds the next child as soon as a slot is free (no generations
 to wait for; arrivals.csv records the order results came in, and
 --replay-arrivals makes another search follow it exactly). --parallel N
-trials run at once, one GPU or a share of the CPU cores each; a trial that
+trials run at once, one GPU (evolutionary.gpus_per_trial: that many, the
+training phases under torchrun) or a share of the CPU cores each; a trial that
 crashes, hangs past evolutionary.trial_timeout_s or yields NaN gets the worst
 fitness and its reason in trials.csv. Writes state.json after every generation
 (--resume continues it exactly), logbook.csv, trials.csv, hall_of_fame.json,
@@ -27,6 +28,14 @@ pareto.json (multi-objective), fitness.png and best/ (the winner's config,
 ckpt.pt, pgm_params.pkl, metrics.json). --export-optuna PATH also writes the
 trials as an Optuna study (a journal file, pip install -r requirements-optuna.txt)
 for optuna-dashboard.
+
+Retrain the winner on the whole archive on every GPU (README "Scaling out"):
+
+    torchrun --nproc_per_node 8 train_convlstm.py --config runs/evo_search/best/config.yaml \
+        --set training.epochs=60 --save runs/final
+    python fit_pgm.py --config runs/evo_search/best/config.yaml --features runs/final/features.pt
+    torchrun --nproc_per_node 8 train_joint.py --config runs/evo_search/best/config.yaml \
+        --resume runs/final/ckpt.pt --save runs/final_joint
 
 CMA-ES (--strategy cmaes): pycma over the flattened weights of
 evolutionary.cmaes.groups of --ckpt, on evolutionary.cmaes.objective, every

@@ -4,6 +4,7 @@
     python train_convlstm.py --config config.yaml --save runs/base_convlstm --resume
     python train_convlstm.py --set device=cpu --set training.epochs=2 --save runs/cpu_try
     python train_convlstm.py --config config.yaml --save runs/short --until-epoch 2
+    torchrun --nproc_per_node 8 train_convlstm.py --config config.yaml --save runs/final   # every GPU
 
 Writes into --save: ckpt.pt (last epoch, resumable), best.pt (best validation
 metric), features.pt (the best model's unaries and labels per split, the input
@@ -15,7 +16,9 @@ killed before its first checkpoint starts again from its beginning).
 schedule stays that of training.epochs); --resume --until-epoch M (or no
 --until-epoch: to the end) continues as if it had never paused.
 --overwrite starts again in a folder that holds a run and nothing else: every
-file of the old run is removed first.
+file of the old run is removed first. Under torchrun it trains data-parallel
+with training.batch_size as the global batch, and rank 0 writes (README
+"Scaling out").
 """
 
 from __future__ import annotations

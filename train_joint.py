@@ -4,6 +4,7 @@
     python train_joint.py --resume runs/base_convlstm/ckpt.pt --set training.joint.mode=end_to_end \\
         --save runs/joint_e2e
     python train_joint.py --resume runs/joint/ckpt.pt        # continue an interrupted joint run
+    torchrun --nproc_per_node 8 train_joint.py --resume runs/final/ckpt.pt --save runs/final_joint
 
 alternating: each epoch fine-tunes the network with the PGM fixed, then refits
 the PGM with the network fixed. end_to_end: back-propagates through the unrolled

@@ -72,7 +72,7 @@ def setup_logging(verbose: bool = False) -> None:
 
 def environment_rank() -> int:
     """This process's rank in a torchrun job (0 without one)."""
-    return int(os.environ.get("RANK", "0"))
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
 
 
 def run(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> None:

@@ -141,7 +141,11 @@ def join(config: Config) -> World:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend, timeout=TIMEOUT, device_id=device if device.type == "cuda" else None)
+    try:
+        dist.init_process_group(backend, timeout=TIMEOUT, device_id=device if device.type == "cuda" else None)
+    except (ValueError, RuntimeError) as error:  # torchrun's variables missing, or a rendezvous that failed
+        raise UserError(f"WORLD_SIZE={size}: cannot join the job's process group ({error}); start the script "
+                        "with torchrun") from None
     if rank != 0:  # one process speaks for the job
         logging.getLogger().setLevel(logging.WARNING)
     world = World(device, size, rank, backend)

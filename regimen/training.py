@@ -194,7 +194,8 @@ class Trainer:
         while self.epoch < last and self.since_best < self.schedule.patience:
             started = time.perf_counter()
             train = self._train_epoch()
-            record = {"epoch": self.epoch + 1, "lr": self.scheduler.get_last_lr()[0], "train": train}
+            record = {"epoch": self.epoch + 1, "lr": self.scheduler.get_last_lr()[0], "train": train,
+                      "train_seconds": round(time.perf_counter() - started, 3)}
             if self.refit:
                 record["refit"] = self.refit(self.epoch + 1)
             record["val"] = self.validate(self.stack)

@@ -94,16 +94,23 @@ def test_two_processes_and_accumulation_take_the_steps_of_one(setup):
     ok("evaluate.py", "--config", config, "--ckpt", str(folder / "two" / "best.pt"), "--split", "val")
 
 
+@pytest.fixture(scope="module")
+def fitted(setup) -> Path:
+    """A copy of the two-process phase 1 with phase 2's CRF beside it."""
+    config, folder = setup
+    base = folder / "fitted"
+    shutil.copytree(folder / "two", base)
+    ok("fit_pgm.py", "--config", config, "--features", str(base / "features.pt"))
+    return base
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["alternating", "end_to_end"])
-def test_joint_training_on_two_processes_equals_one(setup, mode):
+def test_joint_training_on_two_processes_equals_one(setup, fitted, mode):
     """Phase 3: the alternating refit runs on rank 0 and reaches every process; end to end, the
     PGM's weights are reduced with the network's."""
     config, folder = setup
-    base = folder / f"base_{mode}"
-    shutil.copytree(folder / "two", base)
-    ok("fit_pgm.py", "--config", config, "--features", str(base / "features.pt"))
-    args = ["--config", config, "--resume", str(base / "ckpt.pt"), "--set", f"training.joint.mode={mode}"]
+    args = ["--config", config, "--resume", str(fitted / "ckpt.pt"), "--set", f"training.joint.mode={mode}"]
     ok("train_joint.py", *args, "--save", str(folder / f"joint1_{mode}"))
     run_ok("train_joint.py", *args, "--save", str(folder / f"joint2_{mode}"))
     assert_close_weights(folder / f"joint1_{mode}", folder / f"joint2_{mode}")
