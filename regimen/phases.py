@@ -33,7 +33,7 @@ from regimen.features import StoredArray, load_features
 from regimen.inference import (Outputs, SplitArray, compare_with_unaries, network_outputs, output_metrics,
                                pgm_is_worse, save_features, split_metrics, stored_outputs)
 from regimen.processed import TaskData, check_same_data, data_identity, load_checked_meta, load_task_data
-from regimen.stack import Stack, check_fits_data, new_stack, stack_from_checkpoint
+from regimen.stack import Stack, check_fits_data, new_stack, precision, stack_from_checkpoint
 from regimen.training import Schedule, Trainer, attach_log_file
 
 log = logging.getLogger(__name__)
@@ -380,6 +380,7 @@ def _info(kind: str, data: TaskData, config: Config) -> dict:
 def _provenance(config: Config, meta: dict, device: torch.device, started: float,
                 world: Optional[distributed.World] = None) -> dict:
     made = files.provenance(config_hash(config), config.seed, meta, str(device), started, time.time())
-    if world is not None:  # phases 1 and 3: how the training was spread
+    if world is not None:  # phases 1 and 3: how the training was spread, and its arithmetic
         made["distributed"] = world.describe(config.training.batch_size, config.training.accumulate)
+        made["precision"] = precision(device, config.training.mixed_precision)
     return made

@@ -7,10 +7,10 @@ stopping on the validation metric. Under torchrun it is data-parallel
 order, augmentations and dropout seeds for the whole global batch and works on
 its `Share` of it, in `training.accumulate` micro-batches whose losses are
 weighted by their share of the batch (`Part`), so 1 or 16 processes take the
-same steps; validation is summed over every process, and rank 0 alone writes. After every epoch it writes the run
-folder's `ckpt.pt` (model, optimizer, scheduler, scaler, counters, history
-and every RNG state), `best.pt` when the metric improved, `history.jsonl` and
-the learning curve, each atomically. Resuming from `ckpt.pt` replays the
+same steps; validation is summed over every process, and rank 0 alone writes.
+After every epoch it writes the run folder's `ckpt.pt` (model, optimizer,
+scheduler, scaler, counters, history and every RNG state), `best.pt` when the
+metric improved, `history.jsonl` and the learning curve, each atomically. Resuming from `ckpt.pt` replays the
 remaining epochs exactly: a run killed at any moment and resumed ends with the
 weights an uninterrupted run would have.
 """
@@ -39,7 +39,7 @@ from regimen.metrics import MAIN_METRIC
 from regimen.plots import plot_learning_curve
 from regimen.processed import TaskData
 from regimen.progress import track
-from regimen.stack import Stack, model_input, needs_grad_scaler
+from regimen.stack import Stack, model_input, needs_grad_scaler, precision
 from regimen.windows import ShardedBatches, Share, SharedWindows, ShuffledBatches, window_loader
 
 SEED_RANGE = 2 ** 62  # dropout seeds per window
@@ -183,6 +183,9 @@ class Trainer:
             hint = machine.shared_cores_hint(machine.chosen_threads[0])
             if hint:
                 log.warning(hint)
+            if self.schedule.mixed_precision and precision(self.device, True) == "fp32":
+                log.info("training.mixed_precision: this CPU has no native bf16 (AVX512-BF16 or AMX), "
+                         "so the network runs in fp32, which is faster here than emulated bf16")
         if resume is not None:
             self._restore(resume["train_state"])
             log.info("resumed after epoch %d of %d", self.epoch, self.schedule.epochs)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from regimen.allocator import keep_freed_memory
-from regimen.stack import autocast_for, build_net, net_spec, resolve_device
+from regimen.stack import autocast_for, build_net, net_spec, precision, resolve_device
 from regimen.weights import load_state_checked
 from regimen.errors import UserError
 from regimen.config_file import load_config
@@ -46,9 +46,12 @@ def test_devices():
             resolve_device("cuda:1")
 
 
-def test_autocast_on_the_cpu_is_bf16():
-    with autocast_for(torch.device("cpu"), True):
-        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+def test_autocast_on_the_cpu_is_bf16_where_the_cpu_has_it(monkeypatch):
+    for native, dtype in ((True, torch.bfloat16), (False, torch.float32)):  # emulated bf16 is slower than fp32
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+        with autocast_for(torch.device("cpu"), True):
+            assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == dtype
+        assert precision(torch.device("cpu"), True) == ("bf16" if native else "fp32")
     with autocast_for(torch.device("cpu"), False):
         assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
 
