@@ -12,6 +12,7 @@ global batch, split over the processes. Rank 0 alone writes the run folder.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -116,7 +117,13 @@ class World:
                 "global_batch": batch_size, "accumulate": accumulate, "micro_batch": round(micro, 3)}
 
     def close(self) -> None:
+        """Leaves the process group and joins its threads. Drop every DistributedDataParallel
+        wrapper first (`Trainer.fit` does): while anything holds the group its Gloo threads run
+        on, and one that frees a collective's tensors while the interpreter shuts down needs the
+        GIL there and aborts the process (SIGABRT, "terminate called without an active
+        exception")."""
         if self.size > 1 and dist.is_initialized():
+            gc.collect()  # the wrappers' reference cycles
             dist.destroy_process_group()
 
 
@@ -141,6 +148,9 @@ def join(config: Config) -> World:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    # Imported before the group exists: its functions take the world group as a default argument,
+    # and imported later (DistributedDataParallel does) they would hold it past World.close().
+    import torch.distributed.nn  # noqa: F401
     try:
         dist.init_process_group(backend, timeout=TIMEOUT, device_id=device if device.type == "cuda" else None)
     except (ValueError, RuntimeError) as error:  # torchrun's variables missing, or a rendezvous that failed

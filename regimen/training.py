@@ -175,7 +175,15 @@ class Trainer:
     def fit(self, resume: Optional[dict] = None, until_epoch: Optional[int] = None) -> dict:
         """Train to the end (or early stop), or only up to `until_epoch` of the schedule's epochs
         (a later resume continues where it paused, as if never paused); returns a summary for
-        metrics.json."""
+        metrics.json. Either way the DistributedDataParallel wrapper is dropped after, as
+        `World.close` needs."""
+        try:
+            return self._fit(resume, until_epoch)
+        finally:
+            if isinstance(self.model, DistributedDataParallel):
+                self.model = self.model.module
+
+    def _fit(self, resume: Optional[dict], until_epoch: Optional[int]) -> dict:
         fit_started = time.time()
         if self.device.type == "cpu" and machine.chosen_threads:
             log.info("training on the CPU with %d threads (%s; set threads in the config to change it)",

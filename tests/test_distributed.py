@@ -117,6 +117,38 @@ def test_joint_training_on_two_processes_equals_one(setup, fitted, mode):
     assert_close_weights(folder / f"joint1_{mode}", folder / f"joint2_{mode}", key="pgm")
 
 
+# Runs a phase script as its __main__, then names the threads its process still has.
+THREADS_LEFT = """
+import os, runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit:
+    pass
+names = {open(f"/proc/self/task/{task}/comm").read().strip() for task in os.listdir("/proc/self/task")}
+print("threads left:", " ".join(sorted(names)))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="lists the threads through /proc")
+def test_a_phase_under_torchrun_leaves_no_process_group_thread_behind(setup, fitted):
+    """A Gloo thread alive at interpreter exit may free a collective's tensors there, and needs the
+    GIL to: the process aborts (SIGABRT) after a finished run. End to end, the PGM's weights have
+    DistributedDataParallel look for unused parameters, the case CI saw abort."""
+    config, folder = setup
+    wrapper = folder / "threads_left.py"
+    wrapper.write_text(THREADS_LEFT)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(wrapper),
+                           str(ROOT / "train_joint.py"), "--config", config, "--resume", str(fitted / "ckpt.pt"),
+                           "--set", "training.joint.mode=end_to_end", "--set", "training.joint.epochs=1",
+                           "--save", str(folder / "threads")], capture_output=True, text=True, cwd=ROOT.parent,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    left = [line for line in done.stdout.splitlines() if line.startswith("threads left:")]
+    assert len(left) == 2 and all("gloo" not in line for line in left), left
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below `pid` (torchrun starts each worker in a session of its own)."""
     children = {}
