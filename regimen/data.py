@@ -209,7 +209,6 @@ def preprocess(config: Config) -> tuple[Path, dict]:
     """Phase 0 from config to files. Returns the output folder and its meta."""
     data = config.data
     folder = folders.check_output(runs.processed_dir(data.root, dataset_name(config)), runs.PROCESSED, "data.root")
-    folders.claim(folder, "data.root")
     reader = open_reader(data, config.seed)
     lengths = [s.frames for s in reader.sequences]
     for sequence in reader.sequences:
@@ -218,6 +217,7 @@ def preprocess(config: Config) -> tuple[Path, dict]:
                             f"sequence ({sequence.name})")
     parts, cuts = split_frames(reader, data, config.seed)
     inputs = _inputs(config, reader)
+    folders.claim(folder, "data.root")  # only once the input is known to be readable: a refusal writes nothing
     current = _up_to_date(folder, inputs)
     if current is not None:
         log.info("%s is up to date (same config and input files): nothing to do", folder)

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+import script_runner
+
 from regimen import trials
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,9 +87,9 @@ def write_config(tmp_path):
 
 
 def run_script(script: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run a project script in a fresh interpreter, from another directory than the repo."""
-    return subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True,
-                          text=True, cwd=cwd or ROOT.parent, timeout=300)
+    """Run a project script as `python script args` from another directory than the repo, in a
+    child of an interpreter that has imported torch already (script_runner)."""
+    return script_runner.run([str(ROOT / script), *args], cwd=cwd or ROOT.parent, timeout=300)
 
 
 def malicious_pickle(marker: Path) -> bytes:

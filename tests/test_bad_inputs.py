@@ -492,8 +492,8 @@ def attempt(world: World, tmp: Path, case: Case) -> Outcome:
 
 @pytest.fixture(scope="module")
 def outcomes(world, tmp_path_factory) -> dict[str, Outcome]:
-    """Every case run once, two at a time: each is a fresh interpreter that mostly imports torch, and
-    no case may change the world (a case that did fails its own check and the others')."""
+    """Every case run once, two at a time: each is a script run as a user runs it (script_runner),
+    and no case may change the world (a case that did fails its own check and the others')."""
     with ThreadPool(2) as pool:
         results = pool.map(lambda name: attempt(world, tmp_path_factory.mktemp("case"), CASES[name]), CASES)
     return dict(zip(CASES, results))
@@ -509,7 +509,7 @@ def assert_refused(outcome: Outcome, expected: str) -> None:
     assert outcome.unchanged and not outcome.ran_code
 
 
-@pytest.mark.slow  # their shared fixture runs phases 0-3, an export and every case (about 2 minutes)
+@pytest.mark.slow  # their shared fixture runs phases 0-3, an export and every case (about 40 s)
 @pytest.mark.parametrize("name", list(CASES))
 def test_a_bad_input_exits_2_with_one_line_and_changes_nothing(outcomes, name):
     assert_refused(outcomes[name], CASES[name].expected)

@@ -131,3 +131,15 @@ def test_windows_keep_labels_and_soft_targets_aligned(write_config):
         window = split[i]
         np.testing.assert_array_equal(window["y"][0], raw.Y[seq, start:start + 4])
         np.testing.assert_array_equal(window["p"][0], raw.P[seq, start:start + 4])
+
+
+def test_an_unreadable_archive_is_refused_before_the_processed_folder_is_claimed(write_config, tmp_path, monkeypatch):
+    """Claiming creates the folder and its lock file: a refusal must not even do that for a moment,
+    since other runs read data.root meanwhile."""
+    (tmp_path / "blocker.txt").write_text("not an archive")
+    config = load_config(write_config({"data": {"dataset": "npz", "path": str(tmp_path / "blocker.txt")}}))
+    claimed = []
+    monkeypatch.setattr(folders, "claim", lambda folder, flag: claimed.append(folder))
+    with pytest.raises(UserError, match="not a readable .npz file"):
+        preprocess(config)
+    assert claimed == []
