@@ -11,6 +11,7 @@ exit code, stdout and stderr (at the file-descriptor level) are those of the fre
 from __future__ import annotations
 
 import atexit
+import json
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -24,9 +25,15 @@ from pathlib import Path
 
 SERVER = multiprocessing.get_context("forkserver")
 SERVER.set_forkserver_preload(["numpy", "torch", "matplotlib.pyplot", "yaml"])
-# Process.start() polls every other unjoined child and reads its exit code from the same pipe its
-# own join() reads: from two threads at once, one of them would read an EOF (exit code 255).
-STARTS_AND_JOINS = threading.Lock()
+# One script at a time: multiprocessing's bookkeeping of its children is not safe from two threads.
+# Process.start() polls every other unjoined child and reads its exit code from the pipe that
+# child's join() reads (one of them then reads an EOF: exit code 255), and under load about one run
+# in 600 still got another status when only starts and joins were serialised.
+ONE_AT_A_TIME = threading.Lock()
+# sys.path of `python script.py` after the script's folder: the child would otherwise inherit
+# pytest's, which holds tests/ and bench/ too.
+FRESH_PATH = json.loads(subprocess.run([sys.executable, "-c", "import json, sys; print(json.dumps(sys.path[1:]))"],
+                                       capture_output=True, text=True, check=True).stdout)
 
 
 def exit_code(error: SystemExit) -> int:
@@ -50,7 +57,7 @@ def run_as_main(argv: list[str], cwd: str, env: dict[str, str], out: str, err: s
         os.dup2(target, fd)
         os.close(target)
     sys.argv = list(argv)
-    sys.path[0] = str(Path(argv[0]).resolve().parent)
+    sys.path[:] = [str(Path(argv[0]).resolve().parent), *FRESH_PATH]
     try:
         runpy.run_path(argv[0], run_name="__main__")
         code = 0
@@ -75,10 +82,9 @@ def run(argv: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProce
         out.touch()
         err.touch()
         child = SERVER.Process(target=run_as_main, args=(argv, str(cwd), dict(os.environ), str(out), str(err)))
-        with STARTS_AND_JOINS:
+        with ONE_AT_A_TIME:
             child.start()
-        finished = multiprocessing.connection.wait([child.sentinel], timeout)
-        with STARTS_AND_JOINS:
+            finished = multiprocessing.connection.wait([child.sentinel], timeout)
             if not finished:
                 child.kill()
             child.join()

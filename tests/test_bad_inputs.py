@@ -492,8 +492,9 @@ def attempt(world: World, tmp: Path, case: Case) -> Outcome:
 
 @pytest.fixture(scope="module")
 def outcomes(world, tmp_path_factory) -> dict[str, Outcome]:
-    """Every case run once, two at a time: each is a script run as a user runs it (script_runner),
-    and no case may change the world (a case that did fails its own check and the others')."""
+    """Every case run once, two at a time (their scripts one at a time, as script_runner runs them,
+    while the other case takes its snapshots), and no case may change the world (a case that did
+    fails its own check and the others')."""
     with ThreadPool(2) as pool:
         results = pool.map(lambda name: attempt(world, tmp_path_factory.mktemp("case"), CASES[name]), CASES)
     return dict(zip(CASES, results))
