@@ -510,7 +510,7 @@ def assert_refused(outcome: Outcome, expected: str) -> None:
     assert outcome.unchanged and not outcome.ran_code
 
 
-@pytest.mark.slow  # their shared fixture runs phases 0-3, an export and every case (about 40 s)
+@pytest.mark.slow  # their shared fixture runs phases 0-3, an export and every case (about 70 s)
 @pytest.mark.parametrize("name", list(CASES))
 def test_a_bad_input_exits_2_with_one_line_and_changes_nothing(outcomes, name):
     assert_refused(outcomes[name], CASES[name].expected)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from multiprocessing.pool import ThreadPool
 
 import pytest
 
@@ -40,15 +39,6 @@ def test_a_script_sees_and_gives_what_a_fresh_interpreter_does(tmp_path, monkeyp
         assert forked.stderr.startswith("to stderr\nTraceback") and forked.stderr.endswith("ValueError: boom\n")
     else:
         assert forked.stderr == fresh.stderr
-
-
-def test_scripts_run_from_several_threads_keep_their_own_exit_codes(tmp_path):
-    script = tmp_path / "exits.py"
-    script.write_text("import sys, time\ntime.sleep(int(sys.argv[1]) * 0.01)\nsys.exit(int(sys.argv[1]))\n")
-    codes = [i % 7 for i in range(42)]
-    with ThreadPool(4) as pool:
-        done = pool.map(lambda code: script_runner.run([str(script), str(code)], cwd=tmp_path, timeout=60), codes)
-    assert [d.returncode for d in done] == codes
 
 
 def test_a_script_past_its_timeout_is_killed(tmp_path):
