@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import logging
 
-from regimen import cli
-from regimen.config_file import load_config
-from regimen.evaluation import evaluate
+from regimen.core import cli
+from regimen.core.config_file import load_config
+from regimen.evaluate.evaluation import evaluate
 
 log = logging.getLogger("evaluate")
 

@@ -47,8 +47,8 @@ from __future__ import annotations
 
 import logging
 
-from regimen import cli
-from regimen.config_file import load_config
+from regimen.core import cli
+from regimen.core.config_file import load_config
 
 log = logging.getLogger("evolve")
 
@@ -73,7 +73,7 @@ def main(argv=None) -> None:
     config = load_config(args.config, args.overrides)
     cli.apply_machine(config)
     if args.strategy == "cmaes":
-        from regimen.cmaes import fine_tune
+        from regimen.search.cmaes import fine_tune
 
         if not args.ckpt:
             raise cli.UserError("--strategy cmaes needs --ckpt PATH (a checkpoint to fine-tune)")
@@ -81,7 +81,7 @@ def main(argv=None) -> None:
         log.info("CMA-ES: %s %.6f -> %.6f over %d generations; wrote %s", result["objective"],
                  result["start_loss"], result["final_loss"], result["generations"], result["checkpoint"])
         return
-    from regimen.evolution import evolve
+    from regimen.search.evolution import evolve
 
     result = evolve(config, args.out, args.parallel, args.resume, args.overwrite, args.scheduler,
                     args.export_optuna, args.replay_arrivals)

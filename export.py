@@ -13,16 +13,16 @@ data version, git commit, library versions). It is written whole
 or not at all; a folder that holds files is replaced only with --overwrite.
 
 --verify checks every hash, then loads the bundle. In Python:
-    from regimen.bundle import predict; predict("artifacts/", X)
+    from regimen.evaluate.bundle import predict; predict("artifacts/", X)
 """
 
 from __future__ import annotations
 
 import logging
 
-from regimen import cli
-from regimen.bundle import export, load_bundle, verify
-from regimen.config_file import load_config
+from regimen.core import cli
+from regimen.core.config_file import load_config
+from regimen.evaluate.bundle import export, load_bundle, verify
 
 log = logging.getLogger("export")
 

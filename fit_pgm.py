@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import logging
 
-from regimen import cli
-from regimen.config_file import load_config
-from regimen.phases import fit_structure
+from regimen.core import cli
+from regimen.core.config_file import load_config
+from regimen.train.phases import fit_structure
 
 log = logging.getLogger("fit_pgm")
 

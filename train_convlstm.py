@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import logging
 
-from regimen import cli, runs
-from regimen.config_file import load_config
-from regimen.phases import pretrain
+from regimen.core import cli, runs
+from regimen.core.config_file import load_config
+from regimen.train.phases import pretrain
 
 log = logging.getLogger("train_convlstm")
 

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import logging
 
-from regimen import cli
-from regimen.config_file import load_config
-from regimen.phases import train_joint
+from regimen.core import cli
+from regimen.core.config_file import load_config
+from regimen.train.phases import train_joint
 
 log = logging.getLogger("train_joint")
 

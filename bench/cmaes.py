@@ -12,7 +12,7 @@ divergence from a uniform target to `log_softmax` of its hidden outputs
 
 - ours: what `evolve.py --strategy cmaes` does: pycma with `covariance: auto`
   (separable above 1000 weights, so here), the population scored by
-  regimen.cmaes.PopulationLoss (one `torch.vmap`-ed `functional_call`, or one
+  regimen.search.cmaes.PopulationLoss (one `torch.vmap`-ed `functional_call`, or one
   candidate after another where that measures faster on the first generation);
 - ours, full: the same with pycma's full covariance (what batching alone gives);
 - pycma: plain pycma (full covariance), candidates loaded into the model and run one at a time;
@@ -31,10 +31,12 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from deap import base, cma as deap_cma, creator
+from deap import base
+from deap import cma as deap_cma
+from deap import creator
 
 from models.convlstm import ConvLSTM
-from regimen.cmaes import PopulationLoss, diagonal_for, kl_batchmean, run_cmaes
+from regimen.search.cmaes import PopulationLoss, diagonal_for, kl_batchmean, run_cmaes
 
 creator.create("BenchFitness", base.Fitness, weights=(-1.0,))
 creator.create("BenchIndividual", list, fitness=creator.BenchFitness)

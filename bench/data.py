@@ -79,10 +79,10 @@ def training_rate(config: Path, workers: int, in_memory: bool, repeats: int) -> 
     """Windows per second of epochs of training (a small ConvLSTM, batch 8, AdamW) fed by the loader:
     the median of `repeats` epochs after one that starts the workers."""
     from models.convlstm import ConvLSTMNet
-    from regimen.config_file import load_config
-    from regimen.processed import load_task_data
-    from regimen.stack import model_input
-    from regimen.windows import ShuffledBatches, WindowDataset, window_loader
+    from regimen.core.config_file import load_config
+    from regimen.data.processed import load_task_data
+    from regimen.data.windows import ShuffledBatches, WindowDataset, window_loader
+    from regimen.train.stack import model_input
 
     loaded = load_config(config)
     data = load_task_data(loaded)

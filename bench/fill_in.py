@@ -27,13 +27,13 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from regimen import runs  # noqa: E402
-from regimen.config_file import load_config  # noqa: E402
-from regimen.datasets import load_dataset  # noqa: E402
-from regimen.features import load_features  # noqa: E402
-from regimen.inference import decode, stored_outputs  # noqa: E402
-from regimen.pgm import head_from_params  # noqa: E402
-from regimen import files  # noqa: E402
+from regimen.core import files  # noqa: E402
+from regimen.core import runs  # noqa: E402
+from regimen.core.config_file import load_config  # noqa: E402
+from regimen.data.datasets import load_dataset  # noqa: E402
+from regimen.data.features import load_features  # noqa: E402
+from regimen.train.inference import decode, stored_outputs  # noqa: E402
+from regimen.train.pgm import head_from_params  # noqa: E402
 
 
 def write_archive(path: Path, missing: float, seed: int) -> np.ndarray:

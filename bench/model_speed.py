@@ -17,14 +17,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from hmmlearn.hmm import CategoricalHMM
+from reference_models import ConcatConvLSTMCell, run_reference
 from torchcrf import CRF
 
 from models.chain_crf import ChainCRF
 from models.convlstm import ConvLSTM
 from models.crf import SpaceTimeCRF
-from reference_models import ConcatConvLSTMCell, run_reference
 from models.hmm import HMM, forward_backward, viterbi
-from regimen.allocator import keep_freed_memory
+from regimen.core.allocator import keep_freed_memory
 
 
 def median_seconds(fn, repeats: int, warmup: int = 1) -> float:

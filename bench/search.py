@@ -28,19 +28,20 @@ from pathlib import Path
 
 import yaml
 
-from regimen import evolution, runs
-from regimen.config_file import load_config
-from regimen.genome import genes_of
-from regimen.optuna_export import distributions, genome_of
-from regimen.scheduling import TrialPool, TrialScheduler, slot_environment
-from regimen.trials import PROJECT
+from regimen.core import runs
+from regimen.core.config_file import load_config
+from regimen.search import evolution
+from regimen.search.genome import genes_of
+from regimen.search.optuna_export import distributions, genome_of
+from regimen.search.scheduling import TrialPool, TrialScheduler, slot_environment
+from regimen.search.trials import PROJECT
 
 SHARES = (0.25, 0.5, 1.0)
 POPULATION, ELITISM = 6, 2
 HALVING = {"eta": 3, "rungs": 3}
 
 
-class RandomSearch(evolution.Search):
+class RandomSearch(evolution.Generational):
     """Random search through the GA's own loop: every generation is new random genomes, so it
     shares the trial runner, the cache and the fidelity schedule (halving included)."""
 
@@ -49,10 +50,10 @@ class RandomSearch(evolution.Search):
 
 
 METHODS = {  # name: (evolutionary settings, search class)
-    "GA": ({"mode": "generational", "fidelity": "generations"}, evolution.Search),
-    "GA + halving": ({"mode": "generational", "fidelity": "halving"}, evolution.Search),
-    "GA steady state": ({"mode": "steady_state", "fidelity": "generations"}, evolution.Search),
-    "GA steady state + halving": ({"mode": "steady_state", "fidelity": "halving"}, evolution.Search),
+    "GA": ({"mode": "generational", "fidelity": "generations"}, evolution.Generational),
+    "GA + halving": ({"mode": "generational", "fidelity": "halving"}, evolution.Generational),
+    "GA steady state": ({"mode": "steady_state", "fidelity": "generations"}, evolution.Generational),
+    "GA steady state + halving": ({"mode": "steady_state", "fidelity": "halving"}, evolution.Generational),
     "random": ({"mode": "generational", "fidelity": "generations", "elitism": 0}, RandomSearch),
     "random + halving": ({"mode": "generational", "fidelity": "halving", "elitism": 0}, RandomSearch),
     "TPE (Optuna)": (None, None),
@@ -80,11 +81,11 @@ def run_ga(folder: Path, raw: dict, settings: dict, search_class, budget: int, p
     raw = json.loads(json.dumps(raw))
     raw["evolutionary"].update(settings, generations=generations_for(settings, epochs, budget))
     (folder / "config.yaml").write_text(yaml.safe_dump(raw))
-    evolution.Search = search_class  # evolve() builds the generational search from this name
+    evolution.Generational = search_class  # evolve() builds the generational search from this name
     try:
         evolution.evolve(load_config(folder / "config.yaml"), folder / "search", parallel, False, False)
     finally:
-        evolution.Search = METHODS["GA"][1]
+        evolution.Generational = METHODS["GA"][1]
     return folder / "search" / "trials.csv"
 
 

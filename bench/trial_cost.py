@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from regimen import trials
+from regimen.search import trials
 
 TINY = {"data": {"generator": {"num_sequences": 10, "sequence_length": 10, "height": 12, "width": 12},
                  "T_window": 4, "stride": 3},

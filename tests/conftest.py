@@ -13,7 +13,7 @@ import yaml
 
 import script_runner
 
-from regimen import trials
+from regimen.search import trials
 
 ROOT = Path(__file__).resolve().parents[1]
 

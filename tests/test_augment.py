@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from regimen.augment import Augmenter
-from regimen.config import AugmentationConfig
+from regimen.data.augment import Augmenter
+from regimen.core.config import AugmentationConfig
 
 
 def only(**on) -> AugmentationConfig:

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from conftest import malicious_pickle, ok, phase_one, run_script, snapshot
-from regimen import folders
+from regimen.core import folders
 
 
 @dataclass

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from sklearn.isotonic import IsotonicRegression
 
-from regimen.calibration import Calibrator, choose_calibrator, fit_isotonic, fit_temperature
-from regimen.errors import UserError
-from regimen.metrics import calibration
+from regimen.evaluate.calibration import Calibrator, choose_calibrator, fit_isotonic, fit_temperature
+from regimen.core.errors import UserError
+from regimen.scores.metrics import calibration
 
 
 def overconfident(n=20_000, k=3, seed=0):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from conftest import ok, run_script, snapshot, tiny_config
 from models.convlstm import ConvLSTM
-from regimen.cmaes import PopulationLoss, diagonal_for, kl_batchmean, run_cmaes
+from regimen.search.cmaes import PopulationLoss, diagonal_for, kl_batchmean, run_cmaes
 
 
 def readme_problem(seed=0):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from regimen.errors import UserError
-from regimen.config import Config, config_hash, dump_config, get_key, leaf_keys
-from regimen.config_file import load_config
+from regimen.core.errors import UserError
+from regimen.core.config import Config, config_hash, dump_config, get_key, leaf_keys
+from regimen.core.config_file import load_config
 
 from conftest import ROOT
 

@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from regimen import files, folders, runs
-from regimen.errors import UserError
-from regimen.config_file import load_config
-from regimen.data import (ChannelStatistics, add_static_features, preprocess, window_index,
-                          window_starts)
-from regimen.splits import Piece, split_sequences
-from regimen.windows import WindowDataset
+from regimen.core import files, folders, runs
+from regimen.core.errors import UserError
+from regimen.core.config_file import load_config
+from regimen.data.preprocess import (ChannelStatistics, add_static_features, preprocess, window_index,
+                                     window_starts)
+from regimen.data.splits import Piece, split_sequences
+from regimen.data.windows import WindowDataset
 
 
 def test_window_index_equals_hand_computed_rows():
@@ -107,7 +107,7 @@ def test_preprocess_writes_reproducible_files_with_training_statistics(write_con
 
     # Standardised with the training split's statistics: train is exactly (0, 1) once
     # windows are undone (stride 3 < window 4 repeats frames, so use first-window frames).
-    from regimen.datasets import load_dataset
+    from regimen.data.datasets import load_dataset
     raw = load_dataset(config.data, config.seed).X
     train_ids = sorted(sequences[0])
     mean, std = meta["normalisation"]["mean"][0], meta["normalisation"]["std"][0]
@@ -123,7 +123,7 @@ def test_preprocess_writes_reproducible_files_with_training_statistics(write_con
 def test_windows_keep_labels_and_soft_targets_aligned(write_config):
     config = load_config(write_config())
     folder, meta = preprocess(config)
-    from regimen.datasets import load_dataset
+    from regimen.data.datasets import load_dataset
     raw = load_dataset(config.data, config.seed)
     split = WindowDataset(folder, "train", meta)
     for i in range(len(split)):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from regimen.errors import UserError
-from regimen.config import Config
-from regimen.config_file import load_config
-from regimen.datasets import load_dataset, storm_baselines, storm_classes
-from regimen.metrics import mean_iou
+from regimen.core.errors import UserError
+from regimen.core.config import Config
+from regimen.core.config_file import load_config
+from regimen.data.datasets import load_dataset, storm_baselines, storm_classes
+from regimen.scores.metrics import mean_iou
 
 from conftest import ROOT
 

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from conftest import ROOT, ok, run_script, tiny_config
-from regimen import trials
-from regimen.windows import share_of
+from regimen.search import trials
+from regimen.data.windows import share_of
 
 # fp32: under bf16 autocast each micro-batch's weight gradient is rounded to bf16 before the sum,
 # so another split of the batch differs at bf16's precision, not float32's.

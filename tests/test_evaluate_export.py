@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from conftest import ROOT, assert_same_figures, malicious_pickle, metrics_of, ok, phase_one, run_script, snapshot
-from regimen import folders
+from regimen.core import folders
 
 
 @pytest.fixture(scope="module")
@@ -127,10 +127,10 @@ def test_the_bundle_verifies_and_reproduces_its_metrics_in_a_fresh_process(phase
     assert test["calibrated"]["calibration"]["ece"] <= test["uncalibrated"]["calibration"]["ece"] + 1e-9
     code = (
         "import json, sys\n"
-        "from regimen.stack import resolve_device\n"
-        "from regimen.bundle import load_bundle\n"
-        "from regimen.config_file import load_config\n"
-        "from regimen.processed import load_task_data\n"
+        "from regimen.train.stack import resolve_device\n"
+        "from regimen.evaluate.bundle import load_bundle\n"
+        "from regimen.core.config_file import load_config\n"
+        "from regimen.data.processed import load_task_data\n"
         "bundle = load_bundle(sys.argv[1])\n"
         "config = load_config(sys.argv[2])\n"
         "device = resolve_device(config.device)  # the export's device: cuda:0 where there is one\n"
@@ -145,7 +145,7 @@ def test_the_bundle_verifies_and_reproduces_its_metrics_in_a_fresh_process(phase
 def test_predict_on_raw_windows_in_one_call(phase2, bundle):
     import numpy as np
 
-    from regimen.bundle import predict
+    from regimen.evaluate.bundle import predict
     x = np.random.default_rng(0).normal(size=(2, 4, 12, 12, 1))
     out = predict(bundle, x)
     assert out["labels"].shape == (2, 4, 12, 12) and out["probs"].shape == (2, 4, 12, 12, 3)
@@ -240,15 +240,15 @@ def test_streamed_reports_equal_the_whole_splits_figures(phase2, monkeypatch):
     import numpy as np
     import torch
 
-    from regimen import evaluation
-    from regimen.calibration import Calibrator
-    from regimen.config_file import load_config
-    from regimen.evaluation import (class_probs, predictions, split_reports, split_sample, validate,
-                                    load_evaluated)
-    from regimen.inference import network_outputs, predict
-    from regimen.metrics import boundary_f1, calibration, class_report, flicker
-    from regimen.stack import model_input
-    from regimen.verification import VerificationSums
+    from regimen.evaluate import evaluation
+    from regimen.evaluate.calibration import Calibrator
+    from regimen.core.config_file import load_config
+    from regimen.evaluate.evaluation import (class_probs, predictions, split_reports, split_sample, validate,
+                                             load_evaluated)
+    from regimen.train.inference import network_outputs, predict
+    from regimen.scores.metrics import boundary_f1, calibration, class_report, flicker
+    from regimen.train.stack import model_input
+    from regimen.scores.verification import VerificationSums
 
     config_path, base = phase2
     config, data, stack = load_evaluated(load_config(config_path), base / "best.pt", None)

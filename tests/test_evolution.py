@@ -14,12 +14,12 @@ import time
 import pytest
 
 from conftest import merge, run_script, snapshot, tiny_config
-from regimen import folders, runs
-from regimen.errors import UserError
-from regimen.config import from_dict
-from regimen.config_file import load_config
-from regimen.evolution import evolve
-from regimen.genome import Gene, crossover, decode, diversity, genes_of, incumbent, mutate
+from regimen.core import folders, runs
+from regimen.core.errors import UserError
+from regimen.core.config import from_dict
+from regimen.core.config_file import load_config
+from regimen.search.evolution import evolve
+from regimen.search.genome import Gene, crossover, decode, diversity, genes_of, incumbent, mutate
 
 SPACE = {"model.convlstm.num_layers": {"type": "int", "low": 1, "high": 3},
          "model.convlstm.kernel_size": {"choice": [3, 5]},
@@ -422,7 +422,7 @@ def test_only_genes_that_act_in_a_trial_are_searched(caplog):
 
 
 def test_trials_on_unchanged_data_read_the_base_configs_processed_data(tmp_path):
-    from regimen.scheduling import TrialScheduler
+    from regimen.search.scheduling import TrialScheduler
     for dataset, low_root in (("npz", tmp_path / "data"), ("storms", None)):
         config = from_dict({"data": {"dataset": dataset, "path": "floods.npz" if dataset == "npz" else None,
                                      "root": str(tmp_path / "data")}, "evolutionary": {"search_space": SPACE}})
@@ -454,7 +454,7 @@ def test_a_search_exports_its_trials_to_an_optuna_journal(tmp_path, stand_in_pha
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
     from optuna.trial import TrialState
-    from regimen.optuna_export import genome_of
+    from regimen.search.optuna_export import genome_of
 
     path = search_config(tmp_path, {"training": {"epochs": 4}, "evolutionary": {
         "population_size": 4, "generations": 3, "low_fidelity": {"generations": 1, "max_epochs": 1},
@@ -498,7 +498,7 @@ def test_a_search_exports_its_trials_to_an_optuna_journal(tmp_path, stand_in_pha
 
 
 def test_the_optuna_export_is_checked_before_the_search(tmp_path, monkeypatch):
-    from regimen import optuna_export
+    from regimen.search import optuna_export
     monkeypatch.setattr(optuna_export.importlib.util, "find_spec", lambda name: None)  # Optuna absent
     with pytest.raises(UserError, match="--export-optuna needs Optuna: pip install -r requirements-optuna.txt"):
         optuna_export.check_export_path(tmp_path / "new.log")
@@ -512,7 +512,7 @@ def test_the_optuna_export_is_checked_before_the_search(tmp_path, monkeypatch):
 
 
 def test_trials_on_the_cpu_share_its_cores_even_where_gpus_are_listed():
-    from regimen.scheduling import slot_environment
+    from regimen.search.scheduling import slot_environment
     config = from_dict({"device": "cpu", "evolutionary": {"devices": [0, 1]}})
     env = slot_environment(2, config, None)(1)
     assert env["CUDA_VISIBLE_DEVICES"] == "" and env["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))

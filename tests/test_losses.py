@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from regimen.errors import UserError
-from regimen.losses import consistency, resolve_unary_loss, unary_loss
+from regimen.core.errors import UserError
+from regimen.train.losses import consistency, resolve_unary_loss, unary_loss
 
 
 def test_cross_entropy_over_every_pixel():

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from conftest import ROOT, ok, phase_one, tiny_config
-from regimen import machine
+from regimen.core import machine
 
 
 def test_threads_follow_affinity_omp_and_the_config(monkeypatch):

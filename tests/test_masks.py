@@ -15,15 +15,15 @@ import torch
 import yaml
 
 from conftest import FAST, merge, ok, run_script, snapshot
-from regimen import files, runs
-from regimen.config_file import load_config
-from regimen.config import DataConfig, GeneratorConfig, PGMConfig
-from regimen.datasets import load_dataset
-from regimen.losses import unary_loss
-from regimen.metrics import MetricSums, ReportSums
-from regimen.features import load_features
-from regimen.pgm import PGMHead, fit_pgm, pgm_settings
-from regimen.verification import VerificationSums
+from regimen.core import files, runs
+from regimen.core.config_file import load_config
+from regimen.core.config import DataConfig, GeneratorConfig, PGMConfig
+from regimen.data.datasets import load_dataset
+from regimen.train.losses import unary_loss
+from regimen.scores.metrics import MetricSums, ReportSums
+from regimen.data.features import load_features
+from regimen.train.pgm import PGMHead, fit_pgm, pgm_settings
+from regimen.scores.verification import VerificationSums
 
 B, T, K, H, W = 2, 4, 3, 5, 6
 CASES = [("crf", "segmentation"), ("hmm", "segmentation"), ("chain_crf", "segmentation"),

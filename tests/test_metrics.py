@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score, r2_score, roc_auc_score
 
 from conftest import assert_same_figures
-from regimen.metrics import (RegressionSums, ReportSums, auroc_ovr, boundaries, boundary_f1, calibration,
-                             class_report, flicker, regression_report)
+from regimen.scores.metrics import (RegressionSums, ReportSums, auroc_ovr, boundaries, boundary_f1, calibration,
+                                    class_report, flicker, regression_report)
 
 TRUTH = np.array([0, 0, 1, 1, 2, 2])
 PRED = np.array([0, 1, 1, 1, 2, 0])

@@ -7,12 +7,12 @@ import numpy as np
 import torch
 
 from conftest import metrics_of, ok, phase_one
-from regimen import files
-from regimen.config_file import load_config
-from regimen.features import load_features
-from regimen.inference import SplitArray, decode
-from regimen.pgm import PGMHead, head_from_params
-from regimen.processed import load_task_data
+from regimen.core import files
+from regimen.core.config_file import load_config
+from regimen.data.features import load_features
+from regimen.train.inference import SplitArray, decode
+from regimen.train.pgm import PGMHead, head_from_params
+from regimen.data.processed import load_task_data
 
 
 @pytest.fixture(scope="module")

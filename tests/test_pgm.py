@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from models.hmm import forward_backward
-from regimen.errors import UserError
-from regimen.config import PGMConfig
-from regimen.pgm import PGMHead, check_pgm_task, fit_pgm, head_from_params, pgm_params, pgm_settings
+from regimen.core.errors import UserError
+from regimen.core.config import PGMConfig
+from regimen.train.pgm import PGMHead, check_pgm_task, fit_pgm, head_from_params, pgm_params, pgm_settings
 
 SEGMENTATION = (2, 3, 3, 4, 5)  # B, T, K, H, W
 TAGGING = (4, 5, 3)  # B, T, K
@@ -140,7 +140,7 @@ def test_pgm_and_task_must_fit():
 def test_hmm_counts_and_baum_welch_summed_by_chunk_equal_the_whole_split(monkeypatch):
     """The HMM reads a split a chunk of windows at a time: the same fit as on the whole tensors."""
     from models.hmm import HMM
-    from regimen import pgm
+    from regimen.train import pgm
 
     monkeypatch.setattr(pgm, "COUNT_WINDOWS", 2)
     torch.manual_seed(8)

@@ -12,8 +12,8 @@ import time
 import pytest
 import torch
 
-from regimen import folders
-from regimen.features import load_features
+from regimen.core import folders
+from regimen.data.features import load_features
 from conftest import ROOT, malicious_pickle, metrics_of, ok, phase_one, run_script, snapshot, tiny_config
 
 @pytest.fixture(scope="module")

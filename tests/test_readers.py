@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 from conftest import ok, run_script, snapshot
-from regimen import runs
+from regimen.core import runs
 
 XARRAY = importlib.util.find_spec("xarray") is not None
 needs_xarray = pytest.mark.skipif(not XARRAY, reason="the xarray extra: pip install -r requirements-xarray.txt")
@@ -295,9 +295,9 @@ def test_a_bad_archive_exits_2_with_one_line_and_writes_nothing(tmp_path, arrays
 def test_without_the_xarray_extra_the_reader_names_the_requirements_file(tmp_path, monkeypatch):
     import sys
 
-    from regimen.config_file import load_config
-    from regimen.errors import UserError
-    from regimen.readers import open_reader
+    from regimen.core.config_file import load_config
+    from regimen.core.errors import UserError
+    from regimen.data.readers import open_reader
 
     monkeypatch.setitem(sys.modules, "xarray", None)  # import xarray now raises ImportError
     (tmp_path / "radar.nc").write_bytes(b"")

@@ -20,9 +20,9 @@ import torch
 import yaml
 
 from conftest import ROOT, metrics_of, ok, phase_one, run_script, snapshot, tiny_config
-from regimen import folders
-from regimen.config_file import load_config
-from regimen.evolution import evolve
+from regimen.core import folders
+from regimen.core.config_file import load_config
+from regimen.search.evolution import evolve
 from test_evolution import rows, search_config, without_seconds
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import malicious_pickle
-from regimen import files
-from regimen.errors import UserError
+from regimen.core import files
+from regimen.core.errors import UserError
 
 
 def test_checkpoints_round_trip_and_name_their_kind(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from conftest import ok, run_script, snapshot
-from regimen import folders
+from regimen.core import folders
 
 
 def test_preprocess_and_visualize_from_another_directory(write_config, tmp_path):

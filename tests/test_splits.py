@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from conftest import ok
-from regimen import runs
-from regimen.config import DataConfig
-from regimen.errors import UserError
-from regimen.splits import by_time, format_time
+from regimen.core import runs
+from regimen.core.config import DataConfig
+from regimen.core.errors import UserError
+from regimen.data.splits import by_time, format_time
 
 RECORD, EVENT, STEP, EVENTS = 120, 24, 12, 9  # one record of 120 frames, events of 24 starting every 12
 START = np.datetime64("2021-05-01T00:00")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from regimen.allocator import keep_freed_memory
-from regimen.stack import autocast_for, build_net, net_spec, precision, resolve_device
-from regimen.weights import load_state_checked
-from regimen.errors import UserError
-from regimen.config_file import load_config
-from regimen.pgm import PGMHead, pgm_settings
+from regimen.core.allocator import keep_freed_memory
+from regimen.train.stack import autocast_for, build_net, net_spec, precision, resolve_device
+from regimen.core.weights import load_state_checked
+from regimen.core.errors import UserError
+from regimen.core.config_file import load_config
+from regimen.train.pgm import PGMHead, pgm_settings
 
 from conftest import ROOT
 
@@ -72,12 +72,12 @@ def unaries_by_row(outputs) -> torch.Tensor:
 def test_stateful_windows_equal_the_network_over_each_whole_sequence(write_config, stride):
     """evaluation.stateful: each window continues from the state its sequence's previous window left
     at its first frame, so its unaries are the whole sequence's, sliced (overlapping or tiling windows)."""
-    from regimen.data import preprocess
-    from regimen.inference import network_outputs
-    from regimen.processed import load_task_data
-    from regimen.stack import model_input, new_stack
-    from regimen.store import ArrayFile
-    from regimen import runs
+    from regimen.data.preprocess import preprocess
+    from regimen.train.inference import network_outputs
+    from regimen.data.processed import load_task_data
+    from regimen.train.stack import model_input, new_stack
+    from regimen.data.store import ArrayFile
+    from regimen.core import runs
 
     config = load_config(write_config({"data": {"T_window": 4, "stride": stride},
                                        "training": {"mixed_precision": False}}))

@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from regimen import files, folders, runs
-from regimen.config_file import load_config
-from regimen.data import preprocess
-from regimen.losses import unary_loss
-from regimen.processed import load_task_data
-from regimen.stack import new_stack, stack_from_checkpoint
-from regimen.training import Schedule, Trainer, warmup_cosine
+from regimen.core import files, folders, runs
+from regimen.core.config_file import load_config
+from regimen.data.preprocess import preprocess
+from regimen.train.losses import unary_loss
+from regimen.data.processed import load_task_data
+from regimen.train.stack import new_stack, stack_from_checkpoint
+from regimen.train.training import Schedule, Trainer, warmup_cosine
 
 
 def test_warmup_then_cosine_to_zero():

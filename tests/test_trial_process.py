@@ -6,7 +6,7 @@ import json
 import subprocess
 
 from conftest import ok, tiny_config
-from regimen import trials
+from regimen.search import trials
 
 
 def test_one_trial_process_gives_the_numbers_of_the_scripts_run_by_hand(tmp_path):
@@ -40,7 +40,7 @@ def test_the_phase_that_fails_ends_the_trial_with_its_exit_code(tmp_path):
     script.write_text("import sys\nprint('ran', sys.argv[1:])\nsys.exit(int(sys.argv[1]))\n")
     phases = [(name, str(tmp_path / f"{name}.log"), [str(script), code]) for name, code in
               (("first", "0"), ("second", "3"), ("third", "0"))]
-    done = subprocess.run([trials.sys.executable, "-m", "regimen.trial_process", json.dumps(phases)])
+    done = subprocess.run([trials.sys.executable, "-m", "regimen.search.trial_process", json.dumps(phases)])
     assert done.returncode == 3
     assert (tmp_path / "first.log").read_text() == "ran ['0']\n"
     assert (tmp_path / "second.log").read_text() == "ran ['3']\n" and not (tmp_path / "third.log").exists()

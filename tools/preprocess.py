@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 
-from regimen import cli
-from regimen.config_file import load_config
-from regimen.data import preprocess
+from regimen.core import cli
+from regimen.core.config_file import load_config
+from regimen.data.preprocess import preprocess
 
 log = logging.getLogger("preprocess")
 

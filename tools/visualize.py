@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import logging
 
-from regimen import cli, folders, runs
-from regimen.config_file import load_config
-from regimen.evaluation import window_predictor
-from regimen.plots import visualize_split
-from regimen.processed import processed_folder
+from regimen.core import cli, folders, runs
+from regimen.core.config_file import load_config
+from regimen.data.processed import processed_folder
+from regimen.evaluate.evaluation import window_predictor
+from regimen.evaluate.plots import visualize_split
 
 log = logging.getLogger("visualize")
 

@@ -1,0 +1,278 @@
+"""Predictions of a stack over a split's windows, batch by batch: unaries, decoded labels,
+marginals, metrics.
+
+A split is never held whole: `network_outputs` runs the network over its
+windows as they stream from disk, and `stored_outputs` reads phase 1's saved
+unaries; both give `Outputs` batches, which `output_metrics` (and evaluate.py's
+`ReportSums`) sum up.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from regimen.core.progress import track
+from regimen.core.runs import RunFolder
+from regimen.data.features import FeatureWriter, StoredArray
+from regimen.data.processed import TaskData
+from regimen.data.windows import SequentialBatches, WindowDataset
+from regimen.scores.metrics import MAIN_METRIC, MetricSums
+from regimen.train.distributed import World
+from regimen.train.losses import class_last
+from regimen.train.pgm import PGMHead
+from regimen.train.stack import Stack, model_input
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def predict(stack: Stack, x: torch.Tensor, device: torch.device, batch_size: int,
+            feature_maps: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Unaries (and the last layer's feature maps) for inputs `[N, T, H, W, C]`, on the CPU."""
+    stack.eval()
+    outputs, features = [], []
+    for start in track(range(0, len(x), batch_size), "predict", "batches"):
+        out, maps = stack.unaries(model_input(x[start:start + batch_size]).to(device), return_features=True)
+        outputs.append(out.cpu())
+        if feature_maps:
+            features.append(maps.cpu())
+    return torch.cat(outputs), (torch.cat(features) if feature_maps else None)
+
+
+@torch.no_grad()
+def save_features(stack: Stack, data: TaskData, run: RunFolder, device: torch.device, batch_size: int,
+                  feature_maps: bool) -> dict:
+    """Phase 1's `features.pt`: the unaries (and feature maps) of every split with its labels,
+    streamed window batch by batch into the run folder; returns the unaries' metrics on val and
+    test, summed on the way."""
+    stack.eval()
+    writer, metrics = FeatureWriter(run), {}
+    try:
+        for split in ("train", "val", "test"):
+            count, score = len(data.windows(split)), MetricSums(data.task, data.num_classes)
+            for batch in track(split_loader(data, split, batch_size, device), f"predict {split}", "batches"):
+                out, maps = stack.unaries(model_input(batch["x"]).to(device), return_features=True)
+                rows = {"unaries": out.cpu(), "labels": batch["y"]}
+                if "m" in batch:
+                    rows["valid"] = batch["m"]
+                if feature_maps:
+                    rows["feature_maps"] = maps.cpu()
+                writer.add(split, count, rows)
+                score.add(batch["y"].numpy(), _predicted(data.task, rows["unaries"], None, None).numpy(),
+                          numpy_of(batch.get("m")))
+            metrics[split] = score.result()
+        writer.save(data.identity)
+    except BaseException:
+        writer.discard()
+        raise
+    return {split: metrics[split] for split in ("val", "test")}
+
+
+def _predicted(task: str, unaries: torch.Tensor, head: Optional[PGMHead], x: Optional[torch.Tensor],
+               valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """What a task's metrics compare with the truth: values (regression, channels last) or labels."""
+    return class_last(unaries) if task == "regression" else decode(head, unaries, x, valid)
+
+
+def numpy_of(tensor: Optional[torch.Tensor]) -> Optional[np.ndarray]:
+    return None if tensor is None else tensor.numpy()
+
+
+@dataclass
+class Outputs:
+    """One batch of a split's windows: their `rows` in the split, the network's `unaries`
+    `[B, T, K(, H, W)]`, labels `y`, soft targets `p`, and `guide`, the inputs in model layout
+    `[B, T, C, H, W]` (what an edge-aware CRF weighs its edges by; None where not read), and `valid`,
+    False at missing nodes (None where the data has no mask). CPU tensors."""
+
+    rows: np.ndarray
+    unaries: torch.Tensor
+    y: torch.Tensor
+    p: Optional[torch.Tensor] = None
+    guide: Optional[torch.Tensor] = None
+    valid: Optional[torch.Tensor] = None
+
+
+@torch.no_grad()
+def network_outputs(stack: Stack, data: TaskData, split: str, device: torch.device, batch_size: int,
+                    stateful: bool = False, rows: Optional[range] = None) -> Iterator[Outputs]:
+    """The stack's unaries over the split's windows (or its `rows`), batch by batch: in order, or by
+    sequence with `stateful` (`stateful_outputs`)."""
+    stack.eval()
+    if stateful:
+        yield from stateful_outputs(stack, data, split, device, batch_size)
+        return
+    rows = rows if rows is not None else range(len(data.windows(split)))
+    first = rows.start
+    for batch in track(split_loader(data, split, batch_size, device, rows), f"predict {split}", "batches"):
+        x = model_input(batch["x"])
+        rows = np.arange(first, first + len(x))
+        first += len(x)
+        yield Outputs(rows, stack.unaries(x.to(device)).cpu(), batch["y"], batch.get("p"), x, batch.get("m"))
+
+
+@torch.no_grad()
+def stateful_outputs(stack: Stack, data: TaskData, split: str, device: torch.device, batch_size: int
+                     ) -> Iterator[Outputs]:
+    """`network_outputs` where each window's ConvLSTM continues from the state that its sequence's
+    previous window left at this window's first frame (`evaluation.stateful`): a long sequence is
+    read as one stream instead of from zeros every `T_window` frames, and every window's unaries
+    are those of the network run over the whole sequence. Sequences are read `batch_size` at a
+    time, window by window, so the batches come by sequence, not in the split's order."""
+    stack.eval()
+    windows = data.windows(split)
+    stride = int(data.meta["stride"])
+    by_sequence: dict[int, list[int]] = {}
+    for row, sequence in enumerate(windows.sequence):  # a sequence's windows come in the order of their starts
+        by_sequence.setdefault(int(sequence), []).append(row)
+    # Longest first, so the sequences still reading at each step are always the first ones.
+    groups = sorted(by_sequence.values(), key=len, reverse=True)
+    for first in track(range(0, len(groups), batch_size), f"predict {split} (stateful)", "sequences"):
+        chunk, state = groups[first:first + batch_size], None
+        for step in range(len(chunk[0])):
+            rows = np.array([group[step] for group in chunk if len(group) > step])
+            if state is not None:  # sequences that have run out of windows drop out
+                state = [(h[:len(rows)], c[:len(rows)]) for h, c in state]
+            batch = windows[rows]
+            x = model_input(batch["x"])  # (B, T, C, H, W)
+            unaries, final = stack.unaries(x.to(device), state=state, return_state=True)
+            yield Outputs(rows, unaries.cpu(), batch["y"], batch.get("p"), x, batch.get("m"))
+            # The next window starts `stride` frames later: continue from the state after them.
+            state = (final if stride >= x.shape[1]
+                     else stack.unaries(x[:, :stride].to(device), state=state, return_state=True)[1])
+
+
+def stored_outputs(arrays: dict[str, StoredArray], batch_size: int, guide: Optional[SplitArray] = None
+                   ) -> Iterator[Outputs]:
+    """Phase 1's saved unaries, labels (and masks) of a split, in order, batch by batch; with `guide`
+    (the split's inputs), those windows' inputs too."""
+    count = len(arrays["unaries"])
+    for first in range(0, count, batch_size):
+        rows = np.arange(first, min(count, first + batch_size))
+        yield Outputs(rows, arrays["unaries"][rows], arrays["labels"][rows],
+                      guide=None if guide is None else guide[rows],
+                      valid=arrays["valid"][rows] if "valid" in arrays else None)
+
+
+class SplitArray:
+    """One array of a split's windows read by rows, `array[rows]` (`x` in model layout): what
+    `fit_pgm` draws its batches from when the labels or inputs are not in phase 1's features."""
+
+    def __init__(self, windows: WindowDataset, key: str):
+        self.windows, self.key = windows, key
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, rows) -> torch.Tensor:
+        values = self.windows.read(self.key, np.asarray(rows))
+        return model_input(values) if self.key == "x" else values
+
+
+def split_loader(data: TaskData, split: str, batch_size: int, device: torch.device,
+                 rows: Optional[range] = None) -> DataLoader:
+    """The split's windows (or its `rows`) in order, in batches."""
+    rows = rows if rows is not None else range(len(data.windows(split)))
+    return data.loader(split, SequentialBatches(rows.stop, batch_size, rows.start), device.type == "cuda")
+
+
+def split_metrics(stack: Stack, data: TaskData, split: str, device: torch.device, batch_size: int,
+                  world: Optional[World] = None) -> dict:
+    """The split's metrics through the head (when there is one), plus the unaries' as `unary_*`.
+    With a `world` of several processes each scores its shard of the windows and the sums are
+    added up, so every process gets the whole split's figures."""
+    world = world or World(device)
+    heads = {"": stack.head, "unary_": None} if stack.head is not None else {"": None}
+    outputs = network_outputs(stack, data, split, device, batch_size, rows=world.shard(len(data.windows(split))))
+    scores = world.merged(output_sums(outputs, data.task, data.num_classes, heads))
+    return {f"{prefix}{key}": value for prefix, score in scores.items() for key, value in score.result().items()}
+
+
+def output_metrics(outputs: Iterable[Outputs], task: str, num_classes: Optional[int],
+                   heads: dict[str, Optional[PGMHead]]) -> dict[str, dict]:
+    """The task's metrics (`label_metrics` or `regression_metrics`) of each head's predictions
+    (None: the unaries alone), summed over the batches: equal to those of the whole split."""
+    return {name: score.result() for name, score in output_sums(outputs, task, num_classes, heads).items()}
+
+
+@torch.no_grad()
+def output_sums(outputs: Iterable[Outputs], task: str, num_classes: Optional[int],
+                heads: dict[str, Optional[PGMHead]]) -> dict[str, MetricSums]:
+    """`output_metrics` before its results: each head's `MetricSums`."""
+    scores = {name: MetricSums(task, num_classes) for name in heads}
+    for out in outputs:
+        for name, head in heads.items():
+            scores[name].add(out.y.numpy(), _predicted(task, out.unaries, head, out.guide, out.valid).numpy(),
+                             numpy_of(out.valid))
+    return scores
+
+
+@torch.no_grad()
+def decode(head: Optional[PGMHead], unaries: torch.Tensor, guide: Optional[torch.Tensor] = None,
+           valid: Optional[torch.Tensor] = None, batch_size: int = 16) -> torch.Tensor:
+    """Labels from unaries: per-node argmax without a head, else the head's joint decoding.
+    `guide`: the input windows `[N, T, C, H, W]` (model layout) the unaries came from; `valid`:
+    their masks (missing nodes have no data term in the head)."""
+    if head is None:
+        return unaries.argmax(dim=2)
+    head.eval()
+    device = _device_of(head)
+    return torch.cat([head.decode(unaries[i:i + batch_size].to(device), _rows(guide, i, batch_size, device),
+                                  _rows(valid, i, batch_size, device)).cpu()
+                      for i in range(0, len(unaries), batch_size)])
+
+
+@torch.no_grad()
+def marginals(head: PGMHead, unaries: torch.Tensor, guide: Optional[torch.Tensor] = None,
+              valid: Optional[torch.Tensor] = None, batch_size: int = 16) -> torch.Tensor:
+    """The head's marginal class probabilities, the shape of `unaries`."""
+    head.eval()
+    device = _device_of(head)
+    return torch.cat([head.log_marginals(unaries[i:i + batch_size].to(device), _rows(guide, i, batch_size, device),
+                                         _rows(valid, i, batch_size, device)).exp().cpu()
+                      for i in range(0, len(unaries), batch_size)])
+
+
+def compare_with_unaries(task: str, unary: dict, pgm: dict) -> dict:
+    """The main metric of the unaries alone and after the PGM (`output_metrics` of each), the
+    gain in points and whether the PGM beats the unaries."""
+    metric, higher_is_better = MAIN_METRIC[task]
+    gain = pgm[metric] - unary[metric]
+    return {"metric": metric, "unary": unary[metric], "pgm": pgm[metric], "gain_points": 100 * gain,
+            "pgm_better": gain > 0 if higher_is_better else gain < 0}
+
+
+def pgm_is_worse(head_type: str, split: str, comparison: dict) -> str:
+    """The line that says a PGM does not beat the unaries, with both scores."""
+    return (f"the {head_type} does not beat the unaries on {split}: {comparison['metric']} "
+            f"{comparison['unary']:.4f} -> {comparison['pgm']:.4f} ({comparison['gain_points']:+.2f} points)")
+
+
+def choose_predictor(head: Optional[PGMHead], task: str, val: Optional[dict], use_pgm: str) -> dict:
+    """Which predictor is final: the PGM or the unaries alone. `use_pgm` (evaluation.use_pgm):
+    always, never, or auto: the PGM only when it beats the unaries on the validation split.
+    `val`: `output_metrics` of the "unary" and "pgm" predictors on it. Returns `final` ("pgm" or
+    "unary"), the setting and the validation comparison."""
+    if head is None:
+        return {"final": "unary", "use_pgm": use_pgm}
+    comparison = compare_with_unaries(task, val["unary"], val["pgm"])
+    final = {"always": "pgm", "never": "unary"}.get(use_pgm, "pgm" if comparison["pgm_better"] else "unary")
+    if not comparison["pgm_better"]:
+        log.warning("%s; %s", pgm_is_worse(head.type, "val", comparison),
+                    f"the {'unaries alone are' if final == 'unary' else head.type + ' is'} the final predictor "
+                    f"(evaluation.use_pgm: {use_pgm})")
+    return {"final": final, "use_pgm": use_pgm, "val": comparison}
+
+
+def _device_of(head: PGMHead) -> torch.device:
+    return next(iter(head.state_dict().values())).device
+
+
+def _rows(guide: Optional[torch.Tensor], start: int, size: int, device: torch.device) -> Optional[torch.Tensor]:
+    return None if guide is None else guide[start:start + size].to(device)
