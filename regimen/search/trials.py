@@ -31,7 +31,7 @@ from regimen.core import files, machine, runs
 from regimen.core.config import OBJECTIVES
 from regimen.scores.metrics import MAIN_METRIC
 
-PROJECT = Path(__file__).resolve().parents[1]  # the phase scripts live here
+PROJECT = Path(__file__).resolve().parents[2]  # the phase scripts live here (regimen/search/ is two below)
 # The phase scripts of a trial; tests point this at fault-injecting stand-ins.
 SCRIPTS = {"train_convlstm": "train_convlstm.py", "fit_pgm": "fit_pgm.py", "train_joint": "train_joint.py",
            "evaluate": "evaluate.py"}
