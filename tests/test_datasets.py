@@ -9,6 +9,7 @@ from regimen.core.errors import UserError
 from regimen.core.config import Config
 from regimen.core.config_file import load_config
 from regimen.data.datasets import load_dataset, storm_baselines, storm_classes
+from regimen.data.npz import load_npz
 from regimen.scores.metrics import mean_iou
 
 from conftest import ROOT
@@ -124,30 +125,30 @@ def test_npz_reads_grid_channels_first_and_non_grid(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3, 5, 4, 6, 2)).astype(np.float64)
     y = rng.integers(0, 3, size=(3, 5, 4, 6))
-    d = load_dataset(npz_config(save_npz(tmp_path / "a.npz", X=x, Y=y)).data, 0)
+    d = load_npz(npz_config(save_npz(tmp_path / "a.npz", X=x, Y=y)).data)
     assert d.X.dtype == np.float32 and d.X.shape == x.shape and d.num_classes == 3
 
-    d = load_dataset(npz_config(save_npz(tmp_path / "b.npz", X=x.transpose(0, 1, 4, 2, 3), Y=y),
-                                format="NTCHW").data, 0)
+    d = load_npz(npz_config(save_npz(tmp_path / "b.npz", X=x.transpose(0, 1, 4, 2, 3), Y=y),
+                                format="NTCHW").data)
     np.testing.assert_array_equal(d.X, x.astype(np.float32))
 
     features = rng.normal(size=(3, 5, 7))
     tags = rng.integers(0, 4, size=(3, 5))
-    d = load_dataset(npz_config(save_npz(tmp_path / "c.npz", X=features, Y=tags), "tagging").data, 0)
+    d = load_npz(npz_config(save_npz(tmp_path / "c.npz", X=features, Y=tags), "tagging").data)
     assert d.X.shape == (3, 5, 1, 1, 7) and d.num_classes == 4
 
 
 def test_npz_names_its_classes_and_channels(tmp_path):
     x, y = np.zeros((2, 3, 2, 2, 2)), np.arange(24).reshape(2, 3, 2, 2) % 3
     names = {"class_names": np.array(["land", "water", "cloud"]), "channel_names": np.array(["vv", "vh"])}
-    d = load_dataset(npz_config(save_npz(tmp_path / "named.npz", X=x, Y=y, **names)).data, 0)
+    d = load_npz(npz_config(save_npz(tmp_path / "named.npz", X=x, Y=y, **names)).data)
     assert d.class_names == ["land", "water", "cloud"] and d.channel_names == ["vv", "vh"]
-    d = load_dataset(npz_config(save_npz(tmp_path / "plain.npz", X=x, Y=y)).data, 0)
+    d = load_npz(npz_config(save_npz(tmp_path / "plain.npz", X=x, Y=y)).data)
     assert d.class_names == ["0", "1", "2"] and d.channel_names == ["channel_0", "channel_1"]
     with pytest.raises(UserError, match=r"bad.npz: class_names has shape \(2,\) and dtype <U5; expected 3 strings, "
                                         "one per class"):
-        load_dataset(npz_config(save_npz(tmp_path / "bad.npz", X=x, Y=y, class_names=np.array(["land", "water"])))
-                     .data, 0)
+        load_npz(npz_config(save_npz(tmp_path / "bad.npz", X=x, Y=y, class_names=np.array(["land", "water"])))
+                     .data)
 
 
 def test_npz_says_what_an_ambiguous_shape_is_taken_for(tmp_path, caplog):
@@ -156,10 +157,10 @@ def test_npz_says_what_an_ambiguous_shape_is_taken_for(tmp_path, caplog):
     with pytest.raises(UserError, match=r"expects \[N, T, H, W\] = \(2, 3, 2, 12\) to match X \(2, 3, 2, 12, 20\) "
                                         r"\(X \(2, 3, 2, 12, 20\) is read as \[N, T, H, W, C\]: a 2 x 12 grid with 20 "
                                         r"channels; if it is \[N, T, C, H, W\], set data.format: NTCHW\)"):
-        load_dataset(npz_config(save_npz(tmp_path / "cf.npz", X=channels_first,
-                                         Y=np.zeros((2, 3, 12, 20), int))).data, 0)
-    load_dataset(npz_config(save_npz(tmp_path / "sensors.npz", X=rng.normal(size=(2, 5, 6)),
-                                     Y=rng.integers(0, 3, size=(2, 5)))).data, 0)
+        load_npz(npz_config(save_npz(tmp_path / "cf.npz", X=channels_first,
+                                         Y=np.zeros((2, 3, 12, 20), int))).data)
+    load_npz(npz_config(save_npz(tmp_path / "sensors.npz", X=rng.normal(size=(2, 5, 6)),
+                                     Y=rng.integers(0, 3, size=(2, 5)))).data)
     assert ("non-grid X (2, 5, 6): each frame is a 1 x 1 grid with one label; data.task: tagging says so"
             in caplog.text)
 
@@ -168,10 +169,10 @@ def test_npz_soft_targets_are_checked(tmp_path):
     x = np.zeros((2, 3, 2, 2, 1))
     y = np.zeros((2, 3, 2, 2), dtype=int)
     p = np.full((2, 3, 2, 2, 2), 0.5)
-    d = load_dataset(npz_config(save_npz(tmp_path / "ok.npz", X=x, Y=y, P=p), num_classes=2).data, 0)
+    d = load_npz(npz_config(save_npz(tmp_path / "ok.npz", X=x, Y=y, P=p), num_classes=2).data)
     assert d.P.shape == (2, 3, 2, 2, 2)
     with pytest.raises(UserError, match="P must hold class distributions"):
-        load_dataset(npz_config(save_npz(tmp_path / "bad.npz", X=x, Y=y, P=p * 2), num_classes=2).data, 0)
+        load_npz(npz_config(save_npz(tmp_path / "bad.npz", X=x, Y=y, P=p * 2), num_classes=2).data)
 
 
 GOOD_X = np.zeros((2, 4, 3, 3, 1), dtype=np.float32)
@@ -190,19 +191,23 @@ GOOD_Y = np.zeros((2, 4, 3, 3), dtype=np.int64)
      "segmentation", "Y has label 5 at index (0, 0, 2, 1); expected labels in [0, 3)"),
     ({"X": GOOD_X, "Y": GOOD_Y + 0.5}, "segmentation", "expected integer class labels"),
     ({"X": GOOD_X.astype(str), "Y": GOOD_Y}, "segmentation", "X has dtype <U32; expected real numbers"),
+    ({"X": np.where(np.arange(72).reshape(GOOD_X.shape) == 5, 1e39, GOOD_X.astype(np.float64)), "Y": GOOD_Y},
+     "segmentation", "X holds 1e+39 at index (0, 0, 1, 2, 0), beyond float32's range (+-3.403e+38) that the "
+     "phases compute in; rescale the data"),
+    ({"X": GOOD_X, "Y": np.full(GOOD_X.shape, -1e300)}, "regression", "Y holds -1e+300 at index (0, 0, 0, 0, 0)"),
     ({"X": GOOD_X, "Y": GOOD_X[:, :, :2]}, "regression", "Y has shape (2, 4, 2, 3, 1); expected [N, T, H, W, C']"),
 ])
 def test_npz_violations_are_named(tmp_path, arrays, task, message):
     path = save_npz(tmp_path / "mine.npz", **arrays)
     with pytest.raises(UserError) as raised:
-        load_dataset(npz_config(path, task, num_classes=3).data, 0)
+        load_npz(npz_config(path, task, num_classes=3).data)
     assert message in str(raised.value) and "mine.npz" in str(raised.value)
 
 
 def test_npz_missing_or_not_an_archive(tmp_path):
     with pytest.raises(UserError, match="data.path: .*gone.npz not found"):
-        load_dataset(npz_config(tmp_path / "gone.npz").data, 0)
+        load_npz(npz_config(tmp_path / "gone.npz").data)
     junk = tmp_path / "junk.npz"
     junk.write_text("not a zip")
     with pytest.raises(UserError, match="junk.npz: not a readable .npz file"):
-        load_dataset(npz_config(junk).data, 0)
+        load_npz(npz_config(junk).data)

@@ -200,6 +200,7 @@ def test_a_steady_state_search_killed_and_resumed_ends_like_the_run_whose_arriva
     path = search_config(tmp_path, {"training": {"epochs": 4}, "evolutionary": {
         "mode": "steady_state", "population_size": 6, "generations": 4, "elitism": 2,
         "fidelity": fidelity, "halving": {"eta": 2, "rungs": 2},
+        "low_fidelity": {"generations": 1},  # config.yaml's; a generational key that steady state ignores
         "search_space": {"training.lr": {"choice": [0.001, 0.006, 0.007, 0.008]},
                          "model.pgm.pairwise_weight": {"type": "float", "low": 0.1, "high": 0.3}}}})
     config = load_config(path)
@@ -209,6 +210,7 @@ def test_a_steady_state_search_killed_and_resumed_ends_like_the_run_whose_arriva
     children = {r["child"] for r in arrivals}
     assert len(children) == 6 + 3 * 4 and {r["slot"] for r in arrivals} == {"0", "1"}
     assert ("rung0" in {r["fidelity"] for r in arrivals}) == (fidelity == "halving")
+    assert "low" not in {r["fidelity"] for r in arrivals}
     assert [r["generation"] for r in rows(straight / "logbook.csv")] == ["0", "1", "2", "3"]
     folders.check_output(straight, runs.SEARCH, "--out", overwrite=True, fresh=True)  # all of it is the search's
 
@@ -329,8 +331,10 @@ BAD = {
                               "--replay-arrivals nowhere.csv: expected the arrivals.csv of a steady-state search"),
     "steady state with islands": ({"evolutionary": {"mode": "steady_state", "n_islands": 2}}, [],
                                   "evolutionary.n_islands = 2: steady_state mode evolves one population"),
-    "steady state with low fidelity": ({"evolutionary": {"mode": "steady_state", "low_fidelity": {"generations": 1}}},
-                                       [], "steady_state mode has no generations to run cheaply"),
+    "resume without a state, a search space that logs": (
+        {"evolutionary": {"search_space": {"training.lr": {"type": "float", "low": 1e-3, "high": 1e-2},
+                                           "loss.beta_structured": {"type": "float", "low": 0.0, "high": 1.0}}}},
+        ["--resume"], "holds no search (no config.yaml)"),
     "halving eta of 1": ({"evolutionary": {"fidelity": "halving", "halving": {"eta": 1}}}, [],
                          "evolutionary.halving.eta = 1: expected an integer >= 2"),
     "unknown mode": ({"evolutionary": {"mode": "async"}}, [], "evolutionary.mode = 'async': expected one of"),

@@ -1,4 +1,4 @@
-"""The README's "Your own data" walkthrough, run verbatim on a generated flood-mapping npz."""
+"""The "Your own data" walkthrough of docs/data.md, run verbatim on a generated flood-mapping npz."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from flood_hmm import flood_arrays
 
 
 def walkthrough() -> tuple[str, list[str]]:
-    """The config file and the commands of the README's own-data section."""
-    text = (ROOT / "README.md").read_text()
+    """The config file and the commands of the own-data section of docs/data.md."""
+    text = (ROOT / "docs" / "data.md").read_text()
     section = text[text.index("## Your own data"):]
     section = section[:section.index("\n## ", 1)]
     config = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
@@ -26,7 +26,7 @@ def walkthrough() -> tuple[str, list[str]]:
 
 
 @pytest.mark.slow
-def test_the_readme_walkthrough_runs_every_phase_on_your_own_npz(tmp_path):
+def test_the_docs_walkthrough_runs_every_phase_on_your_own_npz(tmp_path):
     config, commands = walkthrough()
     (tmp_path / "mydata.yaml").write_text(config)
     (tmp_path / "data" / "raw").mkdir(parents=True)

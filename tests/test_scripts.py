@@ -72,6 +72,8 @@ BAD = {
                     "mine.npz: Y has shape (6, 5, 3, 2); segmentation expects [N, T, H, W] = (6, 5, 3, 3)"),
     "npz NaN": (lambda tmp: npz_set(npz(tmp, X=np.full((6, 5, 3, 3, 1), np.nan))), None,
                 "mine.npz: X has 270 NaN/Inf value(s), the first at index (0, 0, 0, 0, 0)"),
+    "npz beyond float32": (lambda tmp: npz_set(npz(tmp, X=np.full((6, 5, 3, 3, 1), 1e39))), None,
+                           "mine.npz: X holds 1e+39 at index (0, 0, 0, 0, 0), beyond float32's range"),
     "npz label range": (lambda tmp: npz_set(npz(tmp, Y=np.full((6, 5, 3, 3), 2)), "--set", "data.num_classes=2"),
                         None,
                         "mine.npz: Y has label 2 at index (0, 0, 0, 0); expected labels in [0, 2)"),

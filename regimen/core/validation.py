@@ -80,6 +80,14 @@ def _validate_device(check: _Checker) -> None:
 
 
 def _validate_data(check: _Checker) -> None:
+    _validate_source(check)
+    _validate_windows_and_splits(check)
+    _validate_generator(check)
+    _validate_augmentations(check)
+
+
+def _validate_source(check: _Checker) -> None:
+    """What the data is and where: dataset, task, path, layout, labels."""
     data = check.config.data
     check.one_of("data.dataset", DATASETS)
     check.one_of("data.task", TASKS)
@@ -106,6 +114,11 @@ def _validate_data(check: _Checker) -> None:
                   "expected the labels' dataset, variable or folder, or next_frame")
     for key in ("data.root", "data.path"):
         _validate_path(check, key)
+
+
+def _validate_windows_and_splits(check: _Checker) -> None:
+    """How phase 0 cuts the data: loader, windows, splits, missing values, static features."""
+    data = check.config.data
     check.non_negative("data.loader.workers")
     check.positive("data.loader.prefetch")
     check.one_of("data.loader.start_method", LOADER_START_METHODS)
@@ -136,6 +149,10 @@ def _validate_data(check: _Checker) -> None:
     check.require(len(set(data.static_features)) == len(data.static_features),
                   "data.static_features", "lists a feature twice")
 
+
+def _validate_generator(check: _Checker) -> None:
+    """The built-in generators' sizes (and the memory they take) and knobs."""
+    data = check.config.data
     gen = "data.generator"
     check.positive(f"{gen}.num_sequences", f"{gen}.sequence_length", f"{gen}.height", f"{gen}.width")
     if data.dataset not in FILE_DATASETS:
@@ -159,6 +176,9 @@ def _validate_data(check: _Checker) -> None:
                       f"a digit of {side}x{side} pixels must fit inside the "
                       f"{data.generator.height}x{data.generator.width} canvas")
 
+
+def _validate_augmentations(check: _Checker) -> None:
+    data = check.config.data
     aug = "data.augmentations"
     for i, degrees in enumerate(data.augmentations.rotate_deg):
         check.require(degrees in (0, 90, 180, 270), f"{aug}.rotate_deg",
@@ -224,7 +244,8 @@ def _validate_evolutionary(check: _Checker) -> None:
                    "evolutionary.cmaes.sigma", "evolutionary.cmaes.batch_windows")
     check.non_negative("evolutionary.migrants", "evolutionary.trial_retries", "evolutionary.low_fidelity.generations",
                        "evolutionary.stagnation.immigrants")
-    check.require(evo.low_fidelity.generations < evo.generations, "evolutionary.low_fidelity.generations",
+    check.require(evo.mode == "steady_state" or evo.low_fidelity.generations < evo.generations,
+                  "evolutionary.low_fidelity.generations",
                   f"must be < evolutionary.generations ({evo.generations}): the last generations run at "
                   "full fidelity")
     check.require(evo.migrants < evo.population_size, "evolutionary.migrants",
@@ -244,9 +265,6 @@ def _validate_evolutionary(check: _Checker) -> None:
     check.require(evo.halving.rungs >= 2, "evolutionary.halving.rungs", "expected an integer >= 2")
     check.require(evo.mode == "generational" or evo.n_islands == 1, "evolutionary.n_islands",
                   "steady_state mode evolves one population: expected 1 (or evolutionary.mode: generational)")
-    check.require(evo.mode == "generational" or evo.low_fidelity.generations == 0,
-                  "evolutionary.low_fidelity.generations", "steady_state mode has no generations to run cheaply: "
-                  "expected 0 (successive halving is fidelity: halving)")
     check.one_of("evolutionary.cmaes.objective", CMAES_OBJECTIVES)
     check.one_of("evolutionary.cmaes.covariance", ("auto", "full", "diagonal"))
     check.require(len(evo.cmaes.groups) > 0, "evolutionary.cmaes.groups", "expected at least one group")

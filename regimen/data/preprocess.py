@@ -244,9 +244,24 @@ def preprocess(config: Config) -> tuple[Path, dict]:
         for writer in writers:
             writer.discard()
         raise
+    meta = _meta(config, reader, written, num_classes, static_names, (mean, std), time_ranges(reader, parts, cuts),
+                 inputs)
+    runs.meta_path(folder).unlink(missing_ok=True)  # the old meta no longer vouches for what follows
+    for writer in writers:
+        writer.commit()
+    files.atomic_write_json(runs.meta_path(folder), meta)  # last: it vouches for the splits
+    return folder, meta
+
+
+def _meta(config: Config, reader: Reader, written: dict[str, dict], num_classes: Optional[int],
+          static_names: list[str], normalisation: tuple[np.ndarray, np.ndarray], ranges: Optional[dict],
+          inputs: dict) -> dict:
+    """meta.json: what the processed splits are, how they were made, and the hashes that vouch for them."""
+    data = config.data
+    mean, std = normalisation
     hashes = {split: hashlib.sha256(json.dumps(entry["files"], sort_keys=True).encode()).hexdigest()
               for split, entry in written.items()}
-    meta = {
+    return {
         "name": dataset_name(config),
         "dataset": data.dataset,
         "task": reader.task,
@@ -267,7 +282,7 @@ def preprocess(config: Config) -> tuple[Path, dict]:
         "masks": {"mask": data.mask, "missing": data.missing, "ignore_label": data.ignore_label}
         if masks_configured(data) else None,
         "split_by": data.split_by,
-        "time_ranges": time_ranges(reader, parts, cuts),
+        "time_ranges": ranges,
         "sha256": hashes,
         "data_version": hashlib.sha256("".join(hashes[s] for s in runs.SPLITS).encode()).hexdigest(),
         "generator": reader.params,
@@ -275,11 +290,6 @@ def preprocess(config: Config) -> tuple[Path, dict]:
         "baselines": reader.baselines,
         "inputs": inputs,
     }
-    runs.meta_path(folder).unlink(missing_ok=True)  # the old meta no longer vouches for what follows
-    for writer in writers:
-        writer.commit()
-    files.atomic_write_json(runs.meta_path(folder), meta)  # last: it vouches for the splits
-    return folder, meta
 
 
 def _scan_training(reader: Reader, pieces: list[Piece], data: DataConfig, frames_per_chunk: int

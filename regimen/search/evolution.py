@@ -51,6 +51,10 @@ def evolve(config: Config, out: Path, parallel: int, resume: bool, overwrite: bo
     if replay is not None:
         check_replay(replay, state)
     genes_of(config, say=True)  # checked last (it logs what it leaves out), before anything is written
+    if config.evolutionary.mode == "steady_state" and config.evolutionary.low_fidelity.generations:
+        log.info("evolutionary.low_fidelity.generations (%d) is for generational searches: a steady-state search "
+                 "has no generations to run cheaply, and runs every trial at full fidelity (or climbs "
+                 "halving's rungs)", config.evolutionary.low_fidelity.generations)
     slot_env = slot_environment(parallel, config, scheduler)
     folders.claim(search.root, "--out")
     if not resume:

@@ -22,6 +22,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -98,6 +99,34 @@ def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]
 LossFn = Callable[[Stack, Batch, Part], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
+def adamw(stack: Stack, schedule: Schedule) -> tuple[torch.optim.AdamW, list[nn.Parameter]]:
+    """AdamW over the trained parameters, the PGM head's without weight decay (its weights have
+    their own prior); and the parameters the clipping measures (a frozen PGM keeps its refit's
+    last gradients, which must not count)."""
+    decay, no_decay = [], []
+    for name, p in stack.named_parameters():
+        if p.requires_grad:
+            (no_decay if name.startswith("head.") else decay).append(p)
+    groups = [{"params": decay, "weight_decay": schedule.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return torch.optim.AdamW(groups, lr=schedule.lr), decay + no_decay
+
+
+def log_cpu_training(device: torch.device, mixed_precision: bool) -> None:
+    """Training on the CPU: the threads chosen, shared cores, and bf16 that is not native."""
+    if not machine.chosen_threads:
+        return
+    log.info("training on the CPU with %d threads (%s; set threads in the config to change it)",
+             *machine.chosen_threads)
+    hint = machine.shared_cores_hint(machine.chosen_threads[0])
+    if hint:
+        log.warning(hint)
+    if mixed_precision and precision(device, True) == "fp32":
+        log.info("training.mixed_precision: this CPU has no native bf16 (AVX512-BF16 or AMX), "
+                 "so the network runs in fp32, which is faster here than emulated bf16")
+
+
 class _Loss(nn.Module):
     """The stack and its loss as one module: what DistributedDataParallel wraps (its forward
     must run the whole graph whose gradients it reduces)."""
@@ -141,27 +170,11 @@ class Trainer:
         self.validate, self.run, self.info = validate, run, info
         self.device, self.refit, self.validate_start = device, refit, validate_start
         self.world = world or World(device)
-        self.model = _Loss(stack, loss_fn)
-        if self.world.size > 1:  # a trained PGM head need not reach every parameter (temporal weight, ...)
-            trains_head = stack.head is not None and any(p.requires_grad for p in stack.head.parameters())
-            self.model = DistributedDataParallel(self.model, device_ids=[device] if device.type == "cuda" else None,
-                                                 find_unused_parameters=trains_head)
+        self.model = data_parallel(_Loss(stack, loss_fn), self.world, device)
         self.metric = MAIN_METRIC[data.task][0]
-        decay, no_decay = [], []
-        for name, p in stack.named_parameters():
-            if p.requires_grad:
-                (no_decay if name.startswith("head.") else decay).append(p)
-        groups = [{"params": decay, "weight_decay": schedule.weight_decay}]
-        if no_decay:  # the PGM's weights have their own prior; no decay towards 0
-            groups.append({"params": no_decay, "weight_decay": 0.0})
-        self.optimizer = torch.optim.AdamW(groups, lr=schedule.lr)
-        # What the clipping measures: only these (a frozen PGM keeps its refit's last gradients).
-        self.trained = decay + no_decay
+        self.optimizer, self.trained = adamw(stack, schedule)
         self.order = torch.Generator().manual_seed(seed + 1)
-        self.batches = ShuffledBatches(len(data.windows("train")), schedule.batch_size, self.order)
-        shares = ShardedBatches(self.batches, self.world.rank, self.world.size, schedule.accumulate)
-        self.loader = window_loader(SharedWindows(data.windows("train")), shares, data.loader_config,
-                                    pin_memory=device.type == "cuda")
+        self.batches, self.loader = training_batches(data, schedule, self.world, self.order, device)
         self.dropout_seeds = torch.Generator().manual_seed(seed + 3)
         steps = len(self.batches)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -185,15 +198,8 @@ class Trainer:
 
     def _fit(self, resume: Optional[dict], until_epoch: Optional[int]) -> dict:
         fit_started = time.time()
-        if self.device.type == "cpu" and machine.chosen_threads:
-            log.info("training on the CPU with %d threads (%s; set threads in the config to change it)",
-                     *machine.chosen_threads)
-            hint = machine.shared_cores_hint(machine.chosen_threads[0])
-            if hint:
-                log.warning(hint)
-            if self.schedule.mixed_precision and precision(self.device, True) == "fp32":
-                log.info("training.mixed_precision: this CPU has no native bf16 (AVX512-BF16 or AMX), "
-                         "so the network runs in fp32, which is faster here than emulated bf16")
+        if self.device.type == "cpu":
+            log_cpu_training(self.device, self.schedule.mixed_precision)
         if resume is not None:
             self._restore(resume["train_state"])
             log.info("resumed after epoch %d of %d", self.epoch, self.schedule.epochs)
@@ -279,7 +285,8 @@ class Trainer:
                 sums[key] = sums.get(key, 0.0) + value.float()
         terms = dict(zip(sums, self.world.sum(torch.stack(list(sums.values()))).tolist()))
         if not math.isfinite(terms["loss"]):
-            self._diverged(terms.pop("loss"), terms)
+            loss = terms.pop("loss")
+            raise divergence(loss, terms, self.epoch, self.run.checkpoint, self.schedule)
         if self.schedule.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.trained, self.schedule.grad_clip)
@@ -287,16 +294,6 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         return terms
-
-    def _diverged(self, loss: float, parts: dict[str, float]) -> None:
-        """A loss that is no longer finite is the config's outcome, not a crash: say what to change."""
-        kept = (f"{self.run.checkpoint} keeps epoch {self.epoch}" if self.run.checkpoint.is_file()
-                else "no epoch finished, so there is no checkpoint")
-        terms = ", ".join(f"{k} {v:.3g}" for k, v in parts.items())
-        raise UserError(f"the training loss became {loss} in epoch {self.epoch + 1}"
-                        f"{f' ({terms})' if terms else ''}: training diverged; lower {self.schedule.lr_key} "
-                        f"(now {self.schedule.lr:g}) or the loss weights (loss.*) and start again with "
-                        f"--overwrite; {kept}")
 
     def _end_epoch(self, record: dict) -> None:
         """Every process keeps the same counters; rank 0 writes the files."""
@@ -324,11 +321,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ resume
 
+    def _generators(self) -> dict[str, torch.Generator]:
+        return {"order": self.order, "augment": self.augmenter.generator, "dropout": self.dropout_seeds}
+
     def _train_state(self) -> dict:
-        rng = {"torch": torch.get_rng_state(), "order": self.order.get_state(),
-               "augment": self.augmenter.generator.get_state(), "dropout": self.dropout_seeds.get_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        rng = rng_state(self._generators())
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "epoch": self.epoch, "best": self.best,
                 "since_best": self.since_best, "history": self.history, "rng": rng}
@@ -340,13 +337,53 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.best, self.since_best = state["epoch"], state["best"], state["since_best"]
         self.history = list(state["history"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        self.order.set_state(rng["order"])
-        self.augmenter.generator.set_state(rng["augment"])
-        self.dropout_seeds.set_state(rng["dropout"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        set_rng_state(self._generators(), state["rng"])
+
+
+def training_batches(data: TaskData, schedule: Schedule, world: World, order: torch.Generator,
+                     device: torch.device) -> tuple[ShuffledBatches, torch.utils.data.DataLoader]:
+    """The global batches of an epoch in `order`, and the loader of this process's shares of them."""
+    batches = ShuffledBatches(len(data.windows("train")), schedule.batch_size, order)
+    shares = ShardedBatches(batches, world.rank, world.size, schedule.accumulate)
+    return batches, window_loader(SharedWindows(data.windows("train")), shares, data.loader_config,
+                                  pin_memory=device.type == "cuda")
+
+
+def data_parallel(model: "_Loss", world: World, device: torch.device) -> nn.Module:
+    """The loss module, under DistributedDataParallel in a world of several processes."""
+    if world.size == 1:
+        return model
+    head = model.stack.head  # a trained PGM head need not reach every parameter (temporal weight, ...)
+    trains_head = head is not None and any(p.requires_grad for p in head.parameters())
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                   find_unused_parameters=trains_head)
+
+
+def divergence(loss: float, parts: dict[str, float], epoch: int, checkpoint: Path, schedule: Schedule) -> UserError:
+    """A loss that is no longer finite is the config's outcome, not a crash: say what to change."""
+    kept = (f"{checkpoint} keeps epoch {epoch}" if checkpoint.is_file()
+            else "no epoch finished, so there is no checkpoint")
+    terms = ", ".join(f"{k} {v:.3g}" for k, v in parts.items())
+    return UserError(f"the training loss became {loss} in epoch {epoch + 1}"
+                     f"{f' ({terms})' if terms else ''}: training diverged; lower {schedule.lr_key} "
+                     f"(now {schedule.lr:g}) or the loss weights (loss.*) and start again with "
+                     f"--overwrite; {kept}")
+
+
+def rng_state(generators: dict[str, torch.Generator]) -> dict:
+    """torch's global RNG (and CUDA's), and each named generator's state, for a checkpoint."""
+    rng = {"torch": torch.get_rng_state(), **{name: g.get_state() for name, g in generators.items()}}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def set_rng_state(generators: dict[str, torch.Generator], rng: dict) -> None:
+    torch.set_rng_state(rng["torch"])
+    for name, generator in generators.items():
+        generator.set_state(rng[name])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def attach_log_file(run: runs.RunFolder) -> None:

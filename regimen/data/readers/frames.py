@@ -17,6 +17,7 @@ from PIL import Image
 from regimen.core.config import NEXT_FRAME, DataConfig
 from regimen.core.errors import UserError
 from regimen.data.readers import Reader, Sequence, archive_names, integer_labels
+from regimen.data.values import as_float32
 
 SUFFIXES = (".png", ".npy")
 
@@ -103,7 +104,7 @@ class FramesReader(Reader):
 
     def read(self, index: int, start: int, stop: int) -> dict[str, np.ndarray]:
         extra = 1 if self.labels is None else 0
-        x = self._stack(self.inputs[index][start:stop + extra]).astype(np.float32)
+        x = as_float32(str(self.inputs[index][start]), "frames", self._stack(self.inputs[index][start:stop + extra]))
         if extra:
             return {"X": x[:-1], "Y": x[1:]}
         y = np.stack([read_frame(p) for p in self.labels[index][start:stop]])

@@ -26,6 +26,7 @@ from regimen.core.config import NEXT_FRAME, DataConfig
 from regimen.core.errors import UserError
 from regimen.data.readers import Reader, Sequence, archive_files, archive_names, integer_labels, stored_targets
 from regimen.data.splits import format_time, frame_times, parse_time
+from regimen.data.values import as_float32
 
 SUFFIXES = (".h5", ".hdf5", ".he5")
 
@@ -178,7 +179,8 @@ class HDF5Reader(Reader):
     def read(self, index: int, start: int, stop: int) -> dict[str, np.ndarray]:
         path, event = self.events[index]
         extra = 1 if self.data.labels == NEXT_FRAME else 0
-        x = self._frames(path, self.data.inputs, self.axes, event, start, stop + extra).astype(np.float32)
+        x = as_float32(f"{path}", f"'{self.data.inputs}'",
+                       self._frames(path, self.data.inputs, self.axes, event, start, stop + extra))
         chunk = {"X": x[:-1], "Y": x[1:]} if extra else {"X": x}
         if self.data.mask:  # of the frames predicted: the next ones for next_frame
             mask = self._frames(path, self.data.mask, self._target_axes("mask"), event, start + extra, stop + extra)
@@ -189,7 +191,8 @@ class HDF5Reader(Reader):
         axes = self._target_axes("labels")
         if self.data.task == "regression":
             axes = axes if labels.ndim == len(axes) else axes.replace("C", "")
-            chunk["Y"] = self._frames(path, self.data.labels, axes, event, start, stop).astype(np.float32)
+            chunk["Y"] = as_float32(f"{path}", f"'{self.data.labels}'",
+                                    self._frames(path, self.data.labels, axes, event, start, stop))
         else:
             y = self._frames(path, self.data.labels, axes, event, start, stop)[..., 0]
             chunk["Y"] = integer_labels(f"{path}: '{self.data.labels}'", y)

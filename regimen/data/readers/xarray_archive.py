@@ -19,6 +19,7 @@ from regimen.core.config import NEXT_FRAME, DataConfig
 from regimen.core.errors import UserError
 from regimen.data.readers import Reader, Sequence, archive_files, archive_names, integer_labels, stored_targets
 from regimen.data.splits import format_time, frame_times
+from regimen.data.values import as_float32
 
 SUFFIXES = (".nc", ".nc4", ".cdf", ".zarr")
 
@@ -140,14 +141,15 @@ class XarrayReader(Reader):
     def read(self, index: int, start: int, stop: int) -> dict[str, np.ndarray]:
         path, event = self.events[index]
         extra = 1 if self.data.labels == NEXT_FRAME else 0
-        x = self._frames(path, self.data.inputs, event, start, stop + extra).astype(np.float32)
+        x = as_float32(f"{path}", f"'{self.data.inputs}'",
+                       self._frames(path, self.data.inputs, event, start, stop + extra))
         chunk = {"X": x[:-1], "Y": x[1:]} if extra else {"X": x}
         if self.data.mask:  # of the frames predicted: the next ones for next_frame
             chunk["M"] = self._frames(path, self.data.mask, event, start + extra, stop + extra)[..., 0] != 0
         if extra:
             return chunk
         y = self._frames(path, self.data.labels, event, start, stop)
-        chunk["Y"] = y.astype(np.float32) if self.data.task == "regression" else \
+        chunk["Y"] = as_float32(f"{path}", f"'{self.data.labels}'", y) if self.data.task == "regression" else \
             integer_labels(f"{path}: '{self.data.labels}'", y[..., 0])
         if self.data.soft_targets:
             chunk["P"] = self._frames(path, self.data.soft_targets, event, start, stop).astype(np.float32)
