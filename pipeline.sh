@@ -9,16 +9,21 @@ PYTHON=${PYTHON:-.venv/bin/python}
 "$PYTHON" train_convlstm.py --config config.yaml --save runs/base_convlstm --overwrite "$@"
 "$PYTHON" fit_pgm.py --config config.yaml --features runs/base_convlstm/features.pt "$@"
 "$PYTHON" train_joint.py --config config.yaml --resume runs/base_convlstm/ckpt.pt --save runs/joint --overwrite "$@"
-# A small search (4 genomes, 2 generations); the full one is: evolve.py --out runs/evo_search --parallel N
+# A small search: steady state (a free slot breeds the next child at once) with successive halving (a child
+# trains a few epochs first, and only the best continue); the full one is: evolve.py --out runs/evo_search --parallel N
 "$PYTHON" evolve.py --config config.yaml --out runs/evo_search --parallel "${PARALLEL:-2}" --overwrite \
+    --set evolutionary.mode=steady_state --set evolutionary.fidelity=halving \
     --set evolutionary.population_size=4 --set evolutionary.generations=2 "$@"
 "$PYTHON" evaluate.py --config runs/evo_search/best/config.yaml --ckpt runs/evo_search/best/ckpt.pt "$@"
 "$PYTHON" evaluate.py --config config.yaml --ckpt runs/joint/best.pt "$@"
+"$PYTHON" evaluate.py --config config.yaml --ckpt runs/joint/best.pt --split val "$@"
 "$PYTHON" tools/visualize.py --config config.yaml --split test --ckpt runs/joint/best.pt "$@"
-"$PYTHON" export.py --config config.yaml --ckpt runs/joint/best.pt --out artifacts --overwrite "$@"
+# Export the better on val of the joint model and the search's winner (best/ holds its trial's val figures).
+BEST=$("$PYTHON" tools/choose.py --split val runs/joint/best.pt runs/evo_search/best/ckpt.pt)
+"$PYTHON" export.py --config "$(dirname "$BEST")/config.yaml" --ckpt "$BEST" --out artifacts --overwrite "$@"
 "$PYTHON" export.py --verify artifacts
 echo "pictures of the data and predictions: runs/visualize/; learning curves: runs/base_convlstm/, runs/joint/"
-echo "search: runs/evo_search/ (logbook.csv, trials.csv, hall_of_fame.json, fitness.png, best/)"
+echo "search: runs/evo_search/ (logbook.csv, trials.csv, arrivals.csv, hall_of_fame.json, fitness.png, best/)"
 echo "evaluation plots (confusion, reliability, per-class F1): runs/joint/plots/, runs/evo_search/best/plots/"
 echo "metrics: runs/joint/metrics.json, runs/evo_search/best/metrics.json"
-echo "exported bundle: artifacts/ (metrics.json, MANIFEST.json)"
+echo "exported bundle: artifacts/ (metrics.json, MANIFEST.json), of $BEST, the better on val"

@@ -85,7 +85,7 @@ def training_rate(config: Path, workers: int, in_memory: bool, repeats: int) -> 
     from regimen.train.stack import model_input
 
     loaded = load_config(config)
-    data = load_task_data(loaded)
+    data = load_task_data(loaded.data)
     windows = WindowDataset(data.folder, "train", data.meta, in_memory=in_memory)
     loaded.data.loader.workers = workers
     loader = window_loader(windows, ShuffledBatches(len(windows), 8, torch.Generator().manual_seed(0)),

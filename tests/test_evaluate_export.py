@@ -134,7 +134,7 @@ def test_the_bundle_verifies_and_reproduces_its_metrics_in_a_fresh_process(phase
         "bundle = load_bundle(sys.argv[1])\n"
         "config = load_config(sys.argv[2])\n"
         "device = resolve_device(config.device)  # the export's device: cuda:0 where there is one\n"
-        "print(json.dumps(bundle.report(load_task_data(config), 'test', config.evaluation, device)))\n"
+        "print(json.dumps(bundle.report(load_task_data(config.data), 'test', config.evaluation, device)))\n"
     )
     done = subprocess.run([sys.executable, "-c", code, str(bundle), config], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)

@@ -68,7 +68,7 @@ def test_an_edge_aware_crf_weighs_its_edges_by_the_input_window(storms, tmp_path
     edges = head_from_params(params, "edges")
     plain = PGMHead({**params["settings"], "edge_aware": False})
     plain.load_state_dict({k: v for k, v in edges.state_dict().items() if k != "model.raw_bandwidth"})
-    data = load_task_data(load_config(config))
+    data = load_task_data(load_config(config).data)
     stored = load_features(base / "features.pt", "test")["splits"]["val"]["unaries"]
     unaries = stored[np.arange(len(stored))]
     guide = SplitArray(data.windows("val"), "x")[np.arange(len(stored))]

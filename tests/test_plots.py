@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from regimen.evaluate import plots
-from regimen.search.plots import plot_fitness
+from regimen.search import plots as search_plots
 from regimen.scores.metrics import calibration
 
 
@@ -14,7 +14,8 @@ from regimen.scores.metrics import calibration
 def drawn(monkeypatch):
     """The figures the plot functions would save, kept open to look at."""
     figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path, write: figures.append(fig))
+    for module in (plots, search_plots):
+        monkeypatch.setattr(module, "save_figure", lambda fig, path, write: figures.append(fig))
     return figures
 
 
@@ -32,7 +33,7 @@ def test_a_near_empty_reliability_bin_is_counted_but_not_drawn_as_a_point(drawn,
 def test_fitness_draws_low_and_full_fidelity_apart_on_whole_generations(drawn, tmp_path):
     logbook = [{"generation": g, "island": 0, "fidelity": f, "max": m, "min": 0.1, "mean": m - 0.1}
                for g, f, m in ((0, "low", 0.5), (1, "full", 0.8), (2, "full", 0.82))]
-    plot_fitness(logbook, "metric", True, tmp_path / "f.png")
+    search_plots.plot_fitness(logbook, "metric", True, tmp_path / "f.png")
     ax = drawn[0].axes[0]
     spans = [set(line.get_xdata()) for line in ax.lines]
     assert {0} in spans and {1, 2} in spans and not any({0, 1} <= span for span in spans)

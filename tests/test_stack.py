@@ -82,7 +82,7 @@ def test_stateful_windows_equal_the_network_over_each_whole_sequence(write_confi
     config = load_config(write_config({"data": {"T_window": 4, "stride": stride},
                                        "training": {"mixed_precision": False}}))
     preprocess(config)
-    data = load_task_data(config)
+    data = load_task_data(config.data)
     torch.manual_seed(0)
     stack = new_stack(config, data).eval()
     stateful = unaries_by_row(network_outputs(stack, data, "val", torch.device("cpu"), 3, stateful=True))

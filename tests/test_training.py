@@ -48,7 +48,7 @@ def test_a_trainer_killed_mid_epoch_and_resumed_ends_with_the_same_weights(write
     config = load_config(write_config({"model": {"convlstm": {"hidden_sizes": [4, 4], "dropout": 0.2}},
                                        "training": {"epochs": 3, "batch_size": 4}}))
     preprocess(config)
-    data = load_task_data(config)
+    data = load_task_data(config.data)
     straight = trainer_for(config, data, new_stack(config, data), tmp_path / "a")
     straight.fit()
 

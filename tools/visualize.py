@@ -37,7 +37,7 @@ def main(argv=None) -> None:
     config = load_config(args.config, args.overrides)
     cli.apply_machine(config)
     folders.claim(folders.check_output(args.out, runs.PICTURES, "--out"), "--out")
-    folder = processed_folder(config)
+    folder = processed_folder(config.data)
     predict = window_predictor(config, args.ckpt) if args.ckpt else None
     written = visualize_split(folder, args.split, args.count, args.out, predict)
     log.info("wrote %s", " and ".join(map(str, written)))

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from regimen.core.config import FILE_DATASETS, Config, digest
+from regimen.core.config import FILE_DATASETS, DataConfig, digest
 from regimen.core.folders import FolderKind, staging_names
 
 SPLITS = ("train", "val", "test")
@@ -25,18 +25,17 @@ META_FILE = "meta.json"
 # --------------------------------------------------------------------------- processed data (phase 0)
 
 
-def dataset_name(config: Config) -> str:
+def dataset_name(data: DataConfig) -> str:
     """The processed folder's name: the built-in dataset's, or for the user's files (an npz, an
     archive) the path's stem (letters, digits, '_', '-' and '.' kept) and a digest of the reader and
     its full path, so no file name can climb out of the processed folder, take a built-in dataset's
     place, or share a folder with other data."""
-    data = config.data
     if data.dataset in FILE_DATASETS:
         path = str(Path(data.path).resolve()) if not glob.has_magic(data.path) else os.path.abspath(data.path)
         stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(path).stem).lstrip(".")[:64] or "data"
         source = path if data.dataset == "npz" else f"{data.dataset}:{path}"
         return f"{stem}-{digest(source)[:8]}"
-    return config.data.dataset
+    return data.dataset
 
 
 def processed_dir(root: str | Path, name: str) -> Path:

@@ -208,7 +208,7 @@ def mark_missing(chunk: dict[str, np.ndarray], data: DataConfig, task: str
 def preprocess(config: Config) -> tuple[Path, dict]:
     """Phase 0 from config to files. Returns the output folder and its meta."""
     data = config.data
-    folder = folders.check_output(runs.processed_dir(data.root, dataset_name(config)), runs.PROCESSED, "data.root")
+    folder = folders.check_output(runs.processed_dir(data.root, dataset_name(config.data)), runs.PROCESSED, "data.root")
     reader = open_reader(data, config.seed)
     lengths = [s.frames for s in reader.sequences]
     for sequence in reader.sequences:
@@ -262,7 +262,7 @@ def _meta(config: Config, reader: Reader, written: dict[str, dict], num_classes:
     hashes = {split: hashlib.sha256(json.dumps(entry["files"], sort_keys=True).encode()).hexdigest()
               for split, entry in written.items()}
     return {
-        "name": dataset_name(config),
+        "name": dataset_name(config.data),
         "dataset": data.dataset,
         "task": reader.task,
         "num_classes": num_classes,

@@ -1,6 +1,6 @@
 """The processed data a phase reads: the splits of phase 0, checked against the config.
 
-`load_meta` reads phase 0's meta.json. `load_task_data(config)` finds
+`load_meta` reads phase 0's meta.json. `load_task_data(config.data)` finds
 `data/processed/<name>/` for the configured dataset, checks that it was made
 with the same task, window and features and that its files are whole, and
 returns a `TaskData`, whose windows stream through `TaskData.loader` (no phase
@@ -18,7 +18,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Sampler
 
 from regimen.core import files, runs
-from regimen.core.config import FILE_DATASETS, Config, LoaderConfig
+from regimen.core.config import FILE_DATASETS, DataConfig, LoaderConfig
 from regimen.core.errors import UserError
 from regimen.data.store import STORE_VERSION, verify
 from regimen.data.windows import WindowDataset, window_loader
@@ -83,14 +83,14 @@ def data_identity(meta: dict) -> dict:
             "num_classes": meta["num_classes"]}
 
 
-def load_checked_meta(config: Config) -> dict:
-    """The processed data's meta.json, checked against the config that asks for it."""
-    folder = processed_folder(config)
+def load_checked_meta(data: DataConfig) -> dict:
+    """The processed data's meta.json, checked against the data section that asks for it."""
+    folder = processed_folder(data)
     meta = load_meta(folder)
     made = {"task": meta["task"], "T_window": meta["T_window"], "stride": meta["stride"],
             "static_features": meta["static_features"]}
-    asked = {"task": config.data.task, "T_window": config.data.T_window, "stride": config.data.stride,
-             "static_features": list(config.data.static_features)}
+    asked = {"task": data.task, "T_window": data.T_window, "stride": data.stride,
+             "static_features": list(data.static_features)}
     for key, value in made.items():
         if asked[key] != value:
             raise UserError(f"data.{key} = {asked[key]!r} but {folder} was made with {value!r}; "
@@ -98,18 +98,17 @@ def load_checked_meta(config: Config) -> dict:
     return meta
 
 
-def processed_folder(config: Config) -> Path:
+def processed_folder(data: DataConfig) -> Path:
     """Phase 0's folder for the configured data; a UserError when phase 0 has not made it, naming
     what phase 0 did make (another config's data) instead."""
-    folder = runs.processed_dir(config.data.root, runs.dataset_name(config))
+    folder = runs.processed_dir(data.root, runs.dataset_name(data))
     if not runs.meta_path(folder).is_file():
-        raise UserError(f"{runs.meta_path(folder)} not found: this config's data ({_described(config)}) has not "
+        raise UserError(f"{runs.meta_path(folder)} not found: this config's data ({_described(data)}) has not "
                         f"been preprocessed; run tools/preprocess.py with this config first{_others(folder)}")
     return folder
 
 
-def _described(config: Config) -> str:
-    data = config.data
+def _described(data: DataConfig) -> str:
     return f"data.dataset: {data.dataset}" + (f", data.path: {data.path}" if data.dataset in FILE_DATASETS else "")
 
 
@@ -132,14 +131,14 @@ def _others(folder: Path) -> str:
             "--set) that tools/preprocess.py was given")
 
 
-def load_task_data(config: Config, check_files: bool = True) -> TaskData:
+def load_task_data(data: DataConfig, check_files: bool = True) -> TaskData:
     """The processed splits of the configured dataset, checked against the config and on disk
     (the files' sizes and hashes: by one process of a torchrun job, `check_files`)."""
-    meta = load_checked_meta(config)
-    folder = runs.processed_dir(config.data.root, meta["name"])
+    meta = load_checked_meta(data)
+    folder = runs.processed_dir(data.root, meta["name"])
     for split in runs.SPLITS if check_files else ():
         verify(folder, split, meta["files"][split])
-    return TaskData(meta, folder, config.data.loader)
+    return TaskData(meta, folder, data.loader)
 
 
 def check_same_data(recorded: dict, meta: dict, source: str) -> None:

@@ -184,7 +184,7 @@ def load_evaluated(config: Config, ckpt: Path, pgm_path: Optional[Path], payload
     with its PGM. The data must be the data the checkpoint was trained on. `payload`: the
     checkpoint when the caller has read it already."""
     payload = payload or files.load_checkpoint(ckpt, "--ckpt", CHECKPOINT_KINDS)
-    data = load_task_data(config)
+    data = load_task_data(config.data)
     made = payload["dataset"]
     if (made["task"], made["num_classes"]) != (data.task, data.num_classes):
         raise UserError(f"--ckpt {ckpt}: a {made['task']} model for {made['num_classes']} classes "

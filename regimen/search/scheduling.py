@@ -189,9 +189,9 @@ class TrialScheduler:
     @staticmethod
     def _prepare_data(config: Config) -> None:
         """Phase 0 once for each data section the pending trials need (before they start)."""
-        folder = runs.processed_dir(config.data.root, runs.dataset_name(config))
+        folder = runs.processed_dir(config.data.root, runs.dataset_name(config.data))
         if not runs.meta_path(folder).is_file():
-            log.info("preprocessing %s into %s", runs.dataset_name(config), folder)
+            log.info("preprocessing %s into %s", runs.dataset_name(config.data), folder)
             preprocess(config)
 
 
@@ -209,7 +209,8 @@ class TrialPool:
             from dask.distributed import Client
 
             try:
-                self.client = Client(self.scheduler, timeout=30)
+                # not the process's default scheduler: a search leaves the caller's Dask settings as they were
+                self.client = Client(self.scheduler, timeout=30, set_as_default=False)
             except OSError as error:
                 raise UserError(f"--scheduler {self.scheduler}: cannot connect ({error})") from None
         else:  # each slot only waits on its trial's subprocess, so threads are enough to run N trials at once

@@ -27,7 +27,7 @@ from torch import nn
 
 from regimen.core import machine
 from regimen.core.cli import environment_rank
-from regimen.core.config import Config
+from regimen.core.config import TrainingConfig
 from regimen.core.errors import UserError
 from regimen.train.stack import resolve_device
 
@@ -127,15 +127,14 @@ class World:
             dist.destroy_process_group()
 
 
-def join(config: Config) -> World:
+def join(device_name: str, training: TrainingConfig) -> World:
     """This process's `World`: one process, or under torchrun a member of its process group.
     Bad input (a world larger than the global batch, a device that does not fit) is refused on
     every process alike, before the group is joined."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
-        device = resolve_device(config.device)
+        device = resolve_device(device_name)
         return World(device, devices=[f"{socket.gethostname()}/{device}"])
-    training = config.training
     if size * training.accumulate > training.batch_size:
         times = f" x training.accumulate {training.accumulate}" if training.accumulate > 1 else ""
         raise UserError(f"training.batch_size = {training.batch_size} is the global batch, split over the "
@@ -144,7 +143,7 @@ def join(config: Config) -> World:
                         "processes)")
     machine.die_with_parent()  # torchrun starts each process in a session of its own
     rank, local_rank = environment_rank(), int(os.environ.get("LOCAL_RANK", "0"))
-    device = _device_of_rank(config.device, local_rank)
+    device = _device_of_rank(device_name, local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)

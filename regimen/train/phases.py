@@ -60,11 +60,11 @@ def pretrain(config: Config, save: Path, resume: Optional[Path], overwrite: bool
     fresh = payload is None
     if until_epoch is not None and not 1 <= until_epoch <= config.training.epochs:
         raise UserError(f"--until-epoch {until_epoch}: expected 1 to training.epochs ({config.training.epochs})")
-    world = distributed.join(config)
+    world = distributed.join(config.device, config.training)
     try:
         with world.agreement():
             _check_run_folder(run, "--save", fresh and resume is None, overwrite, world.writer)
-            data = load_task_data(config, check_files=world.writer)
+            data = load_task_data(config.data, check_files=world.writer)
             unary = resolve_unary_loss(config.loss.unary, data.task, data.has_soft_targets)
             if payload is not None:
                 check_same_data(payload["dataset"], data.meta, str(resume))
@@ -113,7 +113,7 @@ def fit_structure(config: Config, features_path: Path, save: Optional[Path], ove
     of another type or other settings already in the folder is replaced only with `overwrite`."""
     started = time.time()
     features = load_features(features_path, "--features")
-    meta = load_checked_meta(config)
+    meta = load_checked_meta(config.data)
     check_same_data(features["dataset"], meta, f"--features {features_path}")
     task, k = meta["task"], meta["num_classes"]
     check_pgm_task(config.model.pgm.type, task)
@@ -125,7 +125,7 @@ def fit_structure(config: Config, features_path: Path, save: Optional[Path], ove
         _check_not_replaced(run.pgm_params, settings)
     # An edge-aware CRF weighs its edges by the inputs; else the features' labels are the data's
     # (same data version), and the inputs are never read.
-    data = load_task_data(config) if config.model.pgm.edge_aware and config.model.pgm.type == "crf" else None
+    data = load_task_data(config.data) if config.model.pgm.edge_aware and config.model.pgm.type == "crf" else None
     folders.claim(run.root, "--save")
 
     head = PGMHead(settings)
@@ -187,11 +187,11 @@ def train_joint(config: Config, resume: Path, pgm_path: Optional[Path], save: Op
         config = _config_of(payload, config)
     else:
         run = runs.RunFolder(Path(save) if save else DEFAULT_JOINT_FOLDER)
-    world = distributed.join(config)
+    world = distributed.join(config.device, config.training)
     try:
         with world.agreement():
             _check_run_folder(run, "--save", not continuing, overwrite, world.writer)
-            data = load_task_data(config, check_files=world.writer)
+            data = load_task_data(config.data, check_files=world.writer)
             unary = resolve_unary_loss(config.loss.unary, data.task, data.has_soft_targets)
             check_same_data(payload["dataset"], data.meta, f"--resume {resume}")
             stack = stack_from_checkpoint(payload, f"--resume {resume}", config.training.mixed_precision)
