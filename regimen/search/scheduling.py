@@ -238,10 +238,10 @@ class TrialPool:
 
     def first_done(self, futures: list) -> None:
         """Wait until one of `futures` is done."""
-        if self.client:
-            from dask.distributed import wait
+        if self.client:  # on this client's loop: it is not the process's default client
+            from dask.distributed import as_completed
 
-            wait(futures, return_when="FIRST_COMPLETED")
+            next(as_completed(futures, loop=self.client.loop))
         else:
             futures_wait(futures, return_when=FIRST_COMPLETED)
 
