@@ -9,11 +9,14 @@ PYTHON=${PYTHON:-.venv/bin/python}
 "$PYTHON" train_convlstm.py --config config.yaml --save runs/base_convlstm --overwrite "$@"
 "$PYTHON" fit_pgm.py --config config.yaml --features runs/base_convlstm/features.pt "$@"
 "$PYTHON" train_joint.py --config config.yaml --resume runs/base_convlstm/ckpt.pt --save runs/joint --overwrite "$@"
-# A small search: steady state (a free slot breeds the next child at once) with successive halving (a child
-# trains a few epochs first, and only the best continue); the full one is: evolve.py --out runs/evo_search --parallel N
+# A small search: 4 genomes (the base config's and 3 random) in steady state (a free slot runs the next trial
+# at once) with successive halving (each trains 2 epochs, the better half goes on to 4), every trial at half
+# the base budget and judged against the base config at the same budget. The full search is:
+# evolve.py --config config.yaml --out runs/evo_search --parallel N
 "$PYTHON" evolve.py --config config.yaml --out runs/evo_search --parallel "${PARALLEL:-2}" --overwrite \
-    --set evolutionary.mode=steady_state --set evolutionary.fidelity=halving \
-    --set evolutionary.population_size=4 --set evolutionary.generations=2 "$@"
+    --set evolutionary.mode=steady_state --set evolutionary.fidelity=halving --set evolutionary.halving.eta=2 \
+    --set evolutionary.halving.rungs=2 --set evolutionary.population_size=4 --set evolutionary.generations=1 \
+    --set training.epochs=4 "$@"
 "$PYTHON" evaluate.py --config runs/evo_search/best/config.yaml --ckpt runs/evo_search/best/ckpt.pt "$@"
 "$PYTHON" evaluate.py --config config.yaml --ckpt runs/joint/best.pt "$@"
 "$PYTHON" evaluate.py --config config.yaml --ckpt runs/joint/best.pt --split val "$@"
