@@ -24,30 +24,26 @@ def test_the_project_keeps_its_layers():
     assert "Contracts: 2 kept, 0 broken." in done.stdout
 
 
-def copy_of_project(tmp_path: Path) -> Path:
+def lint_with_line(tmp_path: Path, module: str, line: str) -> tuple[subprocess.CompletedProcess, int]:
+    """`lint` of a copy of the project whose `module` (a path under the root) ends with `line`;
+    with the number that line has there."""
     for name in ("regimen", "models"):
         shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    return tmp_path
+    lines = (tmp_path / module).read_text().splitlines() + [line]
+    (tmp_path / module).write_text("\n".join(lines) + "\n")
+    return lint(tmp_path), len(lines)
 
 
 def test_an_import_that_climbs_a_layer_is_named(tmp_path):
-    root = copy_of_project(tmp_path)
-    windows = root / "regimen" / "data" / "windows.py"
-    lines = windows.read_text().splitlines()
-    windows.write_text("\n".join(lines + ["from regimen.train import stack"]) + "\n")
-    done = lint(root)
+    done, number = lint_with_line(tmp_path, "regimen/data/windows.py", "from regimen.train import stack")
     assert done.returncode == 1
     assert "regimen.data is not allowed to import regimen.train" in done.stdout
-    assert f"regimen.data.windows -> regimen.train.stack (l.{len(lines) + 1})" in done.stdout
+    assert f"regimen.data.windows -> regimen.train.stack (l.{number})" in done.stdout
 
 
 def test_models_may_not_import_regimen(tmp_path):
-    root = copy_of_project(tmp_path)
-    hmm = root / "models" / "hmm.py"
-    lines = hmm.read_text().splitlines()
-    hmm.write_text("\n".join(lines + ["import regimen"]) + "\n")
-    done = lint(root)
+    done, number = lint_with_line(tmp_path, "models/hmm.py", "import regimen")
     assert done.returncode == 1
     assert "models is not allowed to import regimen" in done.stdout
-    assert f"models.hmm -> regimen (l.{len(lines) + 1})" in done.stdout
+    assert f"models.hmm -> regimen (l.{number})" in done.stdout
