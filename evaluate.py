@@ -55,6 +55,9 @@ def main(argv=None) -> None:
                 log.info("  >= %s: CSI %s, POD %s, FAR %s, HSS %s, FSS %s", threshold,
                          *(_score(scores[key]) for key in ("csi", "pod", "far", "hss")),
                          ", ".join(f"{_score(v)} ({scale} px)" for scale, v in scores["fss"].items()))
+    for name, scores in (result.get("baselines") or {}).items():
+        log.info("%s baseline %s: accuracy %.4f, macro F1 %.4f", result["split"], name, scores["accuracy"],
+                 scores["macro_f1"])
     if "calibrated" in result:
         log.info("calibrated (%s, fitted on val): ECE %.4f", result["calibrated"]["method"],
                  result["calibrated"]["calibration"]["ece"])

@@ -295,6 +295,7 @@ class EvaluationConfig:
     stateful: bool = False  # each window continues from the state its sequence's previous window left
     thresholds: list[float] = field(default_factory=list)  # forecast verification: events are values >= each
     scales: list[int] = field(default_factory=lambda: [1, 4, 16])  # FSS window sizes in pixels
+    baselines: bool = True  # tagging: also report hmmlearn's Gaussian HMM and the per-frame Gaussian classifier
 
 
 @dataclass

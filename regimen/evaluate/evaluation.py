@@ -31,6 +31,7 @@ from regimen.core import files, folders, runs
 from regimen.core.config import Config, EvaluationConfig, config_hash, from_dict
 from regimen.core.errors import UserError
 from regimen.data.processed import TaskData, check_same_data, load_task_data
+from regimen.evaluate.baselines import gaussian_baselines
 from regimen.evaluate.calibration import Calibrator, choose_calibrator
 from regimen.evaluate.plots import plot_confusion, plot_per_class_f1, plot_reliability, plot_verification
 from regimen.scores.metrics import MAIN_METRIC, MetricSums, ProbabilitySums, ReportSums
@@ -271,6 +272,8 @@ def evaluate(config: Config, ckpt: Path, split: str, out: Optional[Path], pgm_pa
     if calibrated:
         result["calibrated"] = {"method": validation.calibrator.method, "val_ece": validation.val_ece,
                                 "val_nodes": validation.nodes, **reports["calibrated"]}
+    if settings.baselines and data.task == "tagging":
+        result["baselines"] = gaussian_baselines(data.folder, data.meta, split)
     first = data.windows(split).read("x", np.arange(min(config.training.batch_size, len(data.windows(split)))))
     result["model"] = model_cost(stack, first, device)
     result["provenance"] = files.provenance(config_hash(config), config.seed, data.meta, str(device),
