@@ -19,7 +19,8 @@ def walkthrough() -> tuple[str, list[str]]:
     """The config file and the commands of the own-data section of docs/data.md."""
     text = (ROOT / "docs" / "data.md").read_text()
     section = text[text.index("## Your own data"):]
-    section = section[:section.index("\n## ", 1)]
+    end = section.find("\n## ", 1)  # the next section, if any
+    section = section if end < 0 else section[:end]
     config = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
     commands = re.search(r"```bash\n(.*?)```", section, re.S).group(1).strip().splitlines()
     return config, commands
