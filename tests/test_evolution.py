@@ -363,7 +363,7 @@ def test_bad_inputs_exit_2_with_one_line_and_overwrite_nothing(case, tmp_path):
 def test_a_dask_cluster_runs_the_same_search_and_survives_a_killed_worker(tmp_path):
     """Two Dask workers; one is killed while a trial runs; results equal the local pool's."""
     distributed = pytest.importorskip("distributed", reason=DASK)
-    path = search_config(tmp_path, {"evolutionary": {"population_size": 4, "generations": 1}})
+    path = search_config(tmp_path, {"evolutionary": {"population_size": 2, "generations": 1}})
     config = load_config(path)
     evolve(config, tmp_path / "local", parallel=2, resume=False, overwrite=False)
 
