@@ -90,9 +90,9 @@ def without_seconds(table):
 
 @pytest.mark.slow
 def test_a_tiny_search_leaves_every_output(tmp_path):
-    """Population 4, 3 generations (the first at low fidelity), 2 islands, 2 slots, real training."""
+    """Population 2, 3 generations (the first at low fidelity), 2 islands, 2 slots, real training."""
     config = search_config(tmp_path, {"evolutionary": {
-        "population_size": 4, "generations": 3, "n_islands": 2, "migration_interval": 1,
+        "population_size": 2, "generations": 3, "n_islands": 2, "migration_interval": 1,
         "low_fidelity": {"generations": 1, "max_epochs": 1}, "search_space": SPACE}})
     out = tmp_path / "search"
     done = run_script("evolve.py", "--config", config, "--out", "search", "--parallel", "2", cwd=tmp_path)

@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_script
 from flood_hmm import flood_arrays
 
 
@@ -35,8 +33,7 @@ def test_the_docs_walkthrough_runs_every_phase_on_your_own_npz(tmp_path):
     for command in commands:
         words = shlex.split(command)
         assert words[0] == "python", command
-        done = subprocess.run([sys.executable, str(ROOT / words[1]), *words[2:]], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=600)
+        done = run_script(words[1], *words[2:], cwd=tmp_path)  # as `python <script>`, in tmp_path
         assert done.returncode == 0, f"{command}\n{done.stderr}"
     meta = json.loads(next((tmp_path / "data" / "processed").glob("floods-*/meta.json")).read_text())
     assert meta["class_names"] == ["land", "shallow", "deep", "river"]
