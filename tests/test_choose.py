@@ -35,6 +35,7 @@ def test_the_better_final_predictor_on_val_is_printed(tmp_path, task, first, sec
 @pytest.mark.parametrize("case, message", [
     ("no metrics", "joint/best.pt: no metrics.json beside it; run evaluate.py --ckpt {t}/joint/best.pt --split val first"),
     ("test only", "joint/metrics.json: no evaluate_val section; run evaluate.py"),
+    ("not an object", "joint/metrics.json: no evaluate_val section; run evaluate.py"),
     ("two tasks", "the checkpoints were evaluated on different tasks (regression, segmentation)"),
 ])
 def test_checkpoints_that_cannot_be_compared_exit_2_with_one_line(tmp_path, case, message):
@@ -44,6 +45,8 @@ def test_checkpoints_that_cannot_be_compared_exit_2_with_one_line(tmp_path, case
     else:
         joint = evaluated(tmp_path / "joint", "segmentation", "unary", {"unary": 0.8},
                           split="test" if case == "test only" else "val")
+    if case == "not an object":
+        (tmp_path / "joint" / "metrics.json").write_text("[1, 2]")
     other = evaluated(tmp_path / "search", "regression" if case == "two tasks" else "segmentation", "unary",
                       {"unary": 0.5})
     before = snapshot(tmp_path)

@@ -20,7 +20,8 @@ def evaluated_metric(checkpoint: Path, split: str) -> tuple[str, str, float]:
     again = f"run evaluate.py --ckpt {checkpoint} --split {split} first"
     if not metrics_path.is_file():
         raise UserError(f"{checkpoint}: no {metrics_path.name} beside it; {again}")
-    section = files.read_json(metrics_path, "evaluate.py").get(f"evaluate_{split}")
+    metrics = files.read_json(metrics_path, "evaluate.py")
+    section = metrics.get(f"evaluate_{split}") if isinstance(metrics, dict) else None
     if not isinstance(section, dict) or section.get("final") not in section:
         raise UserError(f"{metrics_path}: no evaluate_{split} section; {again}")
     name = MAIN_METRIC[section["task"]][0]
