@@ -78,7 +78,7 @@ def run_measured(args: list[str]) -> tuple[float, float]:
 def training_rate(config: Path, workers: int, in_memory: bool, repeats: int) -> float:
     """Windows per second of epochs of training (a small ConvLSTM, batch 8, AdamW) fed by the loader:
     the median of `repeats` epochs after one that starts the workers."""
-    from models.convlstm import ConvLSTMNet
+    from models.network import ConvLSTMNet
     from regimen.core.config_file import load_config
     from regimen.data.processed import load_task_data
     from regimen.data.windows import ShuffledBatches, WindowDataset, window_loader

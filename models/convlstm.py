@@ -124,7 +124,8 @@ class ConvLSTM(nn.Module):
         return x, final
 
     def _dropout(self, x: torch.Tensor, generators: Optional[list[torch.Generator]]) -> torch.Tensor:
-        """Dropout of a layer's outputs `[B, T, C, H, W]`, with window b's mask drawn from `generators[b]`."""
+        """Dropout of a layer's outputs `[B, T, C, H, W]`, with window b's mask drawn from `generators[b]`
+        (fresh generators for every call: a forecaster's steps, one call each, share a window's masks)."""
         if generators is None:
             return self.dropout(x)
         keep = 1.0 - self.dropout.p
@@ -147,50 +148,3 @@ class ConvLSTM(nn.Module):
                 h, c = cell.step(gates_x[step], h, c)
             outputs[step] = h
         return torch.stack(outputs, dim=1), (h, c)
-
-
-class ConvLSTMNet(nn.Module):
-    """A ConvLSTM stack with the head of one task.
-
-    Args:
-        input_channels: channels of the input frames.
-        hidden_sizes, kernel_size, dropout, bidirectional, checkpoint_steps: see `ConvLSTM`.
-        task: "segmentation" (per-pixel logits `[B, T, K, H, W]`), "tagging"
-            (per-frame logits `[B, T, K]`) or "regression" (per-pixel values
-            `[B, T, K, H, W]`, K output channels).
-        num_outputs: classes K, or regression output channels.
-    """
-
-    TASKS = ("segmentation", "tagging", "regression")
-
-    def __init__(self, input_channels: int, hidden_sizes: list[int], kernel_size: int, task: str,
-                 num_outputs: int, dropout: float = 0.0, bidirectional: bool = False,
-                 checkpoint_steps: bool = False):
-        super().__init__()
-        if task not in self.TASKS:
-            raise ValueError(f"task must be one of {self.TASKS}, got {task!r}")
-        self.task = task
-        self.encoder = ConvLSTM(input_channels, hidden_sizes, kernel_size, dropout, bidirectional,
-                                checkpoint_steps)
-        channels = self.encoder.output_channels
-        if task == "tagging":
-            # mean and max pooling over the grid, then a linear layer
-            self.head = nn.Linear(2 * channels, num_outputs)
-        else:
-            self.head = nn.Conv2d(channels, num_outputs, kernel_size=1)
-
-    def forward(self, x: torch.Tensor, state: Optional[list[State]] = None,
-                return_features: bool = False, return_state: bool = False,
-                dropout_seeds: Optional[list[int]] = None):
-        """`x` `[B, T, C, H, W]` -> outputs; with `return_features` also the last layer's features
-        `[B, T, C_out, H, W]`, with `return_state` also the final `(h, c)` per layer, from which the
-        next window of a long sequence continues (`state=`); `dropout_seeds`: see `ConvLSTM`."""
-        features, final = self.encoder(x, state, dropout_seeds)
-        if self.task == "tagging":
-            # shape: (B, T, 2*C_out)
-            pooled = torch.cat([features.mean(dim=(3, 4)), features.amax(dim=(3, 4))], dim=2)
-            out = self.head(pooled)
-        else:
-            out = self.head(features.flatten(0, 1)).unflatten(0, features.shape[:2])
-        extra = ((features,) if return_features else ()) + ((final,) if return_state else ())
-        return (out, *extra) if extra else out

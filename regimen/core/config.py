@@ -36,6 +36,7 @@ NEXT_FRAME = "next_frame"  # data.labels: the inputs' next frame is the target (
 LOADER_START_METHODS = ("spawn", "forkserver")  # fork after threads deadlocks with HDF5 and Zarr
 STATIC_FEATURES = ("edges", "motion", "mask")
 SPLIT_BY = ("sequence", "time")
+FORECASTERS = ("encoder_forecaster", "autoregressive")
 MISSING = ("refuse", "mask")
 PGM_TYPES = ("crf", "hmm", "chain_crf")
 CRF_INFERENCE = ("mean_field", "loopy_bp")
@@ -132,6 +133,12 @@ class LoaderConfig:
 
 
 @dataclass
+class ForecastConfig:
+    input_frames: int = 5  # T_in: the frames the network reads
+    output_frames: int = 5  # T_out: the frames after them that it predicts
+
+
+@dataclass
 class DataConfig:
     root: str = "./data"
     dataset: str = "storms"
@@ -147,6 +154,7 @@ class DataConfig:
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     T_window: int = 8
     stride: int = 4
+    forecast: Optional[ForecastConfig] = None  # T_in past frames to T_out future frames; null: label the window
     normalize: bool = True
     splits: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
     split_by: str = "sequence"  # sequence (whole sequences at random) | time (cut in time order)
@@ -160,6 +168,17 @@ class DataConfig:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     augmentations: AugmentationConfig = field(default_factory=AugmentationConfig)
 
+    @property
+    def window(self) -> int:
+        """Frames of a window: T_in + T_out for a forecast, else T_window."""
+        return self.forecast.input_frames + self.forecast.output_frames if self.forecast else self.T_window
+
+    @property
+    def target_shift(self) -> int:
+        """Frames from an input frame to its next-frame target (`next_frame`, the built-in regressions):
+        1, or 0 in a forecast, whose targets are the future frames themselves."""
+        return 0 if self.forecast else 1
+
 
 @dataclass
 class ConvLSTMConfig:
@@ -169,6 +188,7 @@ class ConvLSTMConfig:
     dropout: float = 0.1
     bidirectional: bool = False
     checkpoint_steps: bool = False  # recompute each time step in the backward pass: less memory, more time
+    forecaster: str = "encoder_forecaster"  # data.forecast: encoder_forecaster | autoregressive
 
 
 @dataclass
@@ -203,6 +223,12 @@ class JointConfig:
 
 
 @dataclass
+class SamplingConfig:
+    start: float = 1.0  # the chance of feeding the true frame instead of the prediction, at the start
+    decay_epochs: int = 4  # epochs over which that chance falls linearly to 0
+
+
+@dataclass
 class TrainingConfig:
     optimizer: str = "adamw"
     lr: float = 2.0e-3
@@ -216,6 +242,7 @@ class TrainingConfig:
     early_stopping_patience: int = 8
     save_feature_maps: bool = False  # features.pt also holds the last layer's feature maps
     joint: JointConfig = field(default_factory=JointConfig)
+    scheduled_sampling: SamplingConfig = field(default_factory=SamplingConfig)  # the autoregressive forecaster
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from regimen.core.config import (ARCHIVES, CALIBRATIONS, CMAES_OBJECTIVES, CRF_INFERENCE, DATASETS, FILE_DATASETS,
+from regimen.core.config import (ARCHIVES, CALIBRATIONS, CMAES_OBJECTIVES, CRF_INFERENCE, DATASETS, FILE_DATASETS, FORECASTERS,
                                  GENERATOR_BYTES_PER_PIXEL, JOINT_MODES, LOADER_START_METHODS, MAX_OBJECTIVES, MAX_SEED,
                                  MISSING, NEXT_FRAME, OBJECTIVES, PGM_TYPES, SPLIT_BY, STATIC_FEATURES, TASKS,
                                  TASKS_OF_DATASET, UNARY_LOSSES, USE_PGM, Config, get_key, leaf_keys)
@@ -55,6 +55,7 @@ def validate(config: Config, source: str = "config") -> None:
     _validate_data(check)
     _validate_model(check)
     _validate_training(check)
+    _validate_forecast(check)
     _validate_evolutionary(check)
     check.one_of("evaluation.split", ("train", "val", "test"))  # runs.SPLITS
     check.positive("evaluation.bins")
@@ -160,7 +161,7 @@ def _validate_generator(check: _Checker) -> None:
         require_memory(g.num_sequences * g.sequence_length * g.height * g.width * GENERATOR_BYTES_PER_PIXEL,
                        f"{check.source}: data.generator (num_sequences {g.num_sequences} x sequence_length "
                        f"{g.sequence_length} x {g.height} x {g.width}): generating the {data.dataset} data")
-    if data.dataset not in FILE_DATASETS:
+    if data.dataset not in FILE_DATASETS and not data.forecast:
         check.require(data.T_window <= data.generator.sequence_length, "data.T_window",
                       f"must be <= data.generator.sequence_length "
                       f"({data.generator.sequence_length}), the frames in a sequence")
@@ -227,6 +228,42 @@ def _validate_training(check: _Checker) -> None:
     check.one_of("loss.unary", UNARY_LOSSES)
     check.non_negative("training.weight_decay", "training.grad_clip", "training.warmup_epochs",
                        "loss.alpha_unary", "loss.beta_structured", "loss.gamma_consistency")
+
+
+def _validate_forecast(check: _Checker) -> None:
+    """`data.forecast` and what a forecast cannot go with: the network reads the first T_in frames
+    of a window and predicts the last T_out, so nothing may look at (or shift) the frames between."""
+    config = check.config
+    data, lstm = config.data, config.model.convlstm
+    check.one_of("model.convlstm.forecaster", FORECASTERS)
+    check.rate("training.scheduled_sampling.start")
+    check.non_negative("training.scheduled_sampling.decay_epochs")
+    if data.forecast is None:
+        check.require(lstm.forecaster != "autoregressive", "model.convlstm.forecaster",
+                      "the autoregressive forecaster predicts future frames: set data.forecast "
+                      "{input_frames: T_in, output_frames: T_out}")
+        return
+    check.positive("data.forecast.input_frames")
+    check.require(data.forecast.output_frames >= 2, "data.forecast.output_frames",
+                  "must be >= 2 (the PGMs' temporal links and the consistency term compare consecutive frames)")
+    if data.dataset not in FILE_DATASETS:
+        check.require(data.window <= data.generator.sequence_length, "data.forecast",
+                      f"input_frames + output_frames ({data.window}) must be <= data.generator.sequence_length "
+                      f"({data.generator.sequence_length}), the frames in a sequence")
+    off = {"data.augmentations.temporal_jitter": "shifts frames across the line between inputs and targets: "
+           "set it to 0", "evaluation.stateful": "each forecast starts from its own T_in frames: set it to false",
+           "model.convlstm.bidirectional": "a forecast cannot read its inputs backwards from the future: set it "
+           "to false", "model.pgm.edge_aware": "weighs a frame's CRF edges by that frame's inputs, which a "
+           "forecast never sees: set it to false"}
+    for key, reason in off.items():
+        check.require(not get_key(config, key), key, f"with data.forecast, {reason}")
+    if lstm.forecaster == "autoregressive":
+        feeds_back = data.task == "regression" and not data.static_features and (
+            data.dataset not in FILE_DATASETS or data.labels == NEXT_FRAME)
+        check.require(feeds_back, "model.convlstm.forecaster",
+                      "autoregressive feeds each predicted frame back as the next input, so its targets must be "
+                      "the inputs: data.task regression with data.labels next_frame (or a built-in dataset) and "
+                      "no data.static_features; use encoder_forecaster")
 
 
 def _validate_evolutionary(check: _Checker) -> None:

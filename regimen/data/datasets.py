@@ -97,7 +97,7 @@ def make_storms(data: DataConfig, rng: np.random.Generator) -> Dataset:
     observed = (clean[:, :t] + clutter[:, None] + noise).astype(np.float32)
     labels = storm_classes(clean[:, :t])
     if data.task == "regression":
-        target, num_classes, soft = clean[:, 1:, ..., None], None, None
+        target, num_classes, soft = clean[:, data.target_shift:t + data.target_shift, ..., None], None, None
     else:
         target, num_classes, soft = labels, 3, storm_soft_targets(clean[:, :t])
     return Dataset(
@@ -191,7 +191,8 @@ def make_digits(data: DataConfig, rng: np.random.Generator) -> Dataset:
     elif data.task == "tagging":
         target, num_classes, names = tags.astype(np.int64), 10, [str(i) for i in range(10)]
     else:
-        target, num_classes, names = canvas[:, 1:, ..., None].astype(np.float32), None, []
+        shift = data.target_shift
+        target, num_classes, names = canvas[:, shift:t + shift, ..., None].astype(np.float32), None, []
     return Dataset(
         X=observed[..., None].astype(np.float32), Y=target, task=data.task,
         num_classes=num_classes, class_names=names, channel_names=["intensity"],

@@ -78,7 +78,7 @@ def _class_labels(name: str, arrays: dict[str, np.ndarray], shape: tuple, data: 
     y = _integer_labels(name, y)
     num_classes = data.num_classes or int(y.max()) + 1
     # The unaries of every window hold K floats per node (each frame sits in T_window / stride windows).
-    require_memory(4.0 * y.size * num_classes * max(1.0, data.T_window / data.stride),
+    require_memory(4.0 * y.size * num_classes * max(1.0, data.window / data.stride),
                    f"{name}: Y's largest label {int(y.max())} means {num_classes} classes, and their unaries")
     if num_classes < 2:
         raise UserError(f"{name}: Y holds a single class; set data.num_classes (>= 2)")

@@ -212,8 +212,9 @@ def preprocess(config: Config) -> tuple[Path, dict]:
     reader = open_reader(data, config.seed)
     lengths = [s.frames for s in reader.sequences]
     for sequence in reader.sequences:
-        if sequence.frames < data.T_window:
-            raise UserError(f"data.T_window = {data.T_window}: must be <= the {sequence.frames} frames of each "
+        if sequence.frames < data.window:
+            key = "data.forecast: input_frames + output_frames" if data.forecast else "data.T_window"
+            raise UserError(f"{key} = {data.window}: must be <= the {sequence.frames} frames of each "
                             f"sequence ({sequence.name})")
     parts, cuts = split_frames(reader, data, config.seed)
     inputs = _inputs(config, reader)
@@ -229,7 +230,7 @@ def preprocess(config: Config) -> tuple[Path, dict]:
     statistics, num_classes = _scan_training(reader, parts["train"], data, frames_per_chunk)
     if num_classes is not None and data.dataset in ARCHIVES:  # (an npz is checked as it is loaded)
         # The unaries of every window hold K floats per node (each frame sits in T_window / stride windows).
-        require_memory(4.0 * sum(lengths) * first["Y"][0].size * num_classes * max(1.0, data.T_window / data.stride),
+        require_memory(4.0 * sum(lengths) * first["Y"][0].size * num_classes * max(1.0, data.window / data.stride),
                        f"data.path: {sum(lengths)} frames of {num_classes} classes, and their unaries")
     if data.normalize:
         mean, std = statistics.result()
@@ -270,7 +271,8 @@ def _meta(config: Config, reader: Reader, written: dict[str, dict], num_classes:
         "channel_names": reader.channel_names + static_names,
         "static_features": list(data.static_features),
         "spatial_invariant": reader.spatial_invariant,
-        "T_window": data.T_window,
+        "T_window": data.window,
+        "forecast": forecast_meta(data, reader),
         "stride": data.stride,
         "normalisation": {"applied": data.normalize, "mean": mean.tolist(), "std": std.tolist(),
                           "from": "train split"},
@@ -290,6 +292,28 @@ def _meta(config: Config, reader: Reader, written: dict[str, dict], num_classes:
         "baselines": reader.baselines,
         "inputs": inputs,
     }
+
+
+def window_frames(data: DataConfig, array: str) -> int:
+    """The frames of one array that a window yields: a forecast's inputs `X` are its first T_in,
+    its targets (`Y`, `P`, `M`) its last T_out (`regimen.data.windows`)."""
+    if not data.forecast:
+        return data.T_window
+    return data.forecast.input_frames if array == "X" else data.forecast.output_frames
+
+
+def forecast_meta(data: DataConfig, reader: Reader) -> Optional[dict]:
+    """What meta.json records of a forecast: T_in, T_out and the time between frames (the median
+    step of every sequence's frame times: seconds for dates, the coordinate's units for numbers;
+    None without times), from which evaluate.py gives lead times in minutes."""
+    if not data.forecast:
+        return None
+    steps = [np.diff(s.times) for s in reader.sequences if s.times is not None and len(s.times) > 1]
+    kinds = {s.time_kind for s in reader.sequences if s.times is not None}
+    step = float(np.median(np.concatenate(steps))) if steps and len(kinds) == 1 else None
+    return {"input_frames": data.forecast.input_frames, "output_frames": data.forecast.output_frames,
+            "frame_step": step, "frame_step_unit": ("seconds" if kinds == {"date"} else "time coordinate")
+            if step is not None else None}
 
 
 def _scan_training(reader: Reader, pieces: list[Piece], data: DataConfig, frames_per_chunk: int
@@ -341,7 +365,7 @@ def _write_split(reader: Reader, folder: Path, split: str, pieces: list[Piece], 
                       "offset": offset, "time": sequence.time if sequence.times is None
                       else format_time(sequence.times[piece.start], sequence.time_kind)})
         offset += piece.frames
-    windows = window_index(pieces, data.T_window, data.stride)
+    windows = window_index(pieces, data.window, data.stride)
     sizes = {"sequences": len(pieces), "windows": int(len(windows)), "frames": int(frames)}
     if masked is not None:
         sizes["masked_nodes"] = masked
@@ -349,7 +373,7 @@ def _write_split(reader: Reader, folder: Path, split: str, pieces: list[Piece], 
     writers.append(arrays["windows"])
     arrays["windows"].append(windows)
     written = {key: writer.close() for key, writer in arrays.items()}
-    shapes = {key: [len(windows), data.T_window, *writer.shape[1:]] for key, writer in arrays.items()
+    shapes = {key: [len(windows), window_frames(data, key), *writer.shape[1:]] for key, writer in arrays.items()
               if key != "windows"}
     return {"files": written, "shapes": shapes, "sequences": table,
             "sizes": sizes}

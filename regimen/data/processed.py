@@ -55,6 +55,11 @@ class TaskData:
         return int(self.meta["shapes"]["train"]["Y"][-1]) if self.task == "regression" else self.num_classes
 
     @property
+    def forecast(self) -> Optional[list[int]]:
+        """`[T_in, T_out]` of forecast windows, else None."""
+        return forecast_frames(self.meta)
+
+    @property
     def has_soft_targets(self) -> bool:
         return "P" in self.meta["shapes"]["train"]
 
@@ -88,14 +93,21 @@ def load_checked_meta(data: DataConfig) -> dict:
     folder = processed_folder(data)
     meta = load_meta(folder)
     made = {"task": meta["task"], "T_window": meta["T_window"], "stride": meta["stride"],
-            "static_features": meta["static_features"]}
-    asked = {"task": data.task, "T_window": data.T_window, "stride": data.stride,
-             "static_features": list(data.static_features)}
+            "static_features": meta["static_features"], "forecast": forecast_frames(meta)}
+    asked = {"task": data.task, "T_window": data.window, "stride": data.stride,
+             "static_features": list(data.static_features),
+             "forecast": [data.forecast.input_frames, data.forecast.output_frames] if data.forecast else None}
     for key, value in made.items():
         if asked[key] != value:
             raise UserError(f"data.{key} = {asked[key]!r} but {folder} was made with {value!r}; "
                             "run tools/preprocess.py again with this config")
     return meta
+
+
+def forecast_frames(meta: dict) -> Optional[list[int]]:
+    """`[T_in, T_out]` of processed forecast windows, else None."""
+    forecast = meta.get("forecast")
+    return [forecast["input_frames"], forecast["output_frames"]] if forecast else None
 
 
 def processed_folder(data: DataConfig) -> Path:

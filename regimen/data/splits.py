@@ -68,7 +68,7 @@ def by_sequence(lengths: list[int], fractions: list[float], seed: int) -> dict[s
 
 def by_time(times: list[np.ndarray], kind: str, data: DataConfig) -> tuple[dict[str, list[Piece]], list[float]]:
     """Each sequence's frames placed by their times (`times[i]`: sequence i's, not decreasing).
-    Returns the pieces (at least `data.T_window` frames each) and the two cuts.
+    Returns the pieces (at least a window, `data.window` frames, each) and the two cuts.
 
     Raises:
         UserError: for a split time that is not a time of the data's kind, cuts out of order, or a
@@ -92,17 +92,22 @@ def by_time(times: list[np.ndarray], kind: str, data: DataConfig) -> tuple[dict[
     for sequence, frame_times in enumerate(times):
         for split, (low, high) in bounds.items():
             start, stop = np.searchsorted(frame_times, [low, high])
-            if stop - start >= data.T_window:
+            if stop - start >= data.window:
                 pieces[split].append(Piece(sequence, int(start), int(stop)))
     for split in SPLITS:
         if not pieces[split]:
             low, high = bounds[split]
             raise UserError(f"data.split_by = time, cuts at {format_time(cuts[0], kind)} and "
                             f"{format_time(cuts[1], kind)} (data.split_times = {data.split_times}, data.split_gap = "
-                            f"{data.split_gap}): split '{split}' gets no window of {data.T_window} frames between "
+                            f"{data.split_gap}): split '{split}' gets no window of {data.window} frames{_forecast(data)} between "
                             f"{format_time(low, kind)} and {format_time(high, kind)}; the data's times run from "
                             f"{format_time(every[0], kind)} to {format_time(every[-1], kind)}")
     return pieces, cuts
+
+
+def _forecast(data: DataConfig) -> str:
+    return f" (data.forecast: {data.forecast.input_frames} in, {data.forecast.output_frames} out)" \
+        if data.forecast else ""
 
 
 def frame_times(values: np.ndarray, where: str) -> tuple[np.ndarray, str]:

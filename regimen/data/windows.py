@@ -7,6 +7,13 @@ batch order (`ShuffledBatches`, drawn from the trainer's generator) and the
 augmentations stay in the training process, so the batches, and the weights,
 are the same with 0 or 8 workers. Under torchrun every process draws the same
 order and reads only its `Share` of each global batch (`ShardedBatches`).
+
+A forecast window (`data.forecast`) is T_in + T_out frames: `x` is read from its
+first T_in frames only and the targets from its last T_out, so no future input
+is ever read for a prediction. `last` holds the targets of the last observed
+frame (what persistence holds); `x_future`, the true inputs of the frames the
+autoregressive forecaster feeds back, is read only where training asks for it
+(`future_inputs`, scheduled sampling).
 """
 
 from __future__ import annotations
@@ -31,11 +38,20 @@ class WindowDataset(Dataset):
     `m`, False at missing nodes, only where it has a mask)."""
 
     def __init__(self, folder: Path, split: str, meta: dict, in_memory: bool = False):
-        self.window = int(meta["T_window"])
+        window = int(meta["T_window"])
         names = {"X": "x", "Y": "y", "P": "p", "M": "m"}
         self.arrays = {names[array]: ArrayFile(runs.store_path(folder, split, array), in_memory)
                        for array in meta["files"][split] if array in names}
         self.index = np.load(runs.store_path(folder, split, "windows"), allow_pickle=False)  # [W, 3]
+        forecast = meta.get("forecast")
+        self.future_inputs = False
+        # key -> (array, first frame in the window, frames)
+        self.frames = {key: (key, 0, window) for key in self.arrays}
+        if forecast:
+            t_in, t_out = forecast["input_frames"], forecast["output_frames"]
+            self.frames = {key: (key, 0, t_in) if key == "x" else (key, t_in, t_out) for key in self.arrays}
+            self.frames["last"] = ("y", t_in - 1, 1)
+            self.frames["x_future"] = ("x", t_in, t_out - 1)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -49,12 +65,13 @@ class WindowDataset(Dataset):
         return self.index[:, 1]
 
     def __getitem__(self, rows) -> dict[str, torch.Tensor]:
-        return {key: self.read(key, rows) for key in self.arrays}
+        return {key: self.read(key, rows) for key in self.frames if key != "x_future" or self.future_inputs}
 
     def read(self, key: str, rows) -> torch.Tensor:
-        """One array (`x`, `y` or `p`) of the windows `rows`."""
-        first = self.index[np.atleast_1d(np.asarray(rows)), 2]
-        return torch.from_numpy(np.stack([self.arrays[key].rows(int(row), self.window) for row in first]))
+        """One array (`x`, `y`, `p`, `m`; a forecast's `last` and `x_future`) of the windows `rows`."""
+        array, offset, count = self.frames[key]
+        first = self.index[np.atleast_1d(np.asarray(rows)), 2] + offset
+        return torch.from_numpy(np.stack([self.arrays[array].rows(int(row), count) for row in first]))
 
 
 class ShuffledBatches(Sampler):

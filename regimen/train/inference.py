@@ -88,8 +88,10 @@ def numpy_of(tensor: Optional[torch.Tensor]) -> Optional[np.ndarray]:
 class Outputs:
     """One batch of a split's windows: their `rows` in the split, the network's `unaries`
     `[B, T, K(, H, W)]`, labels `y`, soft targets `p`, and `guide`, the inputs in model layout
-    `[B, T, C, H, W]` (what an edge-aware CRF weighs its edges by; None where not read), and `valid`,
-    False at missing nodes (None where the data has no mask). CPU tensors."""
+    `[B, T, C, H, W]` (what an edge-aware CRF weighs its edges by; None where not read or for a
+    forecast), `valid`, False at missing nodes (None where the data has no mask), and for a forecast
+    `x`, the T_in observed frames, and `last`, the targets of the last of them `[B, 1, ...]`. CPU
+    tensors."""
 
     rows: np.ndarray
     unaries: torch.Tensor
@@ -97,6 +99,8 @@ class Outputs:
     p: Optional[torch.Tensor] = None
     guide: Optional[torch.Tensor] = None
     valid: Optional[torch.Tensor] = None
+    x: Optional[torch.Tensor] = None
+    last: Optional[torch.Tensor] = None
 
 
 @torch.no_grad()
@@ -114,7 +118,11 @@ def network_outputs(stack: Stack, data: TaskData, split: str, device: torch.devi
         x = model_input(batch["x"])
         rows = np.arange(first, first + len(x))
         first += len(x)
-        yield Outputs(rows, stack.unaries(x.to(device)).cpu(), batch["y"], batch.get("p"), x, batch.get("m"))
+        unaries = stack.unaries(x.to(device)).cpu()
+        if "last" in batch:  # a forecast
+            yield Outputs(rows, unaries, batch["y"], batch.get("p"), None, batch.get("m"), x, batch["last"])
+        else:
+            yield Outputs(rows, unaries, batch["y"], batch.get("p"), x, batch.get("m"))
 
 
 @torch.no_grad()

@@ -29,11 +29,22 @@ class Part:
         windows: the micro-batch's share of the global batch's windows.
         observed: its share of the global batch's observed nodes.
         dropout_seeds: one per window, drawn for the global batch (see `ConvLSTM`).
+        teacher: which fed-back frames of each window are the true ones `[B, T_out - 1]` (the
+            autoregressive forecaster's scheduled sampling; None: its own predictions).
     """
 
     windows: float = 1.0
     observed: float = 1.0
     dropout_seeds: Optional[list[int]] = None
+    teacher: Optional[torch.Tensor] = None
+
+    def network_inputs(self, batch: dict) -> dict:
+        """What `Stack.unaries` takes besides the inputs: dropout seeds, and for scheduled sampling
+        the true future frames (`x_future`) and which to feed."""
+        extra = {"dropout_seeds": self.dropout_seeds}
+        if self.teacher is not None:
+            extra.update(future=batch["x_future"], teacher=self.teacher)
+        return extra
 
     def of_mean(self, valid: Optional[torch.Tensor]) -> float:
         """The weight of a mean over nodes, which is over the observed ones where there is a mask."""
@@ -95,7 +106,13 @@ def masked_mean(per_node: torch.Tensor, valid: torch.Tensor | None) -> torch.Ten
     return (per_node.flatten() * weights).sum() / weights.sum().clamp_min(1.0)
 
 
-def consistency(log_marginals: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def frames_guide(batch: dict) -> Optional[torch.Tensor]:
+    """The inputs of the frames a batch's targets are on, for the losses that read them; None for
+    a forecast (its targets are frames whose inputs the network never reads; the batch has `last`)."""
+    return None if "last" in batch else batch["x"]
+
+
+def consistency(log_marginals: torch.Tensor, x: Optional[torch.Tensor]) -> torch.Tensor:
     """Disagreement of consecutive frames' marginals where the input did not change.
 
     The input change is measured on a 3x3 box-smoothed input, so sensor noise
@@ -105,14 +122,15 @@ def consistency(log_marginals: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
     Args:
         log_marginals: `[B, T, K, H, W]` or `[B, T, K]` log probabilities.
-        x: inputs `[B, T, C, H, W]`.
+        x: inputs `[B, T, C, H, W]`; None (a forecast, whose frames have no inputs): every weight 1.
     """
     q = log_marginals.float().exp()
+    distance = (q[:, 1:] - q[:, :-1]).pow(2).sum(dim=2)  # (B, T-1, H, W) or (B, T-1)
+    if x is None:
+        return distance.mean()
     smoothed = F.avg_pool2d(x.float().flatten(0, 1), 3, stride=1, padding=1,
                             count_include_pad=False).unflatten(0, x.shape[:2])  # (B, T, C, H, W)
     change = (smoothed[:, 1:] - smoothed[:, :-1]).pow(2).mean(dim=2)  # (B, T-1, H, W)
     if q.ndim == 3:
         change = change.mean(dim=(2, 3))  # tagging: one weight per pair of frames
-    weight = torch.exp(-change)
-    distance = (q[:, 1:] - q[:, :-1]).pow(2).sum(dim=2)  # (B, T-1, H, W) or (B, T-1)
-    return (weight * distance).mean()
+    return (torch.exp(-change) * distance).mean()

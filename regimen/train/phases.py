@@ -31,7 +31,7 @@ from regimen.scores.metrics import MAIN_METRIC
 from regimen.train import distributed
 from regimen.train.inference import (Outputs, SplitArray, compare_with_unaries, network_outputs, output_metrics,
                                      pgm_is_worse, save_features, split_metrics, stored_outputs)
-from regimen.train.losses import Part, consistency, resolve_unary_loss, unary_loss
+from regimen.train.losses import Part, consistency, frames_guide, resolve_unary_loss, unary_loss
 from regimen.train.pgm import PGMHead, check_pgm_task, fit_pgm, head_from_params, pgm_params, pgm_settings
 from regimen.train.stack import Stack, check_fits_data, new_stack, precision, stack_from_checkpoint
 from regimen.train.training import Schedule, Trainer, attach_log_file
@@ -80,7 +80,7 @@ def pretrain(config: Config, save: Path, resume: Optional[Path], overwrite: bool
 
         def loss_fn(stack: Stack, batch: dict, part: Part):
             valid = batch.get("m")
-            out = stack.unaries(batch["x"], dropout_seeds=part.dropout_seeds)
+            out = stack.unaries(batch["x"], **part.network_inputs(batch))
             return part.of_mean(valid) * unary_loss(unary, out, batch["y"], batch.get("p"), valid), {}
 
         trainer = Trainer(stack, data, Schedule.pretraining(config), loss_fn,
@@ -240,15 +240,14 @@ def _joint_loss(unary: str, config: Config):
     weights = config.loss
 
     def loss_fn(stack: Stack, batch: dict, part: Part):
-        out = stack.unaries(batch["x"], dropout_seeds=part.dropout_seeds)
-        valid = batch.get("m")
+        out = stack.unaries(batch["x"], **part.network_inputs(batch))
+        valid, guide = batch.get("m"), frames_guide(batch)
         # The CRF's NLL is a mean over observed nodes, a chain's over every node (missing labels summed out).
         structured_share = part.of_mean(valid) if stack.head.type == "crf" else part.windows
         parts = {"unary": part.of_mean(valid) * unary_loss(unary, out, batch["y"], batch.get("p"), valid),
-                 "structured": structured_share * stack.head.nll(out, batch["y"], batch["x"], valid)}
+                 "structured": structured_share * stack.head.nll(out, batch["y"], guide, valid)}
         if weights.gamma_consistency > 0:
-            parts["consistency"] = part.windows * consistency(stack.head.log_marginals(out, batch["x"], valid),
-                                                              batch["x"])
+            parts["consistency"] = part.windows * consistency(stack.head.log_marginals(out, guide, valid), guide)
         total = (weights.alpha_unary * parts["unary"] + weights.beta_structured * parts["structured"]
                  + weights.gamma_consistency * parts.get("consistency", 0.0))
         return total, {key: value.detach() for key, value in parts.items()}

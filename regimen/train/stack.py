@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from models.convlstm import ConvLSTMNet
+from models.network import ConvLSTMNet
 from regimen.core.config import Config
 from regimen.core.errors import UserError
 from regimen.core.weights import load_state_checked
@@ -59,12 +59,20 @@ def needs_grad_scaler(device: torch.device, enabled: bool) -> bool:
     return precision(device, enabled) == "fp16"
 
 
-def net_spec(config: Config, input_channels: int, num_outputs: int, task: str) -> dict:
-    """What rebuilds the network of `model.convlstm`; checkpoints carry it."""
+def net_spec(config: Config, input_channels: int, num_outputs: int, task: str,
+             forecast: Optional[dict] = None) -> dict:
+    """What rebuilds the network of `model.convlstm`; checkpoints carry it. `forecast`: the
+    processed data's (`meta["forecast"]`, with `normalisation`, what the autoregressive forecaster
+    maps its predictions back to inputs with)."""
     lstm = config.model.convlstm
-    return {"input_channels": input_channels, "hidden_sizes": list(lstm.hidden_sizes),
+    spec = {"input_channels": input_channels, "hidden_sizes": list(lstm.hidden_sizes),
             "kernel_size": lstm.kernel_size, "task": task, "num_outputs": num_outputs,
             "dropout": lstm.dropout, "bidirectional": lstm.bidirectional, "checkpoint_steps": lstm.checkpoint_steps}
+    if forecast:
+        spec.update(forecaster=lstm.forecaster, output_frames=forecast["output_frames"])
+        if lstm.forecaster == "autoregressive":
+            spec["feedback"] = [forecast["normalisation"]["mean"], forecast["normalisation"]["std"]]
+    return spec
 
 
 def build_net(spec: dict) -> ConvLSTMNet:
@@ -93,13 +101,15 @@ class Stack(nn.Module):
         self.mixed_precision = mixed_precision
 
     def unaries(self, x: torch.Tensor, return_features: bool = False, state: Optional[list] = None,
-                return_state: bool = False, dropout_seeds: Optional[list[int]] = None):
+                return_state: bool = False, dropout_seeds: Optional[list[int]] = None,
+                future: Optional[torch.Tensor] = None, teacher: Optional[torch.Tensor] = None):
         """Network outputs in fp32 for model-layout inputs `[B, T, C, H, W]`; with `return_features`
         also the last layer's features, with `return_state` also the ConvLSTM's final state, from
-        which the next frames continue (`state=`); `dropout_seeds`: one per window (training)."""
+        which the next frames continue (`state=`); `dropout_seeds`: one per window (training);
+        `future`, `teacher`: the autoregressive forecaster's scheduled sampling (`ConvLSTMNet`)."""
         with autocast_for(x.device, self.mixed_precision):
             out, features, final = self.net(x, state, return_features=True, return_state=True,
-                                            dropout_seeds=dropout_seeds)
+                                            dropout_seeds=dropout_seeds, future=future, teacher=teacher)
         extra = ((features.float(),) if return_features else ()) + ((final,) if return_state else ())
         return (out.float(), *extra) if extra else out.float()
 
@@ -137,5 +147,8 @@ def check_fits_data(stack: Stack, data: TaskData, source: str) -> None:
 def new_stack(config: Config, data: TaskData, pgm_settings: Optional[dict] = None) -> Stack:
     """A freshly initialised (seeded) stack for the configured data."""
     torch.manual_seed(config.seed)
-    spec = net_spec(config, data.input_channels, data.num_outputs, data.task)
+    forecast = data.meta.get("forecast")
+    if forecast:
+        forecast = {**forecast, "normalisation": data.meta["normalisation"]}
+    spec = net_spec(config, data.input_channels, data.num_outputs, data.task, forecast)
     return Stack(spec, pgm_settings, config.training.mixed_precision)

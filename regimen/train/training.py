@@ -69,12 +69,14 @@ class Schedule:
     batch_size: int  # the global batch
     lr_key: str  # the config key of `lr`, for messages
     accumulate: int = 1  # micro-batches per process and step
+    sampling: tuple[float, int] = (0.0, 0)  # scheduled sampling: the first chance of the truth, epochs to 0
 
     @classmethod
     def pretraining(cls, config: Config) -> "Schedule":
         t = config.training
         return cls(t.epochs, t.lr, t.warmup_epochs, t.weight_decay, t.grad_clip, t.mixed_precision,
-                   t.early_stopping_patience, t.batch_size, "training.lr", t.accumulate)
+                   t.early_stopping_patience, t.batch_size, "training.lr", t.accumulate,
+                   (t.scheduled_sampling.start, t.scheduled_sampling.decay_epochs))
 
     @classmethod
     def joint(cls, config: Config) -> "Schedule":
@@ -174,8 +176,10 @@ class Trainer:
         self.metric = MAIN_METRIC[data.task][0]
         self.optimizer, self.trained = adamw(stack, schedule)
         self.order = torch.Generator().manual_seed(seed + 1)
+        data.windows("train").future_inputs = self._samples_truth()  # before its loader's workers copy it
         self.batches, self.loader = training_batches(data, schedule, self.world, self.order, device)
         self.dropout_seeds = torch.Generator().manual_seed(seed + 3)
+        self.teacher_draws = torch.Generator().manual_seed(seed + 4) if self._samples_truth() else None
         steps = len(self.batches)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(schedule.warmup_epochs * steps, schedule.epochs * steps))
@@ -250,12 +254,29 @@ class Trainer:
             # Drawn for the whole global batch on every process, used for this process's windows.
             plan = self.augmenter.draw((share.batch, *batch["x"].shape[1:]))
             seeds = torch.randint(SEED_RANGE, (share.batch,), generator=self.dropout_seeds).tolist()
+            teacher = self._teacher(share.batch, batch)
             batch = self.augmenter.apply(batch, part_of(plan, share.offset, len(share.rows)))
-            for key, value in self._step(batch, share, seeds[share.offset:share.offset + len(share.rows)]).items():
+            mine = slice(share.offset, share.offset + len(share.rows))
+            for key, value in self._step(batch, share, seeds[mine], teacher and teacher[mine]).items():
                 totals[key] = totals.get(key, 0.0) + value * share.batch
         return {key: value / self.batches.count for key, value in totals.items()}
 
-    def _step(self, batch: Batch, share: Share, seeds: list[int]) -> dict[str, float]:
+    def _samples_truth(self) -> bool:
+        """Whether training feeds the autoregressive forecaster true frames (scheduled sampling)."""
+        start, epochs = self.schedule.sampling
+        return self.stack.net.forecaster == "autoregressive" and start > 0 and epochs > 0
+
+    def _teacher(self, windows: int, batch: Batch) -> Optional[torch.Tensor]:
+        """Which fed-back frames `[windows, T_out - 1]` of a global batch are the true ones: each with
+        the chance `start`, falling linearly to 0 over `decay_epochs` epochs of steps."""
+        if self.teacher_draws is None:
+            return None
+        start, epochs = self.schedule.sampling
+        chance = start * max(0.0, 1.0 - self.scheduler.last_epoch / (epochs * len(self.batches)))
+        return torch.rand((windows, batch["x_future"].shape[1]), generator=self.teacher_draws) < chance
+
+    def _step(self, batch: Batch, share: Share, seeds: list[int], teacher: Optional[torch.Tensor] = None
+              ) -> dict[str, float]:
         """One optimizer step on this process's share of a global batch: its micro-batches'
         gradients accumulate (reduced over the processes on the last one), then clipping and the
         step. Returns the global batch's loss and its terms, summed over every process."""
@@ -272,10 +293,13 @@ class Trainer:
             size = len(rows["x"])
             part = Part(windows=0.0 if share.stand_in else size / share.batch,
                         observed=0.0 if share.stand_in or not observed else float(rows["m"].sum()) / observed,
-                        dropout_seeds=seeds[first:first + size])
+                        dropout_seeds=seeds[first:first + size],
+                        teacher=None if teacher is None else teacher[first:first + size].to(self.device))
             first += size
             rows = {key: a.to(self.device, non_blocking=True) for key, a in rows.items()}
-            rows["x"] = model_input(rows["x"])
+            for key in ("x", "x_future"):
+                if key in rows:
+                    rows[key] = model_input(rows[key])
             last = i == len(micro) - 1
             with contextlib.nullcontext() if last or self.world.size == 1 else self.model.no_sync():
                 loss, parts = self.model(rows, part)
@@ -322,7 +346,8 @@ class Trainer:
     # ------------------------------------------------------------------ resume
 
     def _generators(self) -> dict[str, torch.Generator]:
-        return {"order": self.order, "augment": self.augmenter.generator, "dropout": self.dropout_seeds}
+        generators = {"order": self.order, "augment": self.augmenter.generator, "dropout": self.dropout_seeds}
+        return generators if self.teacher_draws is None else {**generators, "teacher": self.teacher_draws}
 
     def _train_state(self) -> dict:
         rng = rng_state(self._generators())

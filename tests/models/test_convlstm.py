@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.convlstm import ConvLSTM, ConvLSTMCell, ConvLSTMNet
+from models.convlstm import ConvLSTM, ConvLSTMCell
+from models.network import ConvLSTMNet
 from reference_models import ConcatConvLSTMCell, run_reference
 
 

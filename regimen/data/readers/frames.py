@@ -72,7 +72,7 @@ class FramesReader(Reader):
                 grid = grid or (shape, path)
         if self.labels is not None:
             self._check_label_shapes(grid[0])
-        shift = 1 if data.labels == NEXT_FRAME else 0
+        shift = data.target_shift if data.labels == NEXT_FRAME else 0
         channels = grid[0][2] if len(grid[0]) == 3 else 1
         super().__init__(**archive_names(data, channels, "channel"),
                          sequences=[Sequence(str(folder), len(files) - shift)
@@ -103,10 +103,10 @@ class FramesReader(Reader):
                                     f"{expected or grid[:2] + ('C',)} as the frames")
 
     def read(self, index: int, start: int, stop: int) -> dict[str, np.ndarray]:
-        extra = 1 if self.labels is None else 0
+        extra = self.data.target_shift if self.labels is None else 0
         x = as_float32(str(self.inputs[index][start]), "frames", self._stack(self.inputs[index][start:stop + extra]))
-        if extra:
-            return {"X": x[:-1], "Y": x[1:]}
+        if self.labels is None:
+            return {"X": x[:len(x) - extra], "Y": x[extra:].copy()}
         y = np.stack([read_frame(p) for p in self.labels[index][start:stop]])
         if self.data.task == "regression":
             return {"X": x, "Y": (y if y.ndim == 4 else y[..., None]).astype(np.float32)}

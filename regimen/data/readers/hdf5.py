@@ -51,7 +51,7 @@ class HDF5Reader(Reader):
             (first, a), (second, b) = list(grids.items())[:2]
             raise UserError(f"{b}: dataset '{data.inputs}' has frames of H, W, C = {second}; expected {first} "
                             f"as in {a}")
-        shift = 1 if data.labels == NEXT_FRAME else 0
+        shift = data.target_shift if data.labels == NEXT_FRAME else 0
         self.events = [(path, index) for path, index, _ in events]
         sequences = [self._sequence(path, index, shapes[path], shapes[path]["T"] - shift, time)
                      for path, index, time in events]
@@ -178,14 +178,15 @@ class HDF5Reader(Reader):
 
     def read(self, index: int, start: int, stop: int) -> dict[str, np.ndarray]:
         path, event = self.events[index]
-        extra = 1 if self.data.labels == NEXT_FRAME else 0
+        next_frame = self.data.labels == NEXT_FRAME
+        extra = self.data.target_shift if next_frame else 0
         x = as_float32(f"{path}", f"'{self.data.inputs}'",
                        self._frames(path, self.data.inputs, self.axes, event, start, stop + extra))
-        chunk = {"X": x[:-1], "Y": x[1:]} if extra else {"X": x}
+        chunk = {"X": x[:len(x) - extra], "Y": x[extra:].copy()} if next_frame else {"X": x}
         if self.data.mask:  # of the frames predicted: the next ones for next_frame
             mask = self._frames(path, self.data.mask, self._target_axes("mask"), event, start + extra, stop + extra)
             chunk["M"] = mask[..., 0] != 0
-        if extra:
+        if next_frame:
             return chunk
         labels = self._dataset(path, self.data.labels, "labels")
         axes = self._target_axes("labels")

@@ -39,7 +39,7 @@ class XarrayReader(Reader):
         self._open: dict[Path, object] = {}
         self.events: list[tuple[Path, Optional[int]]] = []
         sequences, grid = [], None
-        shift = 1 if data.labels == NEXT_FRAME else 0
+        shift = data.target_shift if data.labels == NEXT_FRAME else 0
         for path in archive_files(data.path, SUFFIXES, "NetCDF files or Zarr stores"):
             variable = self._variable(path, data.inputs, "inputs")
             sizes = self._check_dims(path, data.inputs, variable, self._input_dims())
@@ -140,13 +140,14 @@ class XarrayReader(Reader):
 
     def read(self, index: int, start: int, stop: int) -> dict[str, np.ndarray]:
         path, event = self.events[index]
-        extra = 1 if self.data.labels == NEXT_FRAME else 0
+        next_frame = self.data.labels == NEXT_FRAME
+        extra = self.data.target_shift if next_frame else 0
         x = as_float32(f"{path}", f"'{self.data.inputs}'",
                        self._frames(path, self.data.inputs, event, start, stop + extra))
-        chunk = {"X": x[:-1], "Y": x[1:]} if extra else {"X": x}
+        chunk = {"X": x[:len(x) - extra], "Y": x[extra:].copy()} if next_frame else {"X": x}
         if self.data.mask:  # of the frames predicted: the next ones for next_frame
             chunk["M"] = self._frames(path, self.data.mask, event, start + extra, stop + extra)[..., 0] != 0
-        if extra:
+        if next_frame:
             return chunk
         y = self._frames(path, self.data.labels, event, start, stop)
         chunk["Y"] = as_float32(f"{path}", f"'{self.data.labels}'", y) if self.data.task == "regression" else \
