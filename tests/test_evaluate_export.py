@@ -51,10 +51,10 @@ def test_evaluate_reports_unaries_and_pgm_with_plots(phase2, tmp_path):
     for name in ("learning_curve.png", "confusion_test.png", "reliability_test.png", "per_class_f1_test.png",
                  "verification_test.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 1000
-    for name in ("unary", "pgm"):  # forecast verification of both predictors, per lead time
+    for name in ("unary", "pgm"):  # forecast verification of both predictors, per frame of the window
         scores = result[name]["verification"]["by_threshold"]
         assert set(scores) == {"1", "2"} and set(scores["2"]["fss"]) == {"1", "5"}
-        assert len(scores["1"]["lead_time"]["csi"]) == 4 and 0 <= scores["1"]["csi"] <= 1  # T_window 4
+        assert len(scores["1"]["frame"]["csi"]) == 4 and 0 <= scores["1"]["csi"] <= 1  # T_window 4
         assert scores["1"]["hits"] + scores["1"]["misses"] + scores["1"]["false_alarms"] + \
             scores["1"]["correct_negatives"] == nodes
 

@@ -27,7 +27,7 @@ def test_scores_by_hand_on_a_4x4_example():
     assert result["csi_pool4"] == 1.0 and result["csi_pool16"] == 1.0  # one block, an event in both
     assert result["fss"]["1"] == pytest.approx(1 - (4 - 2 * 2 + 4) / (4 + 4))  # sums f^2 4, fo 2, o^2 4
     assert 0 < result["fss"]["3"] < 1 and result["fss"]["3"] > result["fss"]["1"]  # nearer at a larger scale
-    assert result["lead_time"]["csi"] == [pytest.approx(1 / 3)]
+    assert result["frame"]["csi"] == [pytest.approx(1 / 3)]
 
 
 def test_a_threshold_counts_values_equal_to_it_as_events_and_no_event_gives_none():
@@ -63,7 +63,7 @@ def test_equal_pysteps_on_random_fields_with_masks():
                 verification.det_cat_fct_accum(accumulate, forecast[:, t][valid[:, t]], observed[:, t][valid[:, t]])
             theirs = verification.det_cat_fct_compute(table, ["csi", "pod", "far", "bias", "hss"])
             for name in ("csi", "pod", "far", "bias", "hss"):
-                assert mine["lead_time"][name][t] == pytest.approx(theirs[name.upper()], rel=1e-9, abs=1e-12)
+                assert mine["frame"][name][t] == pytest.approx(theirs[name.upper()], rel=1e-9, abs=1e-12)
         theirs = verification.det_cat_fct_compute(overall, ["csi", "pod", "far", "bias", "hss"])
         for name in ("csi", "pod", "far", "bias", "hss"):
             assert mine[name] == pytest.approx(theirs[name.upper()], rel=1e-9, abs=1e-12)
@@ -75,6 +75,6 @@ def test_equal_pysteps_on_random_fields_with_masks():
                     masked = [np.where(valid[window, t], field[window, t], np.nan) for field in (forecast, observed)]
                     for accumulate in (frame, every):
                         verification.fss_accum(accumulate, *masked)
-                assert mine["lead_time"]["fss"][str(scale)][t] == pytest.approx(verification.fss_compute(frame),
+                assert mine["frame"]["fss"][str(scale)][t] == pytest.approx(verification.fss_compute(frame),
                                                                                  rel=1e-9)
             assert mine["fss"][str(scale)] == pytest.approx(verification.fss_compute(every), rel=1e-9)

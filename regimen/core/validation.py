@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from regimen.core.config import (ARCHIVES, CALIBRATIONS, CMAES_OBJECTIVES, CRF_INFERENCE, DATASETS, FILE_DATASETS, FORECASTERS,
-                                 GENERATOR_BYTES_PER_PIXEL, JOINT_MODES, LOADER_START_METHODS, MAX_OBJECTIVES, MAX_SEED,
-                                 MISSING, NEXT_FRAME, OBJECTIVES, PGM_TYPES, SPLIT_BY, STATIC_FEATURES, TASKS,
-                                 TASKS_OF_DATASET, UNARY_LOSSES, USE_PGM, Config, get_key, leaf_keys)
+from regimen.core.config import (ARCHIVES, CALIBRATIONS, CMAES_OBJECTIVES, CRF_INFERENCE, DATASETS, FILE_DATASETS,
+                                 FORECASTERS, GENERATOR_BYTES_PER_PIXEL, JOINT_MODES, LOADER_START_METHODS,
+                                 MAX_OBJECTIVES, MAX_SEED, MISSING, NEXT_FRAME, OBJECTIVES, PGM_TYPES, SPLIT_BY,
+                                 STATIC_FEATURES, TASKS, TASKS_OF_DATASET, UNARY_LOSSES, USE_PGM, Config, DataConfig,
+                                 get_key, leaf_keys)
 from regimen.core.conversion import did_you_mean, shown
 from regimen.core.errors import UserError
 from regimen.core.machine import path_problem, require_memory
@@ -230,6 +231,13 @@ def _validate_training(check: _Checker) -> None:
                        "loss.alpha_unary", "loss.beta_structured", "loss.gamma_consistency")
 
 
+def can_feed_back(data: DataConfig) -> bool:
+    """Whether the autoregressive forecaster can serve the data: a forecast whose targets are the
+    inputs (regression of `next_frame` or a built-in dataset, no static features)."""
+    return bool(data.forecast) and data.task == "regression" and not data.static_features and (
+        data.dataset not in FILE_DATASETS or data.labels == NEXT_FRAME)
+
+
 def _validate_forecast(check: _Checker) -> None:
     """`data.forecast` and what a forecast cannot go with: the network reads the first T_in frames
     of a window and predicts the last T_out, so nothing may look at (or shift) the frames between."""
@@ -258,9 +266,7 @@ def _validate_forecast(check: _Checker) -> None:
     for key, reason in off.items():
         check.require(not get_key(config, key), key, f"with data.forecast, {reason}")
     if lstm.forecaster == "autoregressive":
-        feeds_back = data.task == "regression" and not data.static_features and (
-            data.dataset not in FILE_DATASETS or data.labels == NEXT_FRAME)
-        check.require(feeds_back, "model.convlstm.forecaster",
+        check.require(can_feed_back(data), "model.convlstm.forecaster",
                       "autoregressive feeds each predicted frame back as the next input, so its targets must be "
                       "the inputs: data.task regression with data.labels next_frame (or a built-in dataset) and "
                       "no data.static_features; use encoder_forecaster")

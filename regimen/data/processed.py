@@ -182,12 +182,12 @@ def load_meta(folder: Path) -> dict:
 
 
 def first_windows(folder: Path, split: str, meta: dict, count: int) -> dict[str, np.ndarray]:
-    """The first window of each of the split's first `count` sequences: `X`, `Y` and `sequence`,
-    the split's files checked first."""
+    """The first window of each of the split's first `count` sequences: `X`, `Y` (of every frame of
+    a forecast window, past and future) and `sequence`, the split's files checked first."""
     if split not in runs.SPLITS:
         raise UserError(f"unknown split '{split}'; expected one of {', '.join(runs.SPLITS)}")
     verify(folder, split, meta["files"][split])
     windows = WindowDataset(folder, split, meta)
     picks = np.sort(np.unique(windows.sequence, return_index=True)[1])[:count]
-    return {"X": windows.read("x", picks).numpy(), "Y": windows.read("y", picks).numpy(),
+    return {"X": windows.read_window("x", picks).numpy(), "Y": windows.read_window("y", picks).numpy(),
             "sequence": windows.sequence[picks]}

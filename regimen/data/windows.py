@@ -38,7 +38,7 @@ class WindowDataset(Dataset):
     `m`, False at missing nodes, only where it has a mask)."""
 
     def __init__(self, folder: Path, split: str, meta: dict, in_memory: bool = False):
-        window = int(meta["T_window"])
+        window = self.length = int(meta["T_window"])
         names = {"X": "x", "Y": "y", "P": "p", "M": "m"}
         self.arrays = {names[array]: ArrayFile(runs.store_path(folder, split, array), in_memory)
                        for array in meta["files"][split] if array in names}
@@ -66,6 +66,12 @@ class WindowDataset(Dataset):
 
     def __getitem__(self, rows) -> dict[str, torch.Tensor]:
         return {key: self.read(key, rows) for key in self.frames if key != "x_future" or self.future_inputs}
+
+    def read_window(self, array: str, rows) -> torch.Tensor:
+        """An array (`x`, `y`) over the windows' every frame, a forecast's past and future alike: for
+        pictures of the data, never for a prediction."""
+        first = self.index[np.atleast_1d(np.asarray(rows)), 2]
+        return torch.from_numpy(np.stack([self.arrays[array].rows(int(row), self.length) for row in first]))
 
     def read(self, key: str, rows) -> torch.Tensor:
         """One array (`x`, `y`, `p`, `m`; a forecast's `last` and `x_future`) of the windows `rows`."""

@@ -10,6 +10,9 @@ version, git commit, library versions).
     from regimen.evaluate.bundle import predict
     out = predict("artifacts/", X)   # X [N, T, H, W, C] raw -> labels and calibrated probabilities
 
+A forecast bundle (`data.forecast`) takes the T_in past frames `[N, T_in, H, W, C]`
+and returns the T_out future frames' labels and probabilities, or values.
+
 The export computes its test metrics through `Bundle.predict`, the same call a
 user makes, so loading the bundle in a fresh process and predicting on the
 test split gives back `metrics.json` exactly (on the same kind of device).
@@ -34,6 +37,7 @@ from regimen.data.preprocess import add_static_features
 from regimen.data.processed import TaskData
 from regimen.evaluate.calibration import Calibrator
 from regimen.evaluate.evaluation import keep_the_better, load_evaluated, predictions, split_reports, split_sample
+from regimen.evaluate.forecast import ForecastReport
 from regimen.scores.metrics import MAIN_METRIC
 from regimen.train.inference import network_outputs
 from regimen.train.inference import predict as predict_unaries
@@ -69,6 +73,7 @@ class Bundle:
         raw = self.preparation["raw_channels"]
         if x.ndim != 5 or x.shape[-1] != raw:
             raise UserError(f"X has shape {tuple(x.shape)}; the model expects raw windows [N, T, H, W, {raw}]")
+        self.check_past_frames(x.shape[1])
         finite = np.isfinite(x)
         observed = None
         if self.preparation.get("missing") == "mask":
@@ -84,12 +89,24 @@ class Bundle:
         x[~observed] = 0.0
         return torch.from_numpy(x), torch.from_numpy(observed) if self.task == "segmentation" else None
 
+    def check_past_frames(self, frames: int) -> None:
+        """A forecast reads exactly its T_in past frames: more would hand it the future."""
+        forecast = self.preparation.get("forecast")
+        if forecast and frames != forecast["input_frames"]:
+            raise UserError(f"X holds {frames} frames per window; this model forecasts {forecast['output_frames']} "
+                            f"frames from the {forecast['input_frames']} past frames before them: pass exactly "
+                            f"those [N, {forecast['input_frames']}, H, W, C]")
+
     def predict(self, x, normalized: bool = False, calibrated: bool = True, device: str | torch.device = "cpu") -> dict:
         """Labels `[N, T(, H, W)]` and class probabilities `[..., K]` (calibrated unless told not to);
         regression: predicted `values`. `normalized=True` takes already-processed windows
-        (a split file's `X`)."""
+        (a split file's `X`). A forecast: the past frames `[N, T_in, ...]` in, the T_out future
+        frames' predictions out."""
         device = torch.device(device)
         x, valid = (torch.as_tensor(x, dtype=torch.float32), None) if normalized else self.prepare(x)
+        self.check_past_frames(x.shape[1])
+        if self.preparation.get("forecast"):
+            valid = None  # the mask of past frames says nothing of the future ones
         unaries, _ = predict_unaries(self.stack.to(device), x, device, self.batch_size)
         predicted = predictions(unaries, self.task, self.stack.head, model_input(x), valid)
         if self.task == "regression":
@@ -105,12 +122,15 @@ class Bundle:
         device = torch.device(device)
         batches = network_outputs(self.stack.to(device), data, split, device, self.batch_size)
         calibrated = ("bundle", self.calibrator) if self.task != "regression" else None
+        forecast = ForecastReport(data, settings, ["bundle"]) if data.forecast else None
         reports = split_reports(batches, data, {"bundle": self.stack.head}, settings, split_sample(data, split, seed),
-                                calibrated)
-        if calibrated is None:
-            return {"uncalibrated": reports["bundle"]}
-        return {"uncalibrated": reports["bundle"],
-                "calibrated": {"method": self.calibrator.method, **reports["calibrated"]}}
+                                calibrated, forecast)
+        report = {"uncalibrated": reports["bundle"]}
+        if calibrated is not None:
+            report["calibrated"] = {"method": self.calibrator.method, **reports["calibrated"]}
+        if forecast is not None:
+            report["forecast"] = forecast.result()
+        return report
 
 
 def preparation(meta: dict) -> dict:
@@ -121,7 +141,7 @@ def preparation(meta: dict) -> dict:
     return {"task": meta["task"], "num_classes": meta["num_classes"], "class_names": meta["class_names"],
             "channel_names": meta["channel_names"], "raw_channels": raw, "static_features": static,
             "normalisation": meta["normalisation"], "T_window": meta["T_window"],
-            "missing": (meta.get("masks") or {}).get("missing", "refuse")}
+            "missing": (meta.get("masks") or {}).get("missing", "refuse"), "forecast": meta.get("forecast")}
 
 
 # --------------------------------------------------------------------------- export.py

@@ -33,6 +33,8 @@ from regimen.core.errors import UserError
 from regimen.data.processed import TaskData, check_same_data, load_task_data
 from regimen.evaluate.baselines import gaussian_baselines
 from regimen.evaluate.calibration import Calibrator, choose_calibrator
+from regimen.evaluate.forecast import ForecastReport
+from regimen.evaluate.forecast_plots import log_forecast, write_forecast_plots
 from regimen.evaluate.plots import plot_confusion, plot_per_class_f1, plot_reliability, plot_verification
 from regimen.scores.metrics import MAIN_METRIC, MetricSums, ProbabilitySums, ReportSums
 from regimen.scores.verification import VerificationSums
@@ -97,21 +99,25 @@ def split_sample(data: TaskData, split: str, seed: int) -> np.ndarray:
 
 
 def split_reports(batches: Iterable[Outputs], data: TaskData, predictors: dict[str, Optional[PGMHead]],
-                  settings: EvaluationConfig, sample: np.ndarray, calibrated: Optional[tuple[str, Calibrator]] = None
-                  ) -> dict:
+                  settings: EvaluationConfig, sample: np.ndarray, calibrated: Optional[tuple[str, Calibrator]] = None,
+                  forecast: Optional[ForecastReport] = None) -> dict:
     """Every metric of each predictor (None: the unaries alone) on a split's batches (see
     `regimen.scores.metrics`), and with `calibrated` (a predictor's name and its calibrator) the
-    probability metrics of its calibrated probabilities as "calibrated"."""
+    probability metrics of its calibrated probabilities as "calibrated"; `forecast` collects the
+    lead-time scores of each predictor and of the baselines."""
     sums = {name: ReportSums(data.task, data.num_classes, settings.bins, settings.boundary_tolerance)
             for name in predictors}
-    verified = {name: VerificationSums(settings.thresholds, settings.scales, int(data.meta["T_window"]))
+    frames, frames_are = (data.forecast[1], "lead_time") if data.forecast else (int(data.meta["T_window"]), "frame")
+    verified = {name: VerificationSums(settings.thresholds, settings.scales, frames, frames_are)
                 for name in predictors if settings.thresholds and data.task != "tagging"}
     after = ProbabilitySums(data.num_classes, settings.bins) if calibrated else None
     for out in batches:
         truth, soft, valid = out.y.numpy(), None if out.p is None else out.p.numpy(), numpy_of(out.valid)
         keep = sample[out.rows]
+        forecasts = {}
         for name, head in predictors.items():
             predicted = predictions(out.unaries, data.task, head, out.guide, out.valid)
+            forecasts[name] = predicted.labels if data.task != "regression" else predicted.probs
             sums[name].add(truth, predicted.labels if data.task != "regression" else predicted.probs,
                            predicted.probs, soft, keep, valid)
             if name in verified:  # label fields, or the (single) regression channel in its own units
@@ -123,6 +129,8 @@ def split_reports(batches: Iterable[Outputs], data: TaskData, predictors: dict[s
                 if valid is not None:
                     nodes = tuple(None if a is None else a[valid.ravel()] for a in nodes)
                 after.add(*nodes)
+        if forecast is not None:
+            forecast.add(out, forecasts)
     reports = {name: total.result() for name, total in sums.items()}
     for name, scores in verified.items():
         reports[name]["verification"] = scores.result()
@@ -264,7 +272,9 @@ def evaluate(config: Config, ckpt: Path, split: str, out: Optional[Path], pgm_pa
     predictors = {"unary": None} if stack.head is None else {"unary": None, "pgm": stack.head}
     batches = network_outputs(stack, data, split, device, config.training.batch_size, settings.stateful)
     calibrated = (final, validation.calibrator) if data.task != "regression" else None
-    reports = split_reports(batches, data, predictors, settings, split_sample(data, split, config.seed), calibrated)
+    forecast = ForecastReport(data, settings, list(predictors)) if data.forecast else None
+    reports = split_reports(batches, data, predictors, settings, split_sample(data, split, config.seed), calibrated,
+                            forecast)
     result = {"split": split, "task": data.task, "metric": MAIN_METRIC[data.task][0], "final": final,
               "stateful": settings.stateful,
               "pgm_type": None if stack.head is None else stack.head.type, "choice": validation.choice,
@@ -272,13 +282,18 @@ def evaluate(config: Config, ckpt: Path, split: str, out: Optional[Path], pgm_pa
     if calibrated:
         result["calibrated"] = {"method": validation.calibrator.method, "val_ece": validation.val_ece,
                                 "val_nodes": validation.nodes, **reports["calibrated"]}
-    if settings.baselines and data.task == "tagging":
+    if forecast is not None:
+        result["forecast"] = forecast.result()
+        log_forecast(result["forecast"], final)
+    elif settings.baselines and data.task == "tagging":
         result["baselines"] = gaussian_baselines(data.folder, data.meta, split)
     first = data.windows(split).read("x", np.arange(min(config.training.batch_size, len(data.windows(split)))))
     result["model"] = model_cost(stack, first, device)
     result["provenance"] = files.provenance(config_hash(config), config.seed, data.meta, str(device),
                                            started, time.time())
     result["plots"] = write_plots(result, data, history, out, split)
+    if forecast is not None:
+        result["plots"] += write_forecast_plots(result["forecast"], forecast.example, final, out, split)
     files.update_metrics(out.metrics, f"evaluate_{split}", result)
     return result
 

@@ -33,7 +33,8 @@ class SequencePanel:
         meta: its meta.json.
         count: sequences to show (the first window of each).
         channel: the input channel drawn.
-        predict: optional `X [n, T, H, W, C] -> {"labels", "confidence"}` (or `{"values"}`).
+        predict: optional `X [n, T, H, W, C] -> {"labels", "confidence"}` (or `{"values"}`); a
+            forecast's from the first T_in frames of each window, drawn on the T_out after them.
     """
 
     def __init__(self, split: dict[str, np.ndarray], meta: dict, count: int, channel: int = 0,
@@ -43,7 +44,9 @@ class SequencePanel:
         self.x = split["X"][picks, ..., channel]  # (n, T, H, W)
         self.features = split["X"][picks, :, 0, 0, :]  # (n, T, C): what non-grid data draws
         self.y = split["Y"][picks]
-        self.predicted = predict(split["X"][picks]) if predict else None
+        forecast = meta.get("forecast")
+        self.first_predicted = forecast["input_frames"] if forecast else 0  # predictions start at this frame
+        self.predicted = predict(split["X"][picks][:, :self.first_predicted or None]) if predict else None
         self.sequence_ids = split["sequence"][picks]
         self.meta = meta
         self.task = meta["task"]
@@ -78,10 +81,14 @@ class SequencePanel:
         _bare(ax)
 
     def draw_prediction(self, ax, i: int, t: int) -> None:
-        self.draw_label(ax, i, t, self.predicted.get("labels", self.predicted.get("values")))
+        if t < self.first_predicted:  # an observed frame of a forecast
+            return _bare(ax)
+        self.draw_label(ax, i, t - self.first_predicted, self.predicted.get("labels", self.predicted.get("values")))
 
     def draw_confidence(self, ax, i: int, t: int) -> None:
-        confidence = self.predicted["confidence"][i, t]
+        if t < self.first_predicted:
+            return _bare(ax)
+        confidence = self.predicted["confidence"][i, t - self.first_predicted]
         if self.task == "tagging":
             ax.imshow([[confidence]], cmap="magma", vmin=0, vmax=1, aspect="auto")
             ax.text(0, 0, f"{confidence:.2f}", ha="center", va="center", fontsize=7, color="cyan")
@@ -220,18 +227,21 @@ def plot_confusion(matrix: list[list[int]], class_names: list[str], path: Path) 
 
 
 def plot_verification(verification: dict, path: Path) -> None:
-    """CSI and FSS against lead time, one line per threshold (FSS: one line style per scale)."""
+    """CSI and FSS against the frame (a forecast's lead time, else the frame of the window), one line
+    per threshold (FSS: one line style per scale)."""
     fig, (csi, fss) = plt.subplots(1, 2, figsize=(8, 3.4), sharey=True)
     styles = ("-", "--", ":", "-.")
+    frames_are = verification["frames_are"]
     for threshold, scores in verification["by_threshold"].items():
-        lead = scores["lead_time"]
+        lead = scores[frames_are]
         frames = np.arange(1, len(lead["csi"]) + 1)
         line, = csi.plot(frames, _defined(lead["csi"]), marker="o", markersize=3, label=f">= {threshold}")
         for i, (scale, values) in enumerate(lead["fss"].items()):
             fss.plot(frames, _defined(values), linestyle=styles[i % len(styles)], color=line.get_color(),
                      label=f">= {threshold}, {scale} px")
-    csi.set(xlabel="lead time (frame of the window)", ylabel="score", ylim=(0, 1), title="CSI")
-    fss.set(xlabel="lead time (frame of the window)", title="FSS")
+    xlabel = "lead time (steps after the last observed frame)" if frames_are == "lead_time" else "frame of the window"
+    csi.set(xlabel=xlabel, ylabel="score", ylim=(0, 1), title="CSI")
+    fss.set(xlabel=xlabel, title="FSS")
     for ax in (csi, fss):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)

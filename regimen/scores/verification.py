@@ -6,7 +6,9 @@ benchmarks): at each threshold, the contingency table of events
 and HSS; CSI again after max-pooling the event fields over non-overlapping
 4x4 and 16x16 blocks (an event near enough counts); and the fractions skill
 score (FSS) of the event fractions in square windows of each scale. Every
-score is given per lead time (the frame of the window) and over all of them.
+score is given per frame and over all of them: in a forecast (`data.forecast`)
+a frame is a lead time, the steps after the last observed frame (`lead_time`);
+else it is the frame of the window (`frame`), not a lead time.
 
 Everything is a sum over frames (`VerificationSums`), so a split streamed
 batch by batch scores as the whole split. Pixels outside `valid` count in no
@@ -31,10 +33,12 @@ class VerificationSums:
         thresholds: event thresholds, in the fields' units (class labels or physical values).
         scales: FSS window sizes in pixels.
         lead_times: frames a window (T).
+        frames_are: what the frames are: `lead_time` (a forecast's) or `frame` (of the window); the
+            key of the per-frame scores.
     """
 
-    def __init__(self, thresholds: list[float], scales: list[int], lead_times: int):
-        self.thresholds, self.scales = list(thresholds), list(scales)
+    def __init__(self, thresholds: list[float], scales: list[int], lead_times: int, frames_are: str = "frame"):
+        self.thresholds, self.scales, self.frames_are = list(thresholds), list(scales), frames_are
         shape = (len(self.thresholds), lead_times)
         self.table = np.zeros((*shape, 4), np.int64)  # hits, misses, false alarms, correct negatives
         self.pooled = {size: np.zeros((*shape, 4), np.int64) for size in POOLS}
@@ -52,8 +56,8 @@ class VerificationSums:
                 self.fractions[j, i] += fraction_sums(obs, fct, scale)
 
     def result(self) -> dict:
-        """Per threshold: the table and its scores over all lead times, the pooled CSI and the FSS
-        per scale, and each of them per lead time (lists, one value a frame)."""
+        """Per threshold: the table and its scores over all frames, the pooled CSI and the FSS per
+        scale, and each of them per frame (lists, one value a frame, under `frames_are`)."""
         out = {}
         for i, threshold in enumerate(self.thresholds):
             total, by_lead = self.table[i].sum(0), self.table[i]
@@ -65,9 +69,10 @@ class VerificationSums:
                 lead[f"csi_pool{size}"] = [categorical_scores(row)["csi"] for row in table[i]]
             entry["fss"] = {str(scale): fss(self.fractions[j, i].sum(0)) for j, scale in enumerate(self.scales)}
             lead["fss"] = {str(scale): [fss(row) for row in self.fractions[j, i]] for j, scale in enumerate(self.scales)}
-            entry["lead_time"] = lead
+            entry[self.frames_are] = lead
             out[_name(threshold)] = entry
-        return {"thresholds": self.thresholds, "scales": self.scales, "by_threshold": out}
+        return {"thresholds": self.thresholds, "scales": self.scales, "frames_are": self.frames_are,
+                "by_threshold": out}
 
 
 SCORES = ("csi", "pod", "far", "bias", "hss")

@@ -19,7 +19,7 @@ from typing import Any
 
 from regimen.core.config import FILE_DATASETS, Config, from_dict, get_key, to_dict
 from regimen.core.errors import UserError
-from regimen.core.validation import validate
+from regimen.core.validation import can_feed_back, validate
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +166,13 @@ def repair(raw: dict, evolved: set[str]) -> list[str]:
     if lstm["kernel_size"] % 2 == 0:
         lstm["kernel_size"] += 1
         repairs.append(f"model.convlstm.kernel_size -> {lstm['kernel_size']} (must be odd)")
+    if lstm.get("forecaster") == "autoregressive" and not can_feed_back(from_dict(raw, "genome").data):
+        lstm["forecaster"] = "encoder_forecaster"
+        repairs.append("model.convlstm.forecaster -> encoder_forecaster (autoregressive feeds back the inputs "
+                       "it predicts: a forecast of regression targets that are the inputs)")
     data = raw["data"]
-    if data["dataset"] not in FILE_DATASETS and data["T_window"] > data["generator"]["sequence_length"]:
+    if data["dataset"] not in FILE_DATASETS and not data.get("forecast") \
+            and data["T_window"] > data["generator"]["sequence_length"]:
         data["T_window"] = data["generator"]["sequence_length"]
         repairs.append(f"data.T_window -> {data['T_window']} (sequence length)")
     return repairs
