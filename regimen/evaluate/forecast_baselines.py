@@ -4,8 +4,9 @@
   labels) for every lead time;
 - extrapolation advects the last observed frame along the motion of the T_in
   observed input frames, by pysteps' semi-Lagrangian scheme. The motion is
-  pysteps' Proesmans optical flow (no OpenCV needed) of each consecutive pair
-  of observed frames (the first input channel), averaged. Labels are advected
+  pysteps' Proesmans optical flow (no OpenCV needed; up to its 6 pyramid
+  levels, as many as the grid allows) of each consecutive pair of observed
+  frames (the first input channel), averaged. Labels are advected
   as one-hot fields and the most likely class is taken (a pixel that nothing
   reaches is class 0); values that nothing reaches take the field's minimum.
 
@@ -51,7 +52,10 @@ def motion_field(frames: np.ndarray) -> np.ndarray:
     frames = frames.astype(np.float64)
     if len(frames) < 2:
         return np.zeros((2, *frames.shape[1:]))
-    return np.mean([proesmans(frames[t:t + 2], verbose=False) for t in range(len(frames) - 1)], axis=0)
+    # pysteps' pyramid halves the grid per level; a level smaller than a pixel corrupts its memory.
+    levels = min(6, max(1, int(np.log2(min(frames.shape[1:])))))
+    return np.mean([proesmans(frames[t:t + 2], num_levels=levels, verbose=False) for t in range(len(frames) - 1)],
+                   axis=0)
 
 
 def advect(field: np.ndarray, motion: np.ndarray, lead_times: int, outside: float) -> np.ndarray:

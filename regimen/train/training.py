@@ -257,7 +257,8 @@ class Trainer:
             teacher = self._teacher(share.batch, batch)
             batch = self.augmenter.apply(batch, part_of(plan, share.offset, len(share.rows)))
             mine = slice(share.offset, share.offset + len(share.rows))
-            for key, value in self._step(batch, share, seeds[mine], teacher and teacher[mine]).items():
+            teacher = None if teacher is None else teacher[mine]
+            for key, value in self._step(batch, share, seeds[mine], teacher).items():
                 totals[key] = totals.get(key, 0.0) + value * share.batch
         return {key: value / self.batches.count for key, value in totals.items()}
 
