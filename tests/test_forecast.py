@@ -13,9 +13,12 @@ import torch
 from conftest import metrics_of, ok, run_script, snapshot, tiny_config
 from regimen.core import runs
 from regimen.core.config_file import load_config
-from regimen.data.preprocess import preprocess
 from regimen.data.processed import load_task_data
+from regimen.data.windows import WindowDataset
 from regimen.evaluate.bundle import load_bundle
+from regimen.evaluate.forecast import lead_times
+from regimen.evaluate.forecast_baselines import extrapolation, has_pysteps, persistence
+from test_splits import processed
 
 FORECAST = {"data": {"forecast": {"input_frames": 4, "output_frames": 6}, "stride": 10},
             "evaluation": {"thresholds": [1, 2], "scales": [1, 3]}}
@@ -128,3 +131,106 @@ def test_autoregressive_forecasts_read_no_future_input_outside_training(tmp_path
     skill = results[0][0]["forecast"]["skill"]["unary"]["per_lead"]["mse"]
     assert skill == [pytest.approx(1 - a / b) for a, b in zip(scores["unary"]["per_lead"]["mse"],
                                                                 scores["persistence"]["per_lead"]["mse"])]
+
+
+# --------------------------------------------------------------------------- windows, splits, lead times
+
+
+def test_forecast_windows_stay_inside_time_split_pieces_with_lead_minutes(tmp_path):
+    """One 5-minute record cut into overlapping events, split by time: every forecast window is
+    T_in + T_out consecutive frames of one piece, its inputs the first T_in, its targets the rest."""
+    folder, meta = processed(tmp_path, "forecast", split_by="time", forecast={"input_frames": 3, "output_frames": 2})
+    assert meta["forecast"]["frame_step"] == 300.0 and meta["forecast"]["frame_step_unit"] == "seconds"
+    assert lead_times(meta) == {"steps": [1, 2], "minutes": [5.0, 10.0]}
+    windows, latest = {}, -1
+    for split in runs.SPLITS:
+        data = WindowDataset(folder, split, meta)
+        frames = data.read_window("x", np.arange(len(data)))[..., 0, 0, 0].numpy().astype(int)  # record frames
+        assert (np.diff(frames, axis=1) == 1).all()
+        batch = data[np.arange(len(data))]
+        assert torch.equal(batch["x"], data.read_window("x", np.arange(len(data)))[:, :3])
+        assert torch.equal(batch["y"], data.read_window("y", np.arange(len(data)))[:, 3:])
+        assert torch.equal(batch["last"][:, 0], data.read_window("y", np.arange(len(data)))[:, 2])
+        assert "x_future" not in batch
+        assert frames.min() > latest  # time order: no frame of a later split before an earlier one's
+        latest = frames.max()
+        windows[split] = frames
+    assert {len(w[0]) for w in windows.values()} == {5}
+
+
+def test_a_forecast_needs_enough_frames_after_each_cut(tmp_path):
+    with pytest.raises(AssertionError, match="split 'test' gets no window of 9 frames \\(data.forecast: 5 in, 4 out\\)"):
+        processed(tmp_path, "late", split_by="time", split_times=["2021-05-01T06:00", "2021-05-01T09:30"],
+                  forecast={"input_frames": 5, "output_frames": 4})
+
+
+def test_next_frame_targets_of_a_forecast_are_the_future_frames_themselves(tmp_path):
+    """`data.labels: next_frame` targets the next frame of a labelled window; in a forecast window
+    the targets are the T_out frames after the inputs, so a target is its own frame's inputs."""
+    folder, meta = processed(tmp_path, "next", labels="next_frame", task="regression", num_classes=None,
+                             forecast={"input_frames": 3, "output_frames": 2})
+    data = WindowDataset(folder, "train", meta)
+    batch = data[np.arange(len(data))]
+    whole = data.read_window("x", np.arange(len(data)))
+    assert torch.equal(batch["y"], whole[:, 3:]) and torch.equal(batch["last"][:, 0], whole[:, 2])
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def test_persistence_holds_the_last_observed_targets():
+    last = np.arange(2 * 12).reshape(2, 1, 3, 4)
+    held = persistence(last, 3)
+    assert held.shape == (2, 3, 3, 4) and all((held[:, t] == last[:, 0]).all() for t in range(3))
+
+
+@pytest.mark.skipif(not has_pysteps(), reason="pysteps not installed (requirements-pysteps.txt)")
+def test_extrapolation_is_pysteps_advection_along_proesmans_motion():
+    from pysteps.extrapolation.semilagrangian import extrapolate
+    from pysteps.motion.proesmans import proesmans
+
+    yy, xx = np.mgrid[:32, :32]
+    blob = [np.exp(-((yy - 12 - t) ** 2 + (xx - 10 - 2 * t) ** 2) / 18.0) for t in range(2)]
+    observed = np.stack(blob)[None, :, None].astype(np.float32)  # (1, T_in 2, C 1, 32, 32): 2 px right, 1 down
+    values = observed[:, -1:, 0, :, :, None]  # (1, 1, H, W, 1): the last frame's values
+    motion = proesmans(np.stack(blob).astype(np.float64), num_levels=5, verbose=False)
+    assert np.allclose(motion[:, 8:16, 8:18].mean(axis=(1, 2)), [2, 1], atol=0.3)
+    direct = extrapolate(values[0, 0, ..., 0].astype(np.float64), motion, 3, outval=np.nan)
+    ours = extrapolation(observed, values, 3, None)
+    assert ours.shape == (1, 3, 32, 32, 1)
+    assert np.allclose(ours[0, ..., 0], np.where(np.isfinite(direct), direct, values.min()), atol=1e-6)
+    labels = (values[..., 0] > 0.5).astype(np.int64)  # (1, 1, H, W)
+    one_hot = [extrapolate((labels[0, 0] == k).astype(np.float64), motion, 3, outval=np.nan) for k in (0, 1)]
+    expected = np.nan_to_num(np.stack(one_hot), nan=0.0).argmax(axis=0)
+    assert np.array_equal(extrapolation(observed, labels, 3, 2)[0], expected)
+    # The blob's centre moves 2 px right and 1 down a step.
+    assert np.unravel_index(ours[0, 2, ..., 0].argmax(), (32, 32)) == (12 + 1 + 3, 10 + 2 + 6)
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+
+@pytest.mark.parametrize("settings, message", [
+    (["data.forecast.output_frames=0"], "data.forecast.output_frames = 0: must be >= 2"),
+    (["data.forecast.input_frames=8", "data.forecast.output_frames=4"],
+     "data.forecast.input_frames = 8: input_frames + output_frames (12) must be <= "
+     "data.generator.sequence_length (10)"),
+    (["model.convlstm.forecaster=autoregressive"], "model.convlstm.forecaster = 'autoregressive': autoregressive "
+     "feeds each predicted frame back as the next input"),
+    (["evaluation.stateful=true"], "evaluation.stateful = True: with data.forecast, each forecast starts from its "
+     "own T_in frames"),
+    (["model.convlstm.bidirectional=true"], "model.convlstm.bidirectional = True: with data.forecast"),
+    (["data.forecast=5"], "data.forecast = 5: expected a section"),
+])
+def test_a_forecast_it_cannot_make_exits_2_with_one_line_and_writes_nothing(tmp_path, settings, message):
+    config = tiny_config(tmp_path, FORECAST)
+    before = snapshot(tmp_path)
+    done = run_script("tools/preprocess.py", "--config", config, *[a for s in settings for a in ("--set", s)])
+    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert snapshot(tmp_path) == before
+
+
+def test_autoregressive_without_a_forecast_is_refused(tmp_path):
+    done = run_script("tools/preprocess.py", "--config", tiny_config(tmp_path),
+                      "--set", "model.convlstm.forecaster=autoregressive")
+    assert done.returncode == 2 and "set data.forecast {input_frames: T_in, output_frames: T_out}" in done.stderr

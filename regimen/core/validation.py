@@ -255,7 +255,7 @@ def _validate_forecast(check: _Checker) -> None:
     check.require(data.forecast.output_frames >= 2, "data.forecast.output_frames",
                   "must be >= 2 (the PGMs' temporal links and the consistency term compare consecutive frames)")
     if data.dataset not in FILE_DATASETS:
-        check.require(data.window <= data.generator.sequence_length, "data.forecast",
+        check.require(data.window <= data.generator.sequence_length, "data.forecast.input_frames",
                       f"input_frames + output_frames ({data.window}) must be <= data.generator.sequence_length "
                       f"({data.generator.sequence_length}), the frames in a sequence")
     off = {"data.augmentations.temporal_jitter": "shifts frames across the line between inputs and targets: "
