@@ -109,7 +109,9 @@ def _apply_override(raw: dict, override: str) -> None:
     node = raw
     parts = key.split(".")
     for depth, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or a section left null (data.forecast): its other keys take defaults
+            node[part] = {}
+        child = node[part]
         if not isinstance(child, dict):
             raise UserError(f"--set {key}: {'.'.join(parts[:depth + 1])} is not a section")
         node = child
