@@ -3,8 +3,12 @@
     pip install -r bench/requirements.txt
     python bench/model_speed.py            # every table (about 10 minutes on 2 cores)
     python bench/model_speed.py --quick    # fewer repeats, smaller ConvLSTM shapes
+    python bench/model_speed.py --only patches   # patch size 4 vs 1 on 64x64 frames
 
-Prints median-of-repeats tables; every ratio compares two timings made in the same run.
+Prints median-of-repeats tables; every ratio compares two timings made in the same run. The
+ConvLSTM tables give the achieved GFLOP/s of the convolutions (multiply-adds x 2, a training step
+taken as three forward passes) against a large fp32 matrix product's on the same machine, the
+practical roof.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from models.chain_crf import ChainCRF
 from models.convlstm import ConvLSTM
 from models.crf import SpaceTimeCRF
 from models.hmm import HMM, forward_backward, viterbi
+from models.network import ConvLSTMNet
 from regimen.core.allocator import keep_freed_memory
 
 
@@ -58,7 +63,7 @@ def convlstm_flops(b, t, c, h, w, hidden, k) -> float:
     return flops
 
 
-def bench_convlstm(repeats: int, quick: bool) -> None:
+def bench_convlstm(repeats: int, quick: bool, roof: float) -> None:
     shapes = [(8, 8, 1, 32, 32, [32, 32], 3), (16, 10, 1, 64, 64, [64, 64], 3), (4, 8, 2, 48, 48, [16], 5)]
     if quick:
         shapes[1] = (4, 6, 1, 32, 32, [32, 32], 3)
@@ -89,11 +94,45 @@ def bench_convlstm(repeats: int, quick: bool) -> None:
             concat_fp32 = concat_fp32 or seconds["concat"]
             rows.append([f"B={b} T={t} C={c} {h}x{w} hidden {hidden} k{k}", precision,
                          f"{b / seconds['ours']:.1f}", f"{gflop / seconds['ours']:.1f}",
+                         f"{100 * gflop / seconds['ours'] / roof:.0f}%",
                          f"{b / seconds['concat']:.1f}", f"{seconds['concat'] / seconds['ours']:.2f}x",
                          f"{concat_fp32 / seconds['ours']:.2f}x"])
-    table("ConvLSTM training step (Adam, MSE): ours (hoisted input conv) vs concat-then-conv cell",
-          ["shape", "precision", "ours seq/s", "ours GFLOP/s", "concat seq/s", "vs concat, same precision",
+    table(f"ConvLSTM training step (Adam, MSE): ours (hoisted input conv) vs concat-then-conv cell; roof: a 2048^2 "
+          f"fp32 matrix product, {roof:.0f} GFLOP/s",
+          ["shape", "precision", "ours seq/s", "ours GFLOP/s", "of roof", "concat seq/s", "vs concat, same precision",
            "vs concat fp32"], rows)
+
+
+def matmul_roof(repeats: int, size: int = 2048) -> float:
+    """GFLOP/s of a large fp32 matrix product on this machine: the practical roof."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    return 2 * size ** 3 / median_seconds(lambda: a @ b, repeats) / 1e9
+
+
+def bench_patches(repeats: int, roof: float) -> None:
+    """Patch size 4 against 1 on 64x64 frames (Moving MNIST's shape): the network's training step."""
+    b, t, hidden, k = 8, 10, [32, 32], 5
+    x, target = torch.randn(b, t, 1, 64, 64), torch.randn(b, t, 1, 64, 64)
+    rows, seconds = [], {}
+    for patch in (1, 4):
+        torch.manual_seed(0)
+        net = ConvLSTMNet(1, hidden, k, "regression", 1, patch_size=patch)
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            F.mse_loss(net(x), target).backward()
+            optimizer.step()
+
+        seconds[patch] = median_seconds(step, repeats)
+        side = 64 // patch
+        gflop = 3 * convlstm_flops(b, t, patch * patch, side, side, hidden, k) / 1e9
+        rows.append([f"patch {patch}: {side}x{side}x{patch * patch}", f"{seconds[patch] * 1e3:.0f}",
+                     f"{b / seconds[patch]:.1f}", f"{gflop / seconds[patch]:.1f}",
+                     f"{100 * gflop / seconds[patch] / roof:.0f}%", f"{seconds[1] / seconds[patch]:.2f}x"])
+    table(f"ConvLSTM training step on 64x64 frames, B={b} T={t} hidden {hidden} k{k} (fp32): patch size 4 vs 1; "
+          f"roof: a 2048^2 fp32 matrix product, {roof:.0f} GFLOP/s",
+          ["case", "ms/step", "seq/s", "conv GFLOP/s", "of roof", "speed-up vs patch 1"], rows)
 
 
 # --------------------------------------------------------------------------- HMM
@@ -208,14 +247,16 @@ def bench_mean_field(repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller ConvLSTM shapes")
-    parser.add_argument("--only", choices=["convlstm", "hmm", "chain_crf", "mean_field"], action="append")
+    parser.add_argument("--only", choices=["convlstm", "patches", "hmm", "chain_crf", "mean_field"], action="append")
     args = parser.parse_args()
     allocator = keep_freed_memory()  # as every phase script does; both sides of each ratio gain
     repeats = 3 if args.quick else 7
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, freed memory kept: {allocator}")
+    roof = matmul_roof(repeats)
     sections = {"hmm": lambda: bench_hmm(repeats), "chain_crf": lambda: bench_chain_crf(repeats),
                 "mean_field": lambda: bench_mean_field(repeats),
-                "convlstm": lambda: bench_convlstm(3 if args.quick else 5, args.quick)}
+                "convlstm": lambda: bench_convlstm(3 if args.quick else 5, args.quick, roof),
+                "patches": lambda: bench_patches(3 if args.quick else 5, roof)}
     for name in args.only or sections:
         sections[name]()
 

@@ -13,6 +13,10 @@ T_in frames `[B, T_in, C, H, W]` and returns T_out future frames' outputs:
   normalisation); in training each fed-back frame is the true one instead
   where `teacher` says so (scheduled sampling). It serves regression whose
   targets are the inputs.
+
+With `patch_size` p > 1 the stack runs on p x p patches folded into channels
+(space to depth: 64x64x1 runs as 16x16x16, as OpenSTL runs Moving MNIST), and
+the output head's p*p channels per output unfold back to full resolution.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models.convlstm import ConvLSTM, State
@@ -41,6 +46,7 @@ class ConvLSTMNet(nn.Module):
         output_frames: T_out, the frames a forecaster predicts.
         feedback: the autoregressive forecaster's input normalisation `[mean, std]` (per channel): a
             predicted value v goes back in as `(v - mean) / std`.
+        patch_size: the side of the patches folded into channels (1: none); H and W must be multiples.
     """
 
     TASKS = ("segmentation", "tagging", "regression")
@@ -48,13 +54,15 @@ class ConvLSTMNet(nn.Module):
     def __init__(self, input_channels: int, hidden_sizes: list[int], kernel_size: int, task: str,
                  num_outputs: int, dropout: float = 0.0, bidirectional: bool = False,
                  checkpoint_steps: bool = False, forecaster: Optional[str] = None, output_frames: int = 0,
-                 feedback: Optional[list[list[float]]] = None):
+                 feedback: Optional[list[list[float]]] = None, patch_size: int = 1):
         super().__init__()
         if task not in self.TASKS:
             raise ValueError(f"task must be one of {self.TASKS}, got {task!r}")
+        if patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1, got {patch_size}")
         _check_forecaster(forecaster, output_frames, task, input_channels, num_outputs, bidirectional, feedback)
-        self.task, self.forecaster, self.output_frames = task, forecaster, output_frames
-        self.encoder = ConvLSTM(input_channels, hidden_sizes, kernel_size, dropout, bidirectional,
+        self.task, self.forecaster, self.output_frames, self.patch = task, forecaster, output_frames, patch_size
+        self.encoder = ConvLSTM(input_channels * patch_size ** 2, hidden_sizes, kernel_size, dropout, bidirectional,
                                 checkpoint_steps)
         if forecaster == "encoder_forecaster":
             self.decoder = ConvLSTM(1, hidden_sizes, kernel_size, dropout, False, checkpoint_steps)
@@ -67,7 +75,7 @@ class ConvLSTMNet(nn.Module):
             # mean and max pooling over the grid, then a linear layer
             self.head = nn.Linear(2 * channels, num_outputs)
         else:
-            self.head = nn.Conv2d(channels, num_outputs, kernel_size=1)
+            self.head = nn.Conv2d(channels, num_outputs * patch_size ** 2, kernel_size=1)
 
     def forward(self, x: torch.Tensor, state: Optional[list[State]] = None,
                 return_features: bool = False, return_state: bool = False,
@@ -78,6 +86,8 @@ class ConvLSTMNet(nn.Module):
         `(h, c)` per layer, from which the next window of a long sequence continues (`state=`);
         `dropout_seeds`: see `ConvLSTM`. Autoregressive training: `future` `[B, T_out - 1, C, H, W]`,
         the true frames that `teacher` `[B, T_out - 1]` (bools) feeds back instead of predictions."""
+        x = self._patches(x)
+        future = None if future is None else self._patches(future)
         if self.forecaster is None:
             features, final = self.encoder(x, state, dropout_seeds)
         elif state is not None:
@@ -90,13 +100,24 @@ class ConvLSTMNet(nn.Module):
         extra = ((features,) if return_features else ()) + ((final,) if return_state else ())
         return (out, *extra) if extra else out
 
+    def _patches(self, x: torch.Tensor) -> torch.Tensor:
+        """Frames `[B, T, C, H, W]` -> `[B, T, C*p*p, H/p, W/p]` (space to depth)."""
+        if self.patch == 1:
+            return x
+        return F.pixel_unshuffle(x.flatten(0, 1), self.patch).unflatten(0, x.shape[:2])
+
     def _head(self, features: torch.Tensor) -> torch.Tensor:
-        """Features `[B, T, C, H, W]` -> the task's outputs."""
+        """Features `[B, T, C, h, w]` -> the task's outputs."""
         if self.task == "tagging":
             # shape: (B, T, 2*C_out)
             pooled = torch.cat([features.mean(dim=(3, 4)), features.amax(dim=(3, 4))], dim=2)
             return self.head(pooled)
-        return self.head(features.flatten(0, 1)).unflatten(0, features.shape[:2])
+        return self._frame_head(features.flatten(0, 1)).unflatten(0, features.shape[:2])
+
+    def _frame_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Features of frames `[N, C, h, w]` -> outputs `[N, K, H, W]` at full resolution (depth to space)."""
+        out = self.head(features)
+        return out if self.patch == 1 else F.pixel_shuffle(out, self.patch)
 
     def _encode_forecast(self, x: torch.Tensor, dropout_seeds: Optional[list[int]]
                          ) -> tuple[torch.Tensor, list[State]]:
@@ -114,8 +135,8 @@ class ConvLSTMNet(nn.Module):
         features, states = self.encoder(x, None, dropout_seeds)
         outputs = [features[:, -1]]  # (B, C_out, H, W): predicts the first future frame
         for step in range(self.output_frames - 1):
-            predicted = self.head(outputs[-1]).float()  # (B, K, H, W) values
-            frame = ((predicted - self.feedback_mean) / self.feedback_std).to(x.dtype)
+            predicted = self._frame_head(outputs[-1]).float()  # (B, K, H, W) values
+            frame = self._patches(((predicted - self.feedback_mean) / self.feedback_std)[:, None])[:, 0].to(x.dtype)
             if teacher is not None:
                 frame = torch.where(teacher[:, step, None, None, None], future[:, step].to(x.dtype), frame)
             out, states = self.encoder(frame[:, None], states, dropout_seeds)

@@ -21,12 +21,13 @@ from regimen.core.conversion import convert, fields_of
 
 ARCHIVES = ("hdf5", "xarray", "frames")  # read lazily, sequence by sequence, from files larger than memory
 FILE_DATASETS = ("npz", *ARCHIVES)  # the user's own data, read from data.path
-DATASETS = ("storms", "digits", "regimes", *FILE_DATASETS)
+DATASETS = ("storms", "digits", "regimes", "mmnist", *FILE_DATASETS)
 TASKS = ("segmentation", "tagging", "regression")
 TASKS_OF_DATASET = {
     "storms": ("segmentation", "regression"),
     "digits": ("segmentation", "tagging", "regression"),
     "regimes": ("tagging",),
+    "mmnist": ("regression",),
     "npz": TASKS,
     "hdf5": TASKS,
     "xarray": TASKS,
@@ -89,6 +90,12 @@ class RegimesConfig:
 
 
 @dataclass
+class MovingMNISTConfig:
+    num_digits: int = 2  # MNIST digits (28 x 28) moving on each canvas
+    step: float = 0.1  # distance a frame, as a fraction of the room (canvas less the digit)
+
+
+@dataclass
 class GeneratorConfig:
     num_sequences: int = 64  # sequences generated before splitting
     sequence_length: int = 24  # frames per sequence
@@ -97,6 +104,7 @@ class GeneratorConfig:
     storms: StormsConfig = field(default_factory=StormsConfig)
     digits: DigitsConfig = field(default_factory=DigitsConfig)
     regimes: RegimesConfig = field(default_factory=RegimesConfig)
+    mmnist: MovingMNISTConfig = field(default_factory=MovingMNISTConfig)
 
 
 @dataclass
@@ -189,6 +197,7 @@ class ConvLSTMConfig:
     bidirectional: bool = False
     checkpoint_steps: bool = False  # recompute each time step in the backward pass: less memory, more time
     forecaster: str = "encoder_forecaster"  # data.forecast: encoder_forecaster | autoregressive
+    patch_size: int = 1  # space to depth: p x p patches folded into channels (64x64x1 runs as 16x16x16 with 4)
 
 
 @dataclass

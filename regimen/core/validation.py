@@ -171,6 +171,13 @@ def _validate_generator(check: _Checker) -> None:
     check.rate(f"{gen}.storms.clutter_fraction", f"{gen}.regimes.stay_prob")
     check.require(2 <= data.generator.regimes.num_regimes <= 4, f"{gen}.regimes.num_regimes",
                   "must be 2, 3 or 4")
+    if data.dataset == "mmnist":
+        check.require(min(data.generator.height, data.generator.width) > 28, f"{gen}.height",
+                      f"Moving MNIST's 28 x 28 digits need room to move: height and width > 28 (standard: 64), "
+                      f"got {data.generator.height} x {data.generator.width}")
+        check.require(data.split_by == "sequence", "data.split_by", "mmnist deals its digits to the splits by "
+                      "sequence: expected sequence")
+    check.positive(f"{gen}.mmnist.num_digits", f"{gen}.mmnist.step")
     if data.dataset == "digits":
         side = 8 * data.generator.digits.digit_scale
         check.require(side < min(data.generator.height, data.generator.width),
@@ -206,6 +213,7 @@ def _validate_model(check: _Checker) -> None:
     check.require(lstm.kernel_size > 0 and lstm.kernel_size % 2 == 1, "model.convlstm.kernel_size",
                   "must be an odd positive integer (same padding needs a centre)")
     check.require(0.0 <= lstm.dropout < 1.0, "model.convlstm.dropout", "must be in [0, 1)")
+    check.positive("model.convlstm.patch_size")
     check.one_of("model.pgm.type", PGM_TYPES)
     check.non_negative("model.pgm.pairwise_weight", "model.pgm.l2", "model.pgm.pseudo_count")
     check.positive("model.pgm.mean_field_iters", "model.pgm.fit_steps", "model.pgm.fit_lr")

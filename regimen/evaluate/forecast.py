@@ -69,8 +69,10 @@ class ForecastReport:
         else:
             log.info("forecast baselines: extrapolation left out: it needs pysteps "
                      "(pip install -r requirements-pysteps.txt)")
+        # The video scores of the forecasting tables, where the values are known to lie in [0, 1] (mmnist).
+        frame_scores = data.meta["generator"].get("value_range") == [0.0, 1.0] and not data.has_mask
         self.sums = {name: LeadTimeSums(data.task, data.num_classes, self.output_frames, self.thresholds,
-                                        settings.scales) for name in names}
+                                        settings.scales, frame_scores) for name in names}
         self.example: Optional[dict] = None
 
     def add(self, out: Outputs, predicted: dict[str, np.ndarray]) -> None:

@@ -13,6 +13,7 @@ from typing import Optional
 
 import numpy as np
 
+from regimen.scores.frames import FrameScoreSums
 from regimen.scores.metrics import MetricSums
 from regimen.scores.verification import VerificationSums
 
@@ -25,13 +26,15 @@ class LeadTimeSums:
         lead_times: T_out.
         thresholds: event thresholds for the CSI (class labels or the target's units); [] none.
         scales: FSS window sizes.
+        frame_scores: also the per-frame video scores (`regimen.scores.frames`: values in [0, 1]).
     """
 
     def __init__(self, task: str, num_classes: Optional[int], lead_times: int, thresholds: list[float],
-                 scales: list[int]):
+                 scales: list[int], frame_scores: bool = False):
         self.task = task
         self.by_lead = [MetricSums(task, num_classes) for _ in range(lead_times)]
         self.verified = VerificationSums(thresholds, scales, lead_times, "lead_time") if thresholds else None
+        self.frames = FrameScoreSums(lead_times) if frame_scores else None
 
     def add(self, truth: np.ndarray, predicted: np.ndarray, valid: Optional[np.ndarray] = None) -> None:
         """Labels `[B, T_out(, H, W)]` or values `[B, T_out, H, W, C]`; `valid`: the nodes scored."""
@@ -40,6 +43,8 @@ class LeadTimeSums:
         if self.verified is not None:  # label fields, or the single regression channel
             fields = (truth, predicted) if self.task != "regression" else (truth[..., 0], predicted[..., 0])
             self.verified.add(*fields, valid)
+        if self.frames is not None:
+            self.frames.add(truth, predicted)
 
     def result(self) -> dict:
         """`per_lead`: each score a list over lead times; `mean`: their means over lead times;
@@ -48,6 +53,8 @@ class LeadTimeSums:
         if self.task == "regression":
             per = [{"mse": scores["rmse"] ** 2, **scores} for scores in per]
         per_lead = {name: [scores[name] for scores in per] for name in per[0]}
+        if self.frames is not None:
+            per_lead.update(self.frames.result())
         out = {"per_lead": per_lead, "mean": {name: float(np.mean(values)) for name, values in per_lead.items()}}
         if self.verified is not None:
             out["verification"] = self.verified.result()
@@ -63,7 +70,7 @@ def skill(scores: dict, persistence: dict) -> dict:
     out = {}
     for name, values in scores["per_lead"].items():
         base = persistence["per_lead"][name]
-        if name in ("mse", "mae"):
+        if name in ("mse", "mae", "mse_per_frame", "mae_per_frame"):
             out[name] = [None if b == 0 else 1.0 - v / b for v, b in zip(values, base)]
         elif name != "rmse":
             out[name] = [v - b for v, b in zip(values, base)]

@@ -67,7 +67,8 @@ def net_spec(config: Config, input_channels: int, num_outputs: int, task: str,
     lstm = config.model.convlstm
     spec = {"input_channels": input_channels, "hidden_sizes": list(lstm.hidden_sizes),
             "kernel_size": lstm.kernel_size, "task": task, "num_outputs": num_outputs,
-            "dropout": lstm.dropout, "bidirectional": lstm.bidirectional, "checkpoint_steps": lstm.checkpoint_steps}
+            "dropout": lstm.dropout, "bidirectional": lstm.bidirectional, "checkpoint_steps": lstm.checkpoint_steps,
+            "patch_size": lstm.patch_size}
     if forecast:
         spec.update(forecaster=lstm.forecaster, output_frames=forecast["output_frames"])
         if lstm.forecaster == "autoregressive":
@@ -144,9 +145,18 @@ def check_fits_data(stack: Stack, data: TaskData, source: str) -> None:
                             f"the configured data needs {value!r}")
 
 
+def check_patches(patch_size: int, data: TaskData) -> None:
+    """A UserError when the frames do not cut into `patch_size` x `patch_size` patches."""
+    height, width = data.meta["shapes"]["train"]["X"][2:4]
+    if height % patch_size or width % patch_size:
+        raise UserError(f"model.convlstm.patch_size = {patch_size}: the frames are {height} x {width}; expected a "
+                        "size that divides both (space to depth)")
+
+
 def new_stack(config: Config, data: TaskData, pgm_settings: Optional[dict] = None) -> Stack:
     """A freshly initialised (seeded) stack for the configured data."""
     torch.manual_seed(config.seed)
+    check_patches(config.model.convlstm.patch_size, data)
     forecast = data.meta.get("forecast")
     if forecast:
         forecast = {**forecast, "normalisation": data.meta["normalisation"]}

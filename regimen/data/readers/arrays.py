@@ -8,6 +8,7 @@ import numpy as np
 
 from regimen.core.config import DataConfig
 from regimen.data.datasets import load_dataset
+from regimen.data.mmnist import load_mmnist
 from regimen.data.npz import load_npz
 from regimen.data.readers import Reader, Sequence
 
@@ -16,7 +17,8 @@ class ArraysReader(Reader):
     """Sequences of a generated or npz `Dataset` (`X` `[N, T, H, W, C]`), checked as a whole on loading."""
 
     def __init__(self, data: DataConfig, seed: int):
-        dataset = load_npz(data) if data.dataset == "npz" else load_dataset(data, seed)
+        loaders = {"npz": lambda: load_npz(data), "mmnist": lambda: load_mmnist(data, seed)}
+        dataset = loaders.get(data.dataset, lambda: load_dataset(data, seed))()
         self.arrays = {"X": dataset.X, "Y": dataset.Y}
         if dataset.P is not None:
             self.arrays["P"] = dataset.P
