@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from conftest import merge
 from regimen.core import files, folders, runs
 from regimen.core.config_file import load_config
 from regimen.data.preprocess import preprocess
@@ -33,20 +34,30 @@ def trainer_for(config, data, stack, folder, kill_at_step=None):
         steps.append(1)
         if len(steps) == kill_at_step:
             raise Killed
-        return unary_loss("ce", stack.unaries(batch["x"], dropout_seeds=part.dropout_seeds), batch["y"]), {}
+        kind = "mse" if data.task == "regression" else "ce"
+        return unary_loss(kind, stack.unaries(batch["x"], **part.network_inputs(batch)), batch["y"]), {}
 
     def validate(stack):
         with torch.no_grad():  # any deterministic number of the weights
-            return {"miou": -float(sum(p.abs().sum() for p in stack.parameters()))}
+            value = -float(sum(p.abs().sum() for p in stack.parameters()))
+            return {"miou": value, "rmse": value}
 
     return Trainer(stack, data, Schedule.pretraining(config), loss_fn, validate, runs.RunFolder(folders.claim(folder, "x")),
                    {"kind": "convlstm", "dataset": data.identity, "config": {}}, config.seed,
                    torch.device("cpu"), config.data.augmentations)
 
 
-def test_a_trainer_killed_mid_epoch_and_resumed_ends_with_the_same_weights(write_config, tmp_path):
-    config = load_config(write_config({"model": {"convlstm": {"hidden_sizes": [4, 4], "dropout": 0.2}},
-                                       "training": {"epochs": 3, "batch_size": 4}}))
+# An autoregressive forecast: scheduled sampling draws which true frames it feeds, and a resumed run
+# must draw what the straight one did.
+AUTOREGRESSIVE = {"data": {"task": "regression", "forecast": {"input_frames": 3, "output_frames": 3}},
+                  "model": {"convlstm": {"forecaster": "autoregressive"}},
+                  "training": {"scheduled_sampling": {"start": 0.9, "decay_epochs": 2}}}
+
+
+@pytest.mark.parametrize("extra", [{}, AUTOREGRESSIVE], ids=["labelling", "autoregressive forecast"])
+def test_a_trainer_killed_mid_epoch_and_resumed_ends_with_the_same_weights(write_config, tmp_path, extra):
+    config = load_config(write_config(merge({"model": {"convlstm": {"hidden_sizes": [4, 4], "dropout": 0.2}},
+                                             "training": {"epochs": 3, "batch_size": 4}}, extra)))
     preprocess(config)
     data = load_task_data(config.data)
     straight = trainer_for(config, data, new_stack(config, data), tmp_path / "a")
