@@ -521,3 +521,20 @@ def test_trials_on_the_cpu_share_its_cores_even_where_gpus_are_listed():
     env = slot_environment(2, config, None)(1)
     assert env["CUDA_VISIBLE_DEVICES"] == "" and env["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
     assert slot_environment(2, from_dict({"evolutionary": {"devices": [0, 1]}}), None)(1) == {"CUDA_VISIBLE_DEVICES": "1"}
+
+
+def test_the_forecaster_and_its_sampling_schedule_are_genes():
+    space = {"model.convlstm.forecaster": {"choice": ["encoder_forecaster", "autoregressive"]},
+             "training.scheduled_sampling.decay_epochs": {"type": "int", "low": 0, "high": 8}}
+    labelling = from_dict({"evolutionary": {"search_space": space}})
+    with pytest.raises(UserError, match="it acts on forecasts only"):
+        genes_of(labelling)
+    storms = {"data": {"forecast": {"input_frames": 4, "output_frames": 4}}, "evolutionary": {"search_space": space}}
+    genes = genes_of(from_dict(storms))
+    assert [gene.key for gene in genes] == list(space)
+    config, _, repairs = decode(genes, [1, 2], from_dict(storms))  # autoregressive; segmentation cannot feed back
+    assert config.model.convlstm.forecaster == "encoder_forecaster" and "autoregressive feeds back" in repairs[0]
+    regression = merge(storms, {"data": {"task": "regression"}})
+    config, _, repairs = decode(genes, [1, 2], from_dict(regression))
+    assert config.model.convlstm.forecaster == "autoregressive" and not repairs
+    assert config.training.scheduled_sampling.decay_epochs == 2

@@ -107,6 +107,12 @@ def idle_reason(key: str, config: Config) -> str:
         return "task 'regression' has no PGM"
     if "model.pgm.type" not in space and ((key in CRF_KEYS and pgm != "crf") or (key in HMM_KEYS and pgm != "hmm")):
         return f"it does not act on model.pgm.type {pgm!r}"
+    forecasting = key == "model.convlstm.forecaster" or key.startswith("training.scheduled_sampling.")
+    if forecasting and not config.data.forecast:
+        return "it acts on forecasts only (data.forecast)"
+    if (key.startswith("training.scheduled_sampling.") and "model.convlstm.forecaster" not in space
+            and config.model.convlstm.forecaster != "autoregressive"):
+        return "it acts on the autoregressive forecaster only"
     return ""
 
 
