@@ -26,6 +26,7 @@ from regimen.core.errors import UserError
 from regimen.core.machine import require_memory
 from regimen.core.progress import track
 from regimen.core.runs import dataset_name
+from regimen.data.forecast_windows import forecast_meta, window_frames
 from regimen.data.readers import Reader, check_chunk, open_reader
 from regimen.data.splits import Piece, by_sequence, by_time, format_time
 from regimen.data.store import STORE_VERSION, ArrayWriter
@@ -292,28 +293,6 @@ def _meta(config: Config, reader: Reader, written: dict[str, dict], num_classes:
         "baselines": reader.baselines,
         "inputs": inputs,
     }
-
-
-def window_frames(data: DataConfig, array: str) -> int:
-    """The frames of one array that a window yields: a forecast's inputs `X` are its first T_in,
-    its targets (`Y`, `P`, `M`) its last T_out (`regimen.data.windows`)."""
-    if not data.forecast:
-        return data.T_window
-    return data.forecast.input_frames if array == "X" else data.forecast.output_frames
-
-
-def forecast_meta(data: DataConfig, reader: Reader) -> Optional[dict]:
-    """What meta.json records of a forecast: T_in, T_out and the time between frames (the median
-    step of every sequence's frame times: seconds for dates, the coordinate's units for numbers;
-    None without times), from which evaluate.py gives lead times in minutes."""
-    if not data.forecast:
-        return None
-    steps = [np.diff(s.times) for s in reader.sequences if s.times is not None and len(s.times) > 1]
-    kinds = {s.time_kind for s in reader.sequences if s.times is not None}
-    step = float(np.median(np.concatenate(steps))) if steps and len(kinds) == 1 else None
-    return {"input_frames": data.forecast.input_frames, "output_frames": data.forecast.output_frames,
-            "frame_step": step, "frame_step_unit": ("seconds" if kinds == {"date"} else "time coordinate")
-            if step is not None else None}
 
 
 def _scan_training(reader: Reader, pieces: list[Piece], data: DataConfig, frames_per_chunk: int

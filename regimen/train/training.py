@@ -41,6 +41,8 @@ from regimen.scores.metrics import MAIN_METRIC
 from regimen.train.curves import plot_learning_curve
 from regimen.train.distributed import World
 from regimen.train.losses import Part
+from regimen.train.random_state import rng_state, set_rng_state
+from regimen.train.sampling import ScheduledSampling
 from regimen.train.stack import Stack, model_input, needs_grad_scaler, precision
 
 SEED_RANGE = 2 ** 62  # dropout seeds per window
@@ -176,11 +178,11 @@ class Trainer:
         self.metric = MAIN_METRIC[data.task][0]
         self.optimizer, self.trained = adamw(stack, schedule)
         self.order = torch.Generator().manual_seed(seed + 1)
-        data.windows("train").future_inputs = self._samples_truth()  # before its loader's workers copy it
+        steps = math.ceil(len(data.windows("train")) / schedule.batch_size)
+        self.sampling = ScheduledSampling.of(stack, schedule.sampling, steps, seed + 4)
+        data.windows("train").future_inputs = self.sampling is not None  # before its loader's workers copy it
         self.batches, self.loader = training_batches(data, schedule, self.world, self.order, device)
         self.dropout_seeds = torch.Generator().manual_seed(seed + 3)
-        self.teacher_draws = torch.Generator().manual_seed(seed + 4) if self._samples_truth() else None
-        steps = len(self.batches)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(schedule.warmup_epochs * steps, schedule.epochs * steps))
         self.scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(device, schedule.mixed_precision))
@@ -254,27 +256,14 @@ class Trainer:
             # Drawn for the whole global batch on every process, used for this process's windows.
             plan = self.augmenter.draw((share.batch, *batch["x"].shape[1:]))
             seeds = torch.randint(SEED_RANGE, (share.batch,), generator=self.dropout_seeds).tolist()
-            teacher = self._teacher(share.batch, batch)
             batch = self.augmenter.apply(batch, part_of(plan, share.offset, len(share.rows)))
             mine = slice(share.offset, share.offset + len(share.rows))
-            teacher = None if teacher is None else teacher[mine]
+            teacher = None
+            if self.sampling is not None:
+                teacher = self.sampling.draw(share.batch, batch["x_future"].shape[1], self.scheduler.last_epoch)[mine]
             for key, value in self._step(batch, share, seeds[mine], teacher).items():
                 totals[key] = totals.get(key, 0.0) + value * share.batch
         return {key: value / self.batches.count for key, value in totals.items()}
-
-    def _samples_truth(self) -> bool:
-        """Whether training feeds the autoregressive forecaster true frames (scheduled sampling)."""
-        start, epochs = self.schedule.sampling
-        return self.stack.net.forecaster == "autoregressive" and start > 0 and epochs > 0
-
-    def _teacher(self, windows: int, batch: Batch) -> Optional[torch.Tensor]:
-        """Which fed-back frames `[windows, T_out - 1]` of a global batch are the true ones: each with
-        the chance `start`, falling linearly to 0 over `decay_epochs` epochs of steps."""
-        if self.teacher_draws is None:
-            return None
-        start, epochs = self.schedule.sampling
-        chance = start * max(0.0, 1.0 - self.scheduler.last_epoch / (epochs * len(self.batches)))
-        return torch.rand((windows, batch["x_future"].shape[1]), generator=self.teacher_draws) < chance
 
     def _step(self, batch: Batch, share: Share, seeds: list[int], teacher: Optional[torch.Tensor] = None
               ) -> dict[str, float]:
@@ -348,7 +337,7 @@ class Trainer:
 
     def _generators(self) -> dict[str, torch.Generator]:
         generators = {"order": self.order, "augment": self.augmenter.generator, "dropout": self.dropout_seeds}
-        return generators if self.teacher_draws is None else {**generators, "teacher": self.teacher_draws}
+        return generators if self.sampling is None else {**generators, "teacher": self.sampling.generator}
 
     def _train_state(self) -> dict:
         rng = rng_state(self._generators())
@@ -394,22 +383,6 @@ def divergence(loss: float, parts: dict[str, float], epoch: int, checkpoint: Pat
                      f"{f' ({terms})' if terms else ''}: training diverged; lower {schedule.lr_key} "
                      f"(now {schedule.lr:g}) or the loss weights (loss.*) and start again with "
                      f"--overwrite; {kept}")
-
-
-def rng_state(generators: dict[str, torch.Generator]) -> dict:
-    """torch's global RNG (and CUDA's), and each named generator's state, for a checkpoint."""
-    rng = {"torch": torch.get_rng_state(), **{name: g.get_state() for name, g in generators.items()}}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    return rng
-
-
-def set_rng_state(generators: dict[str, torch.Generator], rng: dict) -> None:
-    torch.set_rng_state(rng["torch"])
-    for name, generator in generators.items():
-        generator.set_state(rng[name])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def attach_log_file(run: runs.RunFolder) -> None:
