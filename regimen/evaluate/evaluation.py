@@ -118,8 +118,7 @@ def split_reports(batches: Iterable[Outputs], data: TaskData, predictors: dict[s
         for name, head in predictors.items():
             predicted = predictions(out.unaries, data.task, head, out.guide, out.valid)
             forecasts[name] = predicted.labels if data.task != "regression" else predicted.probs
-            sums[name].add(truth, predicted.labels if data.task != "regression" else predicted.probs,
-                           predicted.probs, soft, keep, valid)
+            sums[name].add(truth, forecasts[name], predicted.probs, soft, keep, valid)
             if name in verified:  # label fields, or the (single) regression channel in its own units
                 verified[name].add(*((truth, predicted.labels) if data.task != "regression"
                                      else (truth[..., 0], predicted.probs[..., 0])), valid)
