@@ -34,7 +34,7 @@ def settings(sequences: int, epochs: int) -> list[str]:
             "data.forecast.input_frames=10", "data.forecast.output_frames=10", "data.augmentations.spatial_flip=false",
             "data.augmentations.rotate_deg=[0]", "data.augmentations.gaussian_noise_std=0",
             "model.convlstm.forecaster=autoregressive", "model.convlstm.patch_size=4", "model.convlstm.dropout=0",
-            "model.convlstm.hidden_sizes=[32,32]", "model.convlstm.kernel_size=5", "training.lr=1e-3",
+            "model.convlstm.hidden_sizes=[32,32]", "model.convlstm.kernel_size=3", "training.lr=1e-3",
             f"training.epochs={epochs}", f"training.early_stopping_patience={epochs}",
             f"training.scheduled_sampling.decay_epochs={max(1, epochs // 2)}", "training.batch_size=16"]
 
@@ -78,14 +78,15 @@ def main() -> None:
           f"{result['model']['parameters']} parameters; inference "
           f"{10 * 1000 / result['model']['latency_ms_per_window']:.0f} frames/s")
     names = {"unary": "ConvLSTM (ours)", "persistence": "persistence", "extrapolation": "extrapolation (pysteps)"}
-    scores = {names[n]: s for n, s in result["forecast"]["scores"].items()}
+    scores = {label: result["forecast"]["scores"][name] for name, label in names.items()
+              if name in result["forecast"]["scores"]}
     print(table(f"the generated test split ({int(0.15 * args.sequences)} sequences), averaged over 10 lead times",
                 scores))
     if args.file:
         run("tools/mmnist_test.py", *config, "--ckpt", str(args.out / "mmnist" / "best.pt"), "--file", str(args.file))
         standard = json.loads((args.out / "mmnist" / "metrics.json").read_text())["standard_test"]
         print(table("the standard test file (mnist_test_seq.npy)",
-                    {names[n]: s for n, s in standard["scores"].items()}))
+                    {label: standard["scores"][name] for name, label in names.items() if name in standard["scores"]}))
 
 
 if __name__ == "__main__":

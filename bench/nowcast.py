@@ -3,6 +3,7 @@ persistence and extrapolation, CSI at each class threshold per lead time and ave
 times, on the test split.
 
     python bench/nowcast.py [--out runs/bench_nowcast] [--set KEY=VALUE ...]
+    python bench/nowcast.py --report runs/bench_nowcast/nowcast/metrics.json   # the table of a run made before
 
 Runs phases 0-2 and evaluate.py as a user does, with the settings below (any `--set` on top), and
 prints the table from `evaluate_test.forecast` of the run's metrics.json. The baselines hold (and
@@ -20,9 +21,9 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
 SETTINGS = [
-    "data.forecast.input_frames=6", "data.forecast.output_frames=6", "data.generator.num_sequences=256",
-    "model.convlstm.hidden_sizes=[32,32]", "loss.unary=kl", "training.epochs=16",
-    "training.early_stopping_patience=16",
+    "data.forecast.input_frames=6", "data.forecast.output_frames=8", "data.generator.num_sequences=512",
+    "model.convlstm.hidden_sizes=[32,32]", "loss.unary=kl", "training.epochs=14",
+    "training.early_stopping_patience=20",
 ]
 FORECASTERS = {"unary": "ConvLSTM", "pgm": "ConvLSTM + CRF", "persistence": "persistence",
                "extrapolation": "extrapolation (pysteps)"}
@@ -65,8 +66,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=PROJECT / "runs" / "bench_nowcast")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
+    parser.add_argument("--report", type=Path, metavar="METRICS", help="print the table of this metrics.json")
     args = parser.parse_args()
-    print(table(nowcast(args.out, SETTINGS + args.set)))
+    result = json.loads(args.report.read_text())["evaluate_test"] if args.report else nowcast(args.out,
+                                                                                             SETTINGS + args.set)
+    print(table(result))
 
 
 if __name__ == "__main__":
