@@ -23,7 +23,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -270,27 +270,14 @@ class Trainer:
         """One optimizer step on this process's share of a global batch: its micro-batches'
         gradients accumulate (reduced over the processes on the last one), then clipping and the
         step. Returns the global batch's loss and its terms, summed over every process."""
-        pieces = {key: a.split(share.sizes) for key, a in batch.items()}
-        micro = [dict(zip(pieces, rows)) for rows in zip(*pieces.values())]
         observed = None
         if "m" in batch:  # the global batch's observed nodes: the denominator of masked means
             mine = 0.0 if share.stand_in else float(batch["m"].sum())
             observed = float(self.world.sum(torch.tensor(mine, dtype=torch.float64)))
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {}
-        first = 0
-        for i, rows in enumerate(micro):
-            size = len(rows["x"])
-            part = Part(windows=0.0 if share.stand_in else size / share.batch,
-                        observed=0.0 if share.stand_in or not observed else float(rows["m"].sum()) / observed,
-                        dropout_seeds=seeds[first:first + size],
-                        teacher=None if teacher is None else teacher[first:first + size].to(self.device))
-            first += size
-            rows = {key: a.to(self.device, non_blocking=True) for key, a in rows.items()}
-            for key in ("x", "x_future"):
-                if key in rows:
-                    rows[key] = model_input(rows[key])
-            last = i == len(micro) - 1
+        for i, (rows, part) in enumerate(micro_batches(batch, share, seeds, teacher, observed, self.device)):
+            last = i == len(share.sizes) - 1  # each micro-batch reaches the device only when its turn comes
             with contextlib.nullcontext() if last or self.world.size == 1 else self.model.no_sync():
                 loss, parts = self.model(rows, part)
                 # DistributedDataParallel averages the processes' gradients: their shares add up.
@@ -353,6 +340,27 @@ class Trainer:
         self.epoch, self.best, self.since_best = state["epoch"], state["best"], state["since_best"]
         self.history = list(state["history"])
         set_rng_state(self._generators(), state["rng"])
+
+
+def micro_batches(batch: Batch, share: Share, seeds: list[int], teacher: Optional[torch.Tensor],
+                  observed: Optional[float], device: torch.device) -> Iterator[tuple[Batch, Part]]:
+    """This process's micro-batches of a share, on the device with the inputs in model layout, each
+    with its `Part` of the global batch (`observed`: the global batch's observed nodes, with a mask)."""
+    pieces = {key: a.split(share.sizes) for key, a in batch.items()}
+    first = 0
+    for values in zip(*pieces.values()):
+        rows = dict(zip(pieces, values))
+        size = len(rows["x"])
+        part = Part(windows=0.0 if share.stand_in else size / share.batch,
+                    observed=0.0 if share.stand_in or not observed else float(rows["m"].sum()) / observed,
+                    dropout_seeds=seeds[first:first + size],
+                    teacher=None if teacher is None else teacher[first:first + size].to(device))
+        first += size
+        rows = {key: a.to(device, non_blocking=True) for key, a in rows.items()}
+        for key in ("x", "x_future"):
+            if key in rows:
+                rows[key] = model_input(rows[key])
+        yield rows, part
 
 
 def training_batches(data: TaskData, schedule: Schedule, world: World, order: torch.Generator,
