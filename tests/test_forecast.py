@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import torch
 from conftest import metrics_of, ok, run_script, snapshot, tiny_config
 from regimen.core import runs
 from regimen.core.config_file import load_config
+from regimen.core.errors import UserError
 from regimen.data.processed import load_task_data
 from regimen.data.windows import WindowDataset
 from regimen.evaluate.bundle import load_bundle
@@ -21,7 +23,7 @@ from regimen.evaluate.forecast_baselines import extrapolation, has_pysteps, pers
 from test_splits import processed
 
 FORECAST = {"data": {"forecast": {"input_frames": 4, "output_frames": 6}, "stride": 10},
-            "evaluation": {"thresholds": [1, 2], "scales": [1, 3]}}
+            "evaluation": {"thresholds": [1, 2], "scales": [1, 3]}, "training": {"epochs": 1}}
 FUTURE = slice(4, 10)  # the frames of each 10-frame sequence after its 4 inputs
 
 
@@ -220,15 +222,15 @@ def test_extrapolation_is_pysteps_advection_along_proesmans_motion():
     (["model.convlstm.bidirectional=true"], "model.convlstm.bidirectional = True: with data.forecast"),
     (["data.forecast=5"], "data.forecast = 5: expected a section"),
 ])
-def test_a_forecast_it_cannot_make_exits_2_with_one_line_and_writes_nothing(tmp_path, settings, message):
-    config = tiny_config(tmp_path, FORECAST)
+def test_a_forecast_it_cannot_make_is_refused_naming_the_key(tmp_path, settings, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_config(tiny_config(tmp_path, FORECAST), settings)
+
+
+def test_a_refused_forecast_exits_2_with_one_line_and_writes_nothing(tmp_path):
+    config = tiny_config(tmp_path)
     before = snapshot(tmp_path)
-    done = run_script("tools/preprocess.py", "--config", config, *[a for s in settings for a in ("--set", s)])
-    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    done = run_script("tools/preprocess.py", "--config", config, "--set", "model.convlstm.forecaster=autoregressive")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "set data.forecast {input_frames: T_in, output_frames: T_out}" in done.stderr
     assert snapshot(tmp_path) == before
-
-
-def test_autoregressive_without_a_forecast_is_refused(tmp_path):
-    done = run_script("tools/preprocess.py", "--config", tiny_config(tmp_path),
-                      "--set", "model.convlstm.forecaster=autoregressive")
-    assert done.returncode == 2 and "set data.forecast {input_frames: T_in, output_frames: T_out}" in done.stderr

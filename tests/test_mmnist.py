@@ -8,13 +8,15 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from conftest import metrics_of, ok, run_script, tiny_config
+from conftest import metrics_of, ok, tiny_config
 from models.network import ConvLSTMNet
 from regimen.core.config_file import load_config
 from regimen.core.errors import UserError
+from regimen.data.processed import TaskData
 from regimen.data.mmnist import deal_digits, digit_pools, load_mmnist, paint, trajectories
 from regimen.evaluate.standard_test import as_windows, read_standard_test
 from regimen.scores.frames import FrameScoreSums, frame_scores
+from regimen.train.stack import check_patches
 
 MMNIST = {"data": {"dataset": "mmnist", "task": "regression", "stride": 6,
                    "forecast": {"input_frames": 3, "output_frames": 3},
@@ -101,13 +103,11 @@ def test_patches_round_trip_exactly():
     assert torch.equal(torch.nn.functional.pixel_shuffle(patches.flatten(0, 1), 4).unflatten(0, (2, 5)), x)
 
 
-def test_a_patch_size_that_does_not_divide_the_frames_is_refused(tmp_path):
-    config = tiny_config(tmp_path)  # 12 x 12 frames
-    ok("tools/preprocess.py", "--config", config)
-    done = run_script("train_convlstm.py", "--config", config, "--save", str(tmp_path / "run"),
-                      "--set", "model.convlstm.patch_size=5")
-    assert done.returncode == 2 and "model.convlstm.patch_size = 5: the frames are 12 x 12" in done.stderr
-    assert not (tmp_path / "run").exists()
+def test_a_patch_size_that_does_not_divide_the_frames_is_refused():
+    data = TaskData({"shapes": {"train": {"X": [4, 3, 12, 12, 1]}}}, None)
+    check_patches(4, data)
+    with pytest.raises(UserError, match="model.convlstm.patch_size = 5: the frames are 12 x 12; expected a size"):
+        check_patches(5, data)
 
 
 def test_the_standard_test_file_is_read_time_first(tmp_path):
