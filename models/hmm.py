@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,39 +32,43 @@ def _scaled_passes(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: t
                    mask: torch.Tensor):
     """Scaled forward and backward passes.
 
+    The recursions run time-major over per-step views made up front, with the backward pass's
+    scale folded into its emissions: on short chains a step's cost is its operators' dispatch,
+    not their arithmetic, so each step runs as few of them as it can.
+
     Returns:
         alpha, beta `[B, T, K]` (alpha normalised per step, alpha * beta the
         posteriors), scale `[B, T]` (the normaliser of each step, 1 where masked),
         emit `[B, T, K]` (emission probabilities shifted by their step maximum)
         and the log-likelihood `[B]`.
     """
-    b, t, k = log_emit.shape
     trans = log_trans.exp()
     peak = log_emit.amax(dim=2, keepdim=True)  # (B, T, 1)
-    emit = (log_emit - peak).exp()
-    alphas, scales = [], []
-    a = log_start.exp() * emit[:, 0]
-    s = a.sum(dim=1, keepdim=True)
-    alphas.append(a / s)
-    scales.append(s)
+    emit = (log_emit - peak).exp().transpose(0, 1)  # (T, B, K)
     ragged = not bool(mask.all())  # without masked steps, skip the per-step selects
-    for step in range(1, t):
-        new = (alphas[-1] @ trans) * emit[:, step]
-        s = new.sum(dim=1, keepdim=True)
+    on = mask.T[..., None].unbind(0)  # T x (B, 1)
+    emits = emit.unbind(0)
+    a = log_start.exp() * emits[0]
+    s = a.sum(dim=1, keepdim=True)
+    alphas, scales = [a / s], [s]
+    for step in range(1, len(emits)):
+        a = (alphas[-1] @ trans) * emits[step]
+        s = a.sum(dim=1, keepdim=True)
         if ragged:
-            on = mask[:, step, None]
-            new, s = torch.where(on, new, alphas[-1]), torch.where(on, s, torch.ones_like(s))
-        alphas.append(new / s)
+            a, s = torch.where(on[step], a, alphas[-1]), torch.where(on[step], s, 1.0)
+        alphas.append(a / s)
         scales.append(s)
-    alpha = torch.stack(alphas, dim=1)
-    scale = torch.cat(scales, dim=1)  # (B, T)
-    log_likelihood = (scale.log() + peak[..., 0] * mask).sum(dim=1)
+    scale = torch.stack(scales)  # (T, B, 1)
+    log_likelihood = (scale[..., 0].T.log() + peak[..., 0] * mask).sum(dim=1)
 
+    # beta_t = (e_{t+1} / s_{t+1} * beta_{t+1}) @ A^T
+    scaled, into = (emit / scale).unbind(0), trans.T
     betas = [torch.ones_like(alphas[0])]  # built from the last step back
-    for step in range(t - 2, -1, -1):
-        new = (emit[:, step + 1] * betas[-1]) @ trans.T / scale[:, step + 1, None]
-        betas.append(torch.where(mask[:, step + 1, None], new, betas[-1]) if ragged else new)
-    return alpha, torch.stack(betas[::-1], dim=1), scale, emit, log_likelihood
+    for step in range(len(emits) - 2, -1, -1):
+        b = (scaled[step + 1] * betas[-1]) @ into
+        betas.append(torch.where(on[step + 1], b, betas[-1]) if ragged else b)
+    return (torch.stack(alphas, dim=1), torch.stack(betas[::-1], dim=1), scale[..., 0].T, emit.transpose(0, 1),
+            log_likelihood)
 
 
 def forward_backward(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Tensor,
@@ -84,41 +89,65 @@ def forward_backward(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit:
     return log_likelihood, alpha * beta * mask[..., None]
 
 
+@torch.no_grad()
 def viterbi(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Tensor,
             mask: Optional[torch.Tensor] = None, log_end: Optional[torch.Tensor] = None
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Most likely state paths `[B, T]` (-1 at masked steps) and their log joint scores `[B]`.
 
     `log_end` `[K]` scores the last state of each chain (a linear-chain CRF's end transitions).
+    Decoding only: the scores carry no gradient. Where every chain's mask is a prefix (ragged lengths), the recursion runs unmasked and each
+    chain's result is read at its last step: no per-step selects.
     """
     mask = check_mask(log_emit, mask)
     b, t, k = log_emit.shape
-    stay = torch.arange(k, device=log_emit.device).expand(b, k)
-    delta = log_start + log_emit[:, 0]  # (B, K)
-    pointers = [stay]
-    ragged = not bool(mask.all())
+    emit = log_emit.transpose(0, 1).contiguous()  # (T, B, K)
+    prefix = bool((mask[:, 1:] <= mask[:, :-1]).all())
     into = log_trans.T.contiguous()  # [K_next, K_prev]: reduce over the contiguous last axis
+    deltas = torch.empty_like(emit)
+    pointers = torch.empty((t, b, k), dtype=torch.long, device=emit.device)
+    pointers[0] = torch.arange(k, device=emit.device)
+    moves = emit.new_empty((b, k, k))
+    torch.add(log_start, emit[0], out=deltas[0])
+    steps = list(zip(deltas.unbind(0), emit.unbind(0), pointers.unbind(0)))
     for step in range(1, t):
-        # shape: (B, K_next, K_prev)
-        best, arg = (delta[:, None, :] + into).max(dim=2)
-        if ragged:
+        delta, step_emit, arg = steps[step]
+        torch.add(steps[step - 1][0][:, None, :], into, out=moves)  # (B, K_next, K_prev)
+        torch.max(moves, dim=2, out=(delta, arg))
+        delta.add_(step_emit)
+        if not prefix:  # a masked-off step keeps its chain where it was
             on = mask[:, step, None]
-            delta = torch.where(on, best + log_emit[:, step], delta)
-            arg = torch.where(on, arg, stay)
-        else:
-            delta = best + log_emit[:, step]
-        pointers.append(arg)
-    score, state = (delta if log_end is None else delta + log_end).max(dim=1)
-    return backtrack(torch.stack(pointers, dim=1), state, mask), score
+            delta.copy_(torch.where(on, delta, steps[step - 1][0]))
+            arg.copy_(torch.where(on, arg, pointers[0]))
+    last_step = mask.sum(dim=1) - 1 if prefix else torch.full((b,), t - 1, device=emit.device)
+    final = deltas[last_step, torch.arange(b, device=emit.device)]  # (B, K)
+    score, state = (final if log_end is None else final + log_end).max(dim=1)
+    return backtrack(pointers, state, last_step, mask), score
 
 
-def backtrack(pointers: torch.Tensor, last: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Follow back-pointers `[B, T, K]` from the final states `[B]`, all chains at once."""
-    t = pointers.shape[1]
-    path = [last]  # built from the last step back
-    for step in range(t - 1, 0, -1):
-        path.append(pointers[:, step].gather(1, path[-1][:, None])[:, 0])
-    return torch.where(mask, torch.stack(path[::-1], dim=1), torch.full_like(last[:, None], -1))
+def backtrack(pointers: torch.Tensor, last: torch.Tensor, last_step: torch.Tensor, mask: torch.Tensor
+              ) -> torch.Tensor:
+    """Follow back-pointers `[T, B, K]` from the states `last` `[B]` at each chain's `last_step`,
+    all chains at once; `[B, T]`, -1 where the mask is off. On the CPU the walk runs in numpy,
+    whose per-step indexing costs a fraction of torch's dispatch."""
+    t, b, _ = pointers.shape
+    if pointers.device.type == "cpu":
+        back, ends, steps, chains = pointers.numpy(), last_step.numpy(), last.numpy(), np.arange(b)
+        path = np.empty((t, b), dtype=np.int64)
+        state = steps.copy()
+        for step in range(t - 1, -1, -1):
+            state = np.where(ends == step, steps, state)
+            path[step] = state
+            state = back[step, chains, state]
+        path = torch.from_numpy(path.T.copy())
+    else:
+        chains, state, rows = torch.arange(b, device=last.device), last.clone(), []
+        for step in range(t - 1, -1, -1):
+            state = torch.where(last_step == step, last, state)
+            rows.append(state)
+            state = pointers[step, chains, state]
+        path = torch.stack(rows[::-1], dim=1)
+    return torch.where(mask, path, -1)
 
 
 class HMM(nn.Module):

@@ -243,8 +243,8 @@ def test_streamed_reports_equal_the_whole_splits_figures(phase2, monkeypatch):
     from regimen.evaluate import evaluation
     from regimen.evaluate.calibration import Calibrator
     from regimen.core.config_file import load_config
-    from regimen.evaluate.evaluation import (class_probs, predictions, split_reports, split_sample, validate,
-                                             load_evaluated)
+    from regimen.evaluate.evaluation import split_reports, split_sample, validate, load_evaluated
+    from regimen.evaluate.predictions import class_probs, predictions
     from regimen.train.inference import network_outputs, predict
     from regimen.scores.metrics import boundary_f1, calibration, class_report, flicker
     from regimen.train.stack import model_input

@@ -36,8 +36,9 @@ from regimen.core.errors import UserError
 from regimen.data.preprocess import add_static_features
 from regimen.data.processed import TaskData
 from regimen.evaluate.calibration import Calibrator
-from regimen.evaluate.evaluation import keep_the_better, load_evaluated, predictions, split_reports, split_sample
+from regimen.evaluate.evaluation import keep_the_better, load_evaluated, split_reports, split_sample
 from regimen.evaluate.forecast import ForecastReport
+from regimen.evaluate.predictions import predictions
 from regimen.scores.metrics import MAIN_METRIC
 from regimen.train.inference import network_outputs
 from regimen.train.inference import predict as predict_unaries

@@ -25,7 +25,6 @@ from typing import Iterable, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from regimen.core import files, folders, runs
 from regimen.core.config import Config, EvaluationConfig, config_hash, from_dict
@@ -36,11 +35,11 @@ from regimen.evaluate.calibration import Calibrator, choose_calibrator
 from regimen.evaluate.forecast import ForecastReport
 from regimen.evaluate.forecast_plots import log_forecast, write_forecast_plots
 from regimen.evaluate.plots import plot_confusion, plot_per_class_f1, plot_reliability, plot_verification
+from regimen.evaluate.predictions import output_labels, output_predictions, predictions, sampled_probs
 from regimen.scores.metrics import MAIN_METRIC, MetricSums, ProbabilitySums, ReportSums
 from regimen.scores.verification import VerificationSums
 from regimen.train.curves import plot_learning_curve
-from regimen.train.inference import Outputs, choose_predictor, decode, marginals, network_outputs, numpy_of, predict
-from regimen.train.losses import class_last
+from regimen.train.inference import Outputs, choose_predictor, network_outputs, numpy_of, predict
 from regimen.train.pgm import PGMHead, head_from_params
 from regimen.train.stack import Stack, check_fits_data, model_input, resolve_device, stack_from_checkpoint
 
@@ -48,35 +47,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_KINDS = ("convlstm", "joint")
 SAMPLE_NODES = 2 ** 21  # nodes of a split at most for the AUROC and the calibrators' fit
-
-
-@dataclass
-class Predictions:
-    """One predictor's output on a split: decoded labels `[N, T(, H, W)]` and class
-    probabilities with the class axis last `[N, T(, H, W), K]`; for regression the
-    predicted values `[N, T, H, W, C]` (labels None)."""
-
-    probs: np.ndarray
-    labels: Optional[np.ndarray] = None
-
-    def flat_probs(self) -> np.ndarray:
-        return self.probs.reshape(-1, self.probs.shape[-1])
-
-
-def predictions(unaries: torch.Tensor, task: str, head: Optional[PGMHead] = None,
-                guide: Optional[torch.Tensor] = None, valid: Optional[torch.Tensor] = None) -> Predictions:
-    """The unaries' softmax and argmax, or the head's marginals and joint decoding (`guide`: the
-    input windows in model layout, for an edge-aware CRF; `valid`: their masks)."""
-    if task == "regression":
-        return Predictions(class_last(unaries).numpy())
-    return Predictions(class_probs(unaries, head, guide, valid), decode(head, unaries, guide, valid).numpy())
-
-
-def class_probs(unaries: torch.Tensor, head: Optional[PGMHead], guide: Optional[torch.Tensor] = None,
-                valid: Optional[torch.Tensor] = None) -> np.ndarray:
-    """Class probabilities, class axis last: the unaries' softmax, or the head's marginals."""
-    probs = F.softmax(unaries.float(), dim=2) if head is None else marginals(head, unaries, guide, valid)
-    return class_last(probs).numpy()
 
 
 def sampled_windows(count: int, nodes_per_window: int, seed: int) -> np.ndarray:
@@ -116,7 +86,7 @@ def split_reports(batches: Iterable[Outputs], data: TaskData, predictors: dict[s
         keep = sample[out.rows]
         forecasts = {}
         for name, head in predictors.items():
-            predicted = predictions(out.unaries, data.task, head, out.guide, out.valid)
+            predicted = output_predictions(out, data.task, head)
             forecasts[name] = predicted.labels if data.task != "regression" else predicted.probs
             sums[name].add(truth, forecasts[name], predicted.probs, soft, keep, valid)
             if name in verified:  # label fields, or the (single) regression channel in its own units
@@ -168,12 +138,10 @@ def validate(stack: Stack, data: TaskData, config: Config, device: torch.device,
         keep = torch.from_numpy(sample[out.rows])
         for name, head in predictors.items():
             if name in scores:
-                scores[name].add(out.y.numpy(), decode(head, out.unaries, out.guide, out.valid).numpy(),
-                                 numpy_of(out.valid))
+                scores[name].add(out.y.numpy(), output_labels(out, head), numpy_of(out.valid))
             if keep.any():
-                guide, valid = (None if a is None else a[keep] for a in (out.guide, out.valid))
-                nodes = class_probs(out.unaries[keep], head, guide, valid).reshape(-1, data.num_classes)
-                probs[name].append(nodes if valid is None else nodes[valid.numpy().ravel()])
+                nodes = sampled_probs(out, head, keep).reshape(-1, data.num_classes)
+                probs[name].append(nodes if out.valid is None else nodes[out.valid[keep].numpy().ravel()])
         observed = out.y[keep] if out.valid is None else out.y[keep][out.valid[keep]]
         labels.append(observed.numpy().ravel())
     val = {name: score.result() for name, score in scores.items()}

@@ -27,6 +27,7 @@ from regimen.train.distributed import World
 from regimen.train.losses import class_last
 from regimen.train.pgm import PGMHead
 from regimen.train.stack import Stack, model_input
+from regimen.train.whole_sequences import SequenceBatch
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,9 @@ class Outputs:
     `[B, T, K(, H, W)]`, labels `y`, soft targets `p`, and `guide`, the inputs in model layout
     `[B, T, C, H, W]` (what an edge-aware CRF weighs its edges by; None where not read or for a
     forecast), `valid`, False at missing nodes (None where the data has no mask), and for a forecast
-    `x`, the T_in observed frames, and `last`, the targets of the last of them `[B, 1, ...]`. CPU
-    tensors."""
+    `x`, the T_in observed frames, and `last`, the targets of the last of them `[B, 1, ...]`. With
+    stateful evaluation and a PGM, `pgm_labels` and `pgm_probs` hold the PGM's decoding and marginals
+    of the windows' whole sequences (`whole_sequences`). CPU tensors."""
 
     rows: np.ndarray
     unaries: torch.Tensor
@@ -101,6 +103,8 @@ class Outputs:
     valid: Optional[torch.Tensor] = None
     x: Optional[torch.Tensor] = None
     last: Optional[torch.Tensor] = None
+    pgm_labels: Optional[torch.Tensor] = None
+    pgm_probs: Optional[torch.Tensor] = None
 
 
 @torch.no_grad()
@@ -132,7 +136,8 @@ def stateful_outputs(stack: Stack, data: TaskData, split: str, device: torch.dev
     previous window left at this window's first frame (`evaluation.stateful`): a long sequence is
     read as one stream instead of from zeros every `T_window` frames, and every window's unaries
     are those of the network run over the whole sequence. Sequences are read `batch_size` at a
-    time, window by window, so the batches come by sequence, not in the split's order."""
+    time, window by window, so the batches come by sequence, not in the split's order; with a PGM,
+    once all of a batch's windows are read, it decodes their whole sequences."""
     stack.eval()
     windows = data.windows(split)
     stride = int(data.meta["stride"])
@@ -143,6 +148,7 @@ def stateful_outputs(stack: Stack, data: TaskData, split: str, device: torch.dev
     groups = sorted(by_sequence.values(), key=len, reverse=True)
     for first in track(range(0, len(groups), batch_size), f"predict {split} (stateful)", "sequences"):
         chunk, state = groups[first:first + batch_size], None
+        sequences = SequenceBatch(windows.start)
         for step in range(len(chunk[0])):
             rows = np.array([group[step] for group in chunk if len(group) > step])
             if state is not None:  # sequences that have run out of windows drop out
@@ -150,10 +156,13 @@ def stateful_outputs(stack: Stack, data: TaskData, split: str, device: torch.dev
             batch = windows[rows]
             x = model_input(batch["x"])  # (B, T, C, H, W)
             unaries, final = stack.unaries(x.to(device), state=state, return_state=True)
-            yield Outputs(rows, unaries.cpu(), batch["y"], batch.get("p"), x, batch.get("m"))
+            sequences.add(Outputs(rows, unaries.cpu(), batch["y"], batch.get("p"), x, batch.get("m")))
             # The next window starts `stride` frames later: continue from the state after them.
             state = (final if stride >= x.shape[1]
                      else stack.unaries(x[:, :stride].to(device), state=state, return_state=True)[1])
+        if stack.head is not None:
+            sequences.decode_with(stack.head)
+        yield from sequences.outputs
 
 
 def stored_outputs(arrays: dict[str, StoredArray], batch_size: int, guide: Optional[SplitArray] = None

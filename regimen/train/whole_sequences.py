@@ -1,0 +1,105 @@
+"""Whole-sequence decoding: the PGM over each sequence's whole chain, across window boundaries.
+
+With `evaluation.stateful` every window's unaries are those of the network run
+over its whole sequence (`inference.stateful_outputs`), so a sequence's frames
+have one unary each however its windows overlap. Decoding each window on its
+own would still cut the chain at every window boundary: an HMM's or a chain
+CRF's Viterbi and forward-backward would see `T_window` frames of context, and
+the space-time CRF would have no link from one window's last frame to the next
+one's first. Here the windows of a batch of sequences are stitched back into
+each sequence's frames, the head decodes (and gives marginals of) every whole
+sequence at once, and each window gets its slice: the result equals decoding
+the concatenated sequence, and a frame covered by two windows gets one label.
+
+Memory is bounded by the batch of sequences, not by a window: every frame of
+those sequences is held until they are decoded.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from regimen.train.pgm import PGMHead
+
+
+class SequenceBatch:
+    """The windows of a batch of sequences, as `inference.Outputs` step by step, and where each one
+    starts in its sequence. `starts[row]`: a window's first frame in its sequence."""
+
+    def __init__(self, starts: np.ndarray):
+        self.starts = starts
+        self.outputs: list = []
+
+    def add(self, out) -> None:
+        self.outputs.append(out)
+
+    @torch.no_grad()
+    def decode_with(self, head: PGMHead) -> None:
+        """Sets every window's `pgm_labels` `[T(, H, W)]` and `pgm_probs` (the shape of its unaries)
+        from `head` run over whole sequences. Sequences of equal length are decoded together."""
+        pieces = self._pieces()
+        by_length: dict[int, list[int]] = {}
+        for sequence, windows in enumerate(pieces):
+            by_length.setdefault(self._length(windows), []).append(sequence)
+        for sequences in by_length.values():
+            chains = [self._stitched(pieces[s]) for s in sequences]
+            unaries, guide, valid = (None if chains[0][i] is None else torch.stack([c[i] for c in chains])
+                                     for i in range(3))
+            device = _device_of(head)
+            labels = head.decode(unaries.to(device), _to(guide, device), _to(valid, device)).cpu()
+            probs = head.log_marginals(unaries.to(device), _to(guide, device), _to(valid, device)).exp().cpu()
+            for chain, sequence in enumerate(sequences):
+                for out, index, start in pieces[sequence]:
+                    frames = slice(start, start + out.unaries.shape[1])
+                    out.pgm_labels[index] = labels[chain, frames]
+                    out.pgm_probs[index] = probs[chain, frames]
+
+    def _pieces(self) -> list[list[tuple]]:
+        """Per sequence (its position in the batch's first step), its windows in order: `(outputs,
+        index in them, start)`. Every step holds the sequences still reading, first ones first."""
+        pieces: list[list[tuple]] = []
+        for out in self.outputs:
+            out.pgm_labels = torch.empty(out.unaries[:, :, 0].shape, dtype=torch.long)
+            out.pgm_probs = torch.empty(out.unaries.shape)
+            for index, row in enumerate(out.rows):
+                if index == len(pieces):
+                    pieces.append([])
+                pieces[index].append((out, index, int(self.starts[row])))
+        return pieces
+
+    @staticmethod
+    def _length(windows: list[tuple]) -> int:
+        out, _, start = windows[-1]
+        return start + out.unaries.shape[1]
+
+    def _stitched(self, windows: list[tuple]) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """A sequence's unaries `[L, K(, H, W)]`, guide and valid from its windows: each frame from the
+        first window that holds it."""
+        length = self._length(windows)
+        taken = []  # (window, frames of it taken)
+        covered = 0
+        for out, index, start in windows:
+            end = start + out.unaries.shape[1]
+            if end > covered:
+                taken.append((out, index, slice(covered - start, end - start)))
+                covered = end
+        if covered != length or windows[0][2] != 0:
+            raise ValueError("a sequence's windows must cover it from its first frame, without gaps")
+
+        def joined(key: str) -> Optional[torch.Tensor]:
+            if getattr(taken[0][0], key) is None:
+                return None
+            return torch.cat([getattr(out, key)[index, frames] for out, index, frames in taken])
+
+        return joined("unaries"), joined("guide"), joined("valid")
+
+
+def _device_of(head: PGMHead) -> torch.device:
+    return next(iter(head.state_dict().values())).device
+
+
+def _to(tensor: Optional[torch.Tensor], device: torch.device) -> Optional[torch.Tensor]:
+    return None if tensor is None else tensor.to(device)
