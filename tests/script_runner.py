@@ -1,5 +1,5 @@
 """Run a project script as `python script.py args` would, in a child forked from a server that has
-already imported torch, NumPy and Matplotlib.
+already imported torch, NumPy, Matplotlib and the other heavy third-party modules.
 
 A fresh interpreter spends about 1.6 s of its 2 s on those imports before a script can read its
 config, and most end-to-end tests run several scripts. The child starts from an interpreter that
@@ -24,7 +24,10 @@ import traceback
 from pathlib import Path
 
 SERVER = multiprocessing.get_context("forkserver")
-SERVER.set_forkserver_preload(["numpy", "torch", "matplotlib.pyplot", "yaml"])
+# And the heavy third-party modules the phase scripts import at their start: scikit-learn (the
+# calibrators; hmmlearn's baselines import it too) takes about 1.2 s of every evaluate.py and export.py.
+SERVER.set_forkserver_preload(["numpy", "torch", "matplotlib.pyplot", "yaml", "sklearn.isotonic", "hmmlearn.hmm",
+                               "scipy.stats", "scipy.ndimage", "skimage.metrics", "h5py", "deap.tools"])
 # One script at a time: multiprocessing's bookkeeping of its children is not safe from two threads.
 # Process.start() polls every other unjoined child and reads its exit code from the pipe that
 # child's join() reads (one of them then reads an EOF: exit code 255), and under load about one run

@@ -101,8 +101,9 @@ class Bundle:
     def predict(self, x, normalized: bool = False, calibrated: bool = True, device: str | torch.device = "cpu") -> dict:
         """Labels `[N, T(, H, W)]` and class probabilities `[..., K]` (calibrated unless told not to);
         regression: predicted `values`. `normalized=True` takes already-processed windows
-        (a split file's `X`). A forecast: the past frames `[N, T_in, ...]` in, the T_out future
-        frames' predictions out."""
+        (a split file's `X`). A window may be any number of frames: a whole sequence is read as one
+        stream and its PGM decodes it whole. A forecast: the past frames `[N, T_in, ...]` in, the T_out
+        future frames' predictions out."""
         device = torch.device(device)
         x, valid = (torch.as_tensor(x, dtype=torch.float32), None) if normalized else self.prepare(x)
         self.check_past_frames(x.shape[1])
@@ -119,9 +120,10 @@ class Bundle:
 
     def report(self, data: TaskData, split: str, settings: EvaluationConfig, device="cpu", seed: int = 0) -> dict:
         """Metrics on a processed split before and after calibration (what `metrics.json` holds),
-        summed as its windows stream (`seed` draws the AUROC's sample of a large split)."""
+        summed as its windows stream (`seed` draws the AUROC's sample of a large split); with
+        `settings.stateful`, each sequence read as one stream and its PGM decoded whole."""
         device = torch.device(device)
-        batches = network_outputs(self.stack.to(device), data, split, device, self.batch_size)
+        batches = network_outputs(self.stack.to(device), data, split, device, self.batch_size, settings.stateful)
         calibrated = ("bundle", self.calibrator) if self.task != "regression" else None
         forecast = ForecastReport(data, settings, ["bundle"]) if data.forecast else None
         reports = split_reports(batches, data, {"bundle": self.stack.head}, settings, split_sample(data, split, seed),

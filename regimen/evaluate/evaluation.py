@@ -170,6 +170,9 @@ def load_evaluated(config: Config, ckpt: Path, pgm_path: Optional[Path], payload
     check_thresholds(config.evaluation, data)
     stack = stack_from_checkpoint(payload, f"--ckpt {ckpt}", config.training.mixed_precision)
     check_fits_data(stack, data, f"--ckpt {ckpt}")
+    if config.evaluation.stateful and stack.net.encoder.backward_cells is not None:
+        raise UserError(f"--ckpt {ckpt}: evaluation.stateful: a bidirectional ConvLSTM also reads each window "
+                        "backwards, so it cannot carry its state from one window to the next; set it to false")
     if pgm_path is not None or (stack.head is None and data.task != "regression"):
         stack.head = _pgm_next_to(ckpt, pgm_path, data) or stack.head
     made_with = from_dict(payload["config"], f"--ckpt {ckpt}") if "config" in payload else config
@@ -231,9 +234,6 @@ def evaluate(config: Config, ckpt: Path, split: str, out: Optional[Path], pgm_pa
     log.info("evaluating %s on the %s split (%s)", ckpt, split, "unaries + " + stack.head.type
              if stack.head is not None else "unaries")
 
-    if settings.stateful and stack.net.encoder.backward_cells is not None:
-        raise UserError(f"--ckpt {ckpt}: evaluation.stateful: a bidirectional ConvLSTM also reads each window "
-                        "backwards, so it cannot carry its state from one window to the next; set it to false")
     validation = validate(stack, data, config, device, settings.stateful)
     final = validation.choice["final"]
     predictors = {"unary": None} if stack.head is None else {"unary": None, "pgm": stack.head}
@@ -321,8 +321,8 @@ def model_cost(stack: Stack, x: torch.Tensor, device: torch.device, repeats: int
 
 
 def keep_the_better(stack: Stack, data: TaskData, device: torch.device, config: Config) -> Validation:
-    """`validate`; the stack drops a PGM that is not chosen."""
-    validation = validate(stack.to(device), data, config, device)
+    """`validate` (stateful with `evaluation.stateful`); the stack drops a PGM that is not chosen."""
+    validation = validate(stack.to(device), data, config, device, config.evaluation.stateful)
     if validation.choice["final"] == "unary" and stack.head is not None:
         log.info("predicting with the network alone, without the %s", stack.head.type)
         stack.head = None
