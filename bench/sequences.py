@@ -12,7 +12,8 @@ score is a frame score over whole sequences:
 - `regimes`: the built-in switching field on an 8 x 8 grid (64 values a frame, what the Gaussian
   baselines take at most), whose emissions are not Gaussian.
 
-For each: phase 0, phase 1, phase 2 with the HMM and with the chain CRF, then evaluate.py per PGM,
+For each: phase 0, phase 1, phase 2 with the HMM (the hybrid emission over the class prior, and the
+predictive one, `model.pgm.emission`) and with the chain CRF, then evaluate.py per PGM,
 with each window on its own and with `evaluation.stateful` (the network's state carried from window
 to window and the PGM decoding every whole sequence). evaluate.py's `baselines` section gives
 hmmlearn's `GaussianHMM` (full covariance, parameters counted from the training labels, Viterbi over
@@ -39,6 +40,11 @@ DATASETS = {
     "regimes": ["data.dataset=regimes", "data.generator.num_sequences=600", "data.generator.sequence_length=48",
                 "data.generator.height=8", "data.generator.width=8"],
 }
+
+PGMS = {"hmm": ("HMM", ["--set", "model.pgm.type=hmm"]),  # folder: (label, settings)
+        "hmm_predictive": ("HMM, predictive emission",
+                           ["--set", "model.pgm.type=hmm", "--set", "model.pgm.emission=predictive"]),
+        "chain_crf": ("chain CRF", ["--set", "model.pgm.type=chain_crf"])}
 
 
 def true_hmm(seed: int = 0) -> GaussianHMM:
@@ -79,17 +85,17 @@ def accuracies(out: Path, dataset: str, settings: list[str]) -> dict[str, float]
     run("tools/preprocess.py", *config)
     run("train_convlstm.py", *config, "--save", str(unary), "--overwrite")
     rows = {}
-    for pgm in ("hmm", "chain_crf"):
-        run("fit_pgm.py", *config, "--set", f"model.pgm.type={pgm}", "--features", str(unary / "features.pt"),
-            "--save", str(out / pgm), "--overwrite")
+    for pgm, (label, settings) in PGMS.items():
+        run("fit_pgm.py", *config, *settings, "--features", str(unary / "features.pt"), "--save", str(out / pgm),
+            "--overwrite")
         for stateful in ("false", "true"):
             report = out / f"{pgm}_stateful_{stateful}"
-            run("evaluate.py", *config, "--set", f"evaluation.stateful={stateful}", "--ckpt", str(unary / "best.pt"),
-                "--pgm", str(out / pgm / "pgm_params.pkl"), "--out", str(report))
+            run("evaluate.py", *config, *settings, "--set", f"evaluation.stateful={stateful}", "--ckpt",
+                str(unary / "best.pt"), "--pgm", str(out / pgm / "pgm_params.pkl"), "--out", str(report))
             result = json.loads((report / "metrics.json").read_text())["evaluate_test"]
             where = "whole sequences" if stateful == "true" else "each window alone"
             rows[f"unaries ({'stateful' if stateful == 'true' else 'each window alone'})"] = result["unary"]["accuracy"]
-            rows[f"+ {pgm} ({where})"] = result["pgm"]["accuracy"]
+            rows[f"+ {label} ({where})"] = result["pgm"]["accuracy"]
             baselines = result.get("baselines") or {}
     for name, label in (("gaussian_hmm", "hmmlearn GaussianHMM (labels, whole sequences)"),
                         ("gaussian_classifier", "per-frame Gaussian classifier")):

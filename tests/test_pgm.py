@@ -163,3 +163,34 @@ def test_hmm_counts_and_baum_welch_summed_by_chunk_equal_the_whole_split(monkeyp
     torch.testing.assert_close(em.model.log_trans, reference.model.log_trans)
     prior = torch.softmax(unaries, dim=2).mean(dim=(0, 1, 3, 4))
     torch.testing.assert_close(em.log_prior.exp(), prior)
+
+
+def test_predictive_emissions_of_an_exact_filter_give_the_hmms_own_smoothing_and_viterbi():
+    """Unaries that are an HMM's filtering distributions `log p(z_t | x_1..t)` (what a one-directional
+    network approximates): over the one-step prediction they are the frames' likelihoods up to a
+    constant a frame, so the head's marginals and Viterbi path are the HMM's own, exactly; over the
+    prior (the plain hybrid emission) the past frames count twice and the marginals differ."""
+    from models.hmm import viterbi
+    torch.manual_seed(0)
+    k = 3
+    log_start = torch.log_softmax(torch.randn(k, dtype=torch.float64), 0)
+    log_trans = torch.log_softmax(2 * torch.eye(k, dtype=torch.float64) + torch.randn(k, k, dtype=torch.float64), 1)
+    log_emit = 2 * torch.randn(6, 9, k, dtype=torch.float64)  # (M, T, K) frames' log-likelihoods
+    filtered, log_alpha = [], log_start + log_emit[:, 0]
+    for step in range(log_emit.shape[1]):
+        if step:
+            log_alpha = torch.logsumexp(filtered[-1][:, :, None] + log_trans, dim=1) + log_emit[:, step]
+        filtered.append(torch.log_softmax(log_alpha, dim=1))
+    unaries = torch.stack(filtered, dim=1)
+    _, smoothed = forward_backward(log_start, log_trans, log_emit)
+    paths, _ = viterbi(log_start, log_trans, log_emit)
+    for emission, exact in (("predictive", True), ("prior", False)):
+        hmm = PGMHead(pgm_settings(PGMConfig(type="hmm", emission=emission), "tagging", k)).double()
+        hmm.model.log_start.copy_(log_start)
+        hmm.model.log_trans.copy_(log_trans)
+        hmm.log_prior.copy_(log_start)  # the network's first frame saw only that frame
+        assert float(hmm.emission_scale.detach()) == pytest.approx(1.0)
+        marginals = hmm.log_marginals(unaries).exp()
+        assert torch.allclose(marginals, smoothed, atol=1e-6) == exact
+        if exact:
+            assert torch.equal(hmm.decode(unaries), paths)

@@ -216,6 +216,7 @@ class PGMConfig:
     fit_lr: float = 0.05  # Adam learning rate of those steps
     l2: float = 1.0e-3  # Gaussian prior (MAP) on crf / chain_crf parameters
     pseudo_count: float = 1.0  # HMM Dirichlet pseudo-counts (0: maximum likelihood)
+    emission: str = "prior"  # HMM: posterior over the class prior | predictive (over the one-step prediction)
 
 
 @dataclass

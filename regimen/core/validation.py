@@ -222,6 +222,7 @@ def _validate_model(check: _Checker) -> None:
     check.require(0.0 <= check.config.model.pgm.damping < 1.0, "model.pgm.damping", "must be in [0, 1)")
     check.one_of("model.pgm.compatibility", ("potts", "learned"))
     check.one_of("model.pgm.fit", ("mle", "em"))
+    check.one_of("model.pgm.emission", ("prior", "predictive"))
     check.require(check.config.model.pgm.fit == "mle" or check.config.model.pgm.type == "hmm",
                   "model.pgm.fit", "em (Baum-Welch) applies to model.pgm.type = hmm only; use mle")
 

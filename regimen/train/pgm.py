@@ -50,6 +50,8 @@ def pgm_settings(pgm: PGMConfig, task: str, num_classes: int) -> dict:
     """What rebuilds a head: plain values only (they go into pickles and checkpoints)."""
     check_pgm_task(pgm.type, task)
     settings = {"type": pgm.type, "task": task, "num_classes": num_classes}
+    if pgm.type == "hmm":
+        settings["emission"] = pgm.emission
     if pgm.type == "crf":
         settings.update(neighbourhood=pgm.neighbourhood, temporal_links=pgm.temporal_links,
                         iterations=pgm.mean_field_iters, pairwise_weight=pgm.pairwise_weight,
@@ -66,6 +68,15 @@ class PGMHead(nn.Module):
     `scale > 0`: the acoustic scale of hybrid speech recognisers, which weighs
     a network's (often under- or over-confident) posteriors against the
     transitions.
+
+    The HMM's `emission: predictive` divides by the one-step prediction
+    instead of the prior. A one-directional ConvLSTM's posterior at frame t has
+    read frames 1..t: it approximates the filter `p(z_t | x_1..t)`, which is
+    `p(x_t | z_t) p(z_t | x_1..t-1)` normalised. Dividing by the class prior
+    leaves the past frames' evidence in, and the chain counts it again;
+    dividing by `p(z_t | x_1..t-1) = posterior_{t-1} @ A` leaves the frame's
+    own likelihood (up to a constant), what an HMM's emission is. A chain's
+    first frame, where the network starts from zeros, is divided by the prior.
 
     Args:
         settings: from `pgm_settings` (type, task, num_classes, CRF options).
@@ -89,6 +100,7 @@ class PGMHead(nn.Module):
         self.raw_scale = nn.Parameter(torch.tensor(inverse_softplus(1.0)))
         if self.type == "hmm":
             self.register_buffer("log_prior", torch.full((k,), -float(np.log(k))))
+            self.predictive = settings.get("emission", "prior") == "predictive"
 
     @property
     def emission_scale(self) -> torch.Tensor:
@@ -173,8 +185,16 @@ class PGMHead(nn.Module):
         """Scaled emission scores of chains `[M, T, K]` of unaries."""
         log_posterior = F.log_softmax(chains, dim=2)
         if self.type == "hmm":  # scaled likelihoods of the hybrid HMM/NN
-            log_posterior = log_posterior - self.log_prior
+            log_posterior = log_posterior - (self._log_predicted(log_posterior) if self.predictive else self.log_prior)
         return self.emission_scale * log_posterior
+
+    def _log_predicted(self, log_posterior: torch.Tensor) -> torch.Tensor:
+        """`log p(z_t | x_1..t-1)` `[M, T, K]` from the posteriors before each frame and the
+        transitions (the prior at the first frame)."""
+        m, _, k = log_posterior.shape
+        # shape: (M, T-1, K_prev, K_next), summed over the previous state
+        moved = torch.logsumexp(log_posterior[:, :-1, :, None] + self.model.log_trans.to(log_posterior.dtype), dim=2)
+        return torch.cat([self.log_prior.expand(m, 1, k).to(log_posterior.dtype), moved], dim=1)
 
     @staticmethod
     def _chains(unaries: torch.Tensor) -> torch.Tensor:
