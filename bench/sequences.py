@@ -13,7 +13,8 @@ score is a frame score over whole sequences:
   baselines take at most), whose emissions are not Gaussian.
 
 For each: phase 0, phase 1, phase 2 with the HMM (the hybrid emission over the class prior, and the
-predictive one, `model.pgm.emission`) and with the chain CRF, then evaluate.py per PGM,
+predictive one, `model.pgm.emission`, with Viterbi and with marginal decoding) and with the chain
+CRF, then evaluate.py per PGM,
 with each window on its own and with `evaluation.stateful` (the network's state carried from window
 to window and the PGM decoding every whole sequence). evaluate.py's `baselines` section gives
 hmmlearn's `GaussianHMM` (full covariance, parameters counted from the training labels, Viterbi over
@@ -44,6 +45,9 @@ DATASETS = {
 PGMS = {"hmm": ("HMM", ["--set", "model.pgm.type=hmm"]),  # folder: (label, settings)
         "hmm_predictive": ("HMM, predictive emission",
                            ["--set", "model.pgm.type=hmm", "--set", "model.pgm.emission=predictive"]),
+        "hmm_predictive_marginals": ("HMM, predictive emission, marginal decoding",
+                                     ["--set", "model.pgm.type=hmm", "--set", "model.pgm.emission=predictive",
+                                      "--set", "model.pgm.decoding=marginals"]),
         "chain_crf": ("chain CRF", ["--set", "model.pgm.type=chain_crf"])}
 
 

@@ -194,3 +194,18 @@ def test_predictive_emissions_of_an_exact_filter_give_the_hmms_own_smoothing_and
         assert torch.allclose(marginals, smoothed, atol=1e-6) == exact
         if exact:
             assert torch.equal(hmm.decode(unaries), paths)
+
+
+@pytest.mark.parametrize("pgm_type", ["hmm", "chain_crf"])
+def test_marginal_decoding_takes_each_nodes_likeliest_label(pgm_type):
+    torch.manual_seed(3)
+    unaries = 2 * torch.randn(64, 7, 3)
+    viterbi_head = head(pgm_type, "tagging")
+    marginal_head = PGMHead(pgm_settings(PGMConfig(type=pgm_type, decoding="marginals"), "tagging", 3))
+    with torch.no_grad():
+        sticky = torch.log_softmax(torch.eye(3) * 3 + torch.rand(3, 3), dim=1)
+        (viterbi_head.model.log_trans if pgm_type == "hmm" else viterbi_head.model.transitions).copy_(sticky)
+    marginal_head.load_state_dict(viterbi_head.state_dict())
+    labels = marginal_head.decode(unaries)
+    assert torch.equal(labels, marginal_head.log_marginals(unaries).argmax(dim=2))
+    assert not torch.equal(labels, viterbi_head.decode(unaries))  # the likeliest path is another labelling

@@ -217,6 +217,7 @@ class PGMConfig:
     l2: float = 1.0e-3  # Gaussian prior (MAP) on crf / chain_crf parameters
     pseudo_count: float = 1.0  # HMM Dirichlet pseudo-counts (0: maximum likelihood)
     emission: str = "prior"  # HMM: posterior over the class prior | predictive (over the one-step prediction)
+    decoding: str = "viterbi"  # HMM, chain CRF: viterbi (the likeliest path) | marginals (each node's likeliest label)
 
 
 @dataclass

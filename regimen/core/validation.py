@@ -223,6 +223,7 @@ def _validate_model(check: _Checker) -> None:
     check.one_of("model.pgm.compatibility", ("potts", "learned"))
     check.one_of("model.pgm.fit", ("mle", "em"))
     check.one_of("model.pgm.emission", ("prior", "predictive"))
+    check.one_of("model.pgm.decoding", ("viterbi", "marginals"))
     check.require(check.config.model.pgm.fit == "mle" or check.config.model.pgm.type == "hmm",
                   "model.pgm.fit", "em (Baum-Welch) applies to model.pgm.type = hmm only; use mle")
 

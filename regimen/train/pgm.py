@@ -52,6 +52,8 @@ def pgm_settings(pgm: PGMConfig, task: str, num_classes: int) -> dict:
     settings = {"type": pgm.type, "task": task, "num_classes": num_classes}
     if pgm.type == "hmm":
         settings["emission"] = pgm.emission
+    if pgm.type != "crf":
+        settings["decoding"] = pgm.decoding
     if pgm.type == "crf":
         settings.update(neighbourhood=pgm.neighbourhood, temporal_links=pgm.temporal_links,
                         iterations=pgm.mean_field_iters, pairwise_weight=pgm.pairwise_weight,
@@ -126,10 +128,13 @@ class PGMHead(nn.Module):
     def decode(self, unaries: torch.Tensor, guide: Optional[torch.Tensor] = None,
                valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The jointly most likely labelling (Viterbi on chains; on the grid the mean-field argmax or
-        max-product BP); missing nodes as in `log_marginals`."""
+        max-product BP), or on chains with `decoding: marginals` each node's most likely label, which
+        gets the most nodes right; missing nodes as in `log_marginals`."""
         unaries = unaries.float()
         if self.type == "crf":
             return self.model.decode(_data_term(unaries, valid), _float(guide))
+        if self.settings.get("decoding") == "marginals":
+            return self.log_marginals(unaries, guide, valid).argmax(dim=2)
         emissions = self._emissions_of(unaries, valid)
         if self.type == "hmm":
             paths, _ = viterbi(self.model.log_start, self.model.log_trans, emissions)
