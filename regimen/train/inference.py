@@ -239,7 +239,7 @@ def decode(head: Optional[PGMHead], unaries: torch.Tensor, guide: Optional[torch
     if head is None:
         return unaries.argmax(dim=2)
     head.eval()
-    device = _device_of(head)
+    device = head.device
     return torch.cat([head.decode(unaries[i:i + batch_size].to(device), _rows(guide, i, batch_size, device),
                                   _rows(valid, i, batch_size, device)).cpu()
                       for i in range(0, len(unaries), batch_size)])
@@ -250,7 +250,7 @@ def marginals(head: PGMHead, unaries: torch.Tensor, guide: Optional[torch.Tensor
               valid: Optional[torch.Tensor] = None, batch_size: int = 16) -> torch.Tensor:
     """The head's marginal class probabilities, the shape of `unaries`."""
     head.eval()
-    device = _device_of(head)
+    device = head.device
     return torch.cat([head.log_marginals(unaries[i:i + batch_size].to(device), _rows(guide, i, batch_size, device),
                                          _rows(valid, i, batch_size, device)).exp().cpu()
                       for i in range(0, len(unaries), batch_size)])
@@ -285,10 +285,6 @@ def choose_predictor(head: Optional[PGMHead], task: str, val: Optional[dict], us
                     f"the {'unaries alone are' if final == 'unary' else head.type + ' is'} the final predictor "
                     f"(evaluation.use_pgm: {use_pgm})")
     return {"final": final, "use_pgm": use_pgm, "val": comparison}
-
-
-def _device_of(head: PGMHead) -> torch.device:
-    return next(iter(head.state_dict().values())).device
 
 
 def _rows(guide: Optional[torch.Tensor], start: int, size: int, device: torch.device) -> Optional[torch.Tensor]:

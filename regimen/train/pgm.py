@@ -105,6 +105,10 @@ class PGMHead(nn.Module):
             self.predictive = settings.get("emission", "prior") == "predictive"
 
     @property
+    def device(self) -> torch.device:
+        return next(iter(self.state_dict().values())).device
+
+    @property
     def emission_scale(self) -> torch.Tensor:
         return F.softplus(self.raw_scale)
 

@@ -40,6 +40,9 @@ class SequenceBatch:
     def decode_with(self, head: PGMHead) -> None:
         """Sets every window's `pgm_labels` `[T(, H, W)]` and `pgm_probs` (the shape of its unaries)
         from `head` run over whole sequences. Sequences of equal length are decoded together."""
+        for out in self.outputs:
+            out.pgm_labels = torch.empty(out.unaries[:, :, 0].shape, dtype=torch.long)
+            out.pgm_probs = torch.empty(out.unaries.shape)
         pieces = self._pieces()
         by_length: dict[int, list[int]] = {}
         for sequence, windows in enumerate(pieces):
@@ -48,7 +51,7 @@ class SequenceBatch:
             chains = [self._stitched(pieces[s]) for s in sequences]
             unaries, guide, valid = (None if chains[0][i] is None else torch.stack([c[i] for c in chains])
                                      for i in range(3))
-            device = _device_of(head)
+            device = head.device
             labels = head.decode(unaries.to(device), _to(guide, device), _to(valid, device)).cpu()
             probs = head.log_marginals(unaries.to(device), _to(guide, device), _to(valid, device)).exp().cpu()
             for chain, sequence in enumerate(sequences):
@@ -62,8 +65,6 @@ class SequenceBatch:
         index in them, start)`. Every step holds the sequences still reading, first ones first."""
         pieces: list[list[tuple]] = []
         for out in self.outputs:
-            out.pgm_labels = torch.empty(out.unaries[:, :, 0].shape, dtype=torch.long)
-            out.pgm_probs = torch.empty(out.unaries.shape)
             for index, row in enumerate(out.rows):
                 if index == len(pieces):
                     pieces.append([])
@@ -95,10 +96,6 @@ class SequenceBatch:
             return torch.cat([getattr(out, key)[index, frames] for out, index, frames in taken])
 
         return joined("unaries"), joined("guide"), joined("valid")
-
-
-def _device_of(head: PGMHead) -> torch.device:
-    return next(iter(head.state_dict().values())).device
 
 
 def _to(tensor: Optional[torch.Tensor], device: torch.device) -> Optional[torch.Tensor]:
