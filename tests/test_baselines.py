@@ -14,7 +14,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from regimen.core.config_file import load_config
 from regimen.data.preprocess import preprocess
-from regimen.evaluate.baselines import RIDGE, fit_from_labels, gaussian_baselines, whole_sequences
+from regimen.evaluate.baselines import RIDGE, fit_from_labels, gaussian_baselines, left_out_because, whole_sequences
 
 K, F = 3, 3
 
@@ -103,10 +103,17 @@ def test_evaluate_reports_the_baselines_beside_the_model(sensors, tmp_path):
 
 
 @pytest.mark.parametrize("meta, why", [
-    ({"task": "tagging", "masks": None, "shapes": {"train": {"X": [40, 12, 12, 1]}}}, "a frame has 144 values, above 64"),
-    ({"task": "tagging", "masks": {"mask": "M"}, "shapes": {"train": {"X": [40, 1, 1, 3]}}}, "missing frames"),
+    ({"task": "tagging", "masks": None, "shapes": {"train": {"X": [40, 8, 12, 12, 1]}}}, "a frame has 144 values, above 64"),
+    ({"task": "tagging", "masks": {"mask": "M"}, "shapes": {"train": {"X": [40, 8, 1, 1, 3]}}}, "missing frames"),
 ])
 def test_grids_and_masked_frames_leave_the_baselines_out(tmp_path, caplog, meta, why):
     with caplog.at_level(logging.INFO):
         assert gaussian_baselines(tmp_path, meta, "test") is None
     assert why in caplog.text
+
+
+def test_a_frame_of_64_values_in_windows_of_8_frames_keeps_the_baselines():
+    """The limit is on a frame's values, not a window's: 8 x 8 grids in windows of 8 frames qualify."""
+    assert left_out_because({"task": "tagging", "masks": None, "shapes": {"train": {"X": [2520, 8, 8, 8, 1]}}}) is None
+    assert left_out_because({"task": "tagging", "masks": None, "shapes": {"train": {"X": [2520, 8, 8, 9, 1]}}}) == \
+        "a frame has 72 values, above 64"

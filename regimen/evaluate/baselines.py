@@ -70,13 +70,22 @@ def frame_by_frame(model: GaussianHMM, priors: np.ndarray, inputs: np.ndarray) -
         return (np.log(priors)[None, :] + log_likelihood).argmax(1)
 
 
+def left_out_because(meta: dict) -> Optional[str]:
+    """Why the baselines do not apply to processed data (None: they do). `meta["shapes"]` holds
+    the windows' shapes `[N, T, H, W, C]`: a frame is what follows T."""
+    features = int(np.prod(meta["shapes"]["train"]["X"][2:]))
+    if meta["task"] != "tagging":
+        return "they tag frames"
+    if meta.get("masks"):
+        return "the data has missing frames"
+    return f"a frame has {features} values, above {MAX_FEATURES}" if features > MAX_FEATURES else None
+
+
 def gaussian_baselines(folder: Path, meta: dict, split: str) -> Optional[dict]:
     """Accuracy and macro F1 (and the rest of `label_metrics`) of both baselines on `split`, fitted
     on the training split; None (with a log line) where they do not apply."""
-    features = int(np.prod(meta["shapes"]["train"]["X"][1:]))
-    if meta["task"] != "tagging" or meta.get("masks") or features > MAX_FEATURES:
-        why = ("they tag frames" if meta["task"] != "tagging" else "the data has missing frames"
-               if meta.get("masks") else f"a frame has {features} values, above {MAX_FEATURES}")
+    why = left_out_because(meta)
+    if why is not None:
         log.info("evaluation.baselines: the Gaussian HMM and classifier are left out: %s", why)
         return None
     k = meta["num_classes"]
