@@ -44,7 +44,7 @@ def _scaled_passes(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: t
     """
     trans = log_trans.exp()
     peak = log_emit.amax(dim=2, keepdim=True)  # (B, T, 1)
-    emit = (log_emit - peak).exp().transpose(0, 1)  # (T, B, K)
+    emit = (log_emit - peak).exp().transpose(0, 1).contiguous()  # (T, B, K)
     ragged = not bool(mask.all())  # without masked steps, skip the per-step selects
     on = mask.T[..., None].unbind(0)  # T x (B, 1)
     emits = emit.unbind(0)
@@ -67,8 +67,9 @@ def _scaled_passes(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: t
     for step in range(len(emits) - 2, -1, -1):
         b = (scaled[step + 1] * betas[-1]) @ into
         betas.append(torch.where(on[step + 1], b, betas[-1]) if ragged else b)
-    return (torch.stack(alphas, dim=1), torch.stack(betas[::-1], dim=1), scale[..., 0].T, emit.transpose(0, 1),
-            log_likelihood)
+    # Stacked time-major (a contiguous copy), handed out batch-first as views.
+    return (torch.stack(alphas).transpose(0, 1), torch.stack(betas[::-1]).transpose(0, 1), scale[..., 0].T,
+            emit.transpose(0, 1), log_likelihood)
 
 
 def forward_backward(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Tensor,
@@ -96,58 +97,62 @@ def viterbi(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Te
     """Most likely state paths `[B, T]` (-1 at masked steps) and their log joint scores `[B]`.
 
     `log_end` `[K]` scores the last state of each chain (a linear-chain CRF's end transitions).
-    Decoding only: the scores carry no gradient. Where every chain's mask is a prefix (ragged lengths), the recursion runs unmasked and each
-    chain's result is read at its last step: no per-step selects.
+    Decoding only: the scores carry no gradient. The forward pass keeps each step's best scores
+    and no back-pointers: a max with its indices over a short axis costs about ten times a plain
+    max, so `backtrack` recomputes the one pointer each chain follows. Where every chain's mask is
+    a prefix (ragged lengths) the recursion runs unmasked and each chain is read at its last step.
     """
     mask = check_mask(log_emit, mask)
     b, t, k = log_emit.shape
+    log_trans = log_trans.to(log_emit.dtype)
     emit = log_emit.transpose(0, 1).contiguous()  # (T, B, K)
     prefix = bool((mask[:, 1:] <= mask[:, :-1]).all())
-    into = log_trans.T.contiguous()  # [K_next, K_prev]: reduce over the contiguous last axis
     deltas = torch.empty_like(emit)
-    pointers = torch.empty((t, b, k), dtype=torch.long, device=emit.device)
-    pointers[0] = torch.arange(k, device=emit.device)
-    moves = emit.new_empty((b, k, k))
-    torch.add(log_start, emit[0], out=deltas[0])
-    steps = list(zip(deltas.unbind(0), emit.unbind(0), pointers.unbind(0)))
+    torch.add(log_start.to(emit.dtype), emit[0], out=deltas[0])
+    moves = emit.new_empty((k, b, k))  # (K_prev, B, K_next): the max runs over the outer axis
+    into = log_trans[:, None, :]  # (K_prev, 1, K_next)
+    before = deltas.permute(0, 2, 1)[..., None].unbind(0)  # T x (K_prev, B, 1), views of deltas
+    rows, emits, on = deltas.unbind(0), emit.unbind(0), mask.T[..., None].unbind(0)
     for step in range(1, t):
-        delta, step_emit, arg = steps[step]
-        torch.add(steps[step - 1][0][:, None, :], into, out=moves)  # (B, K_next, K_prev)
-        torch.max(moves, dim=2, out=(delta, arg))
-        delta.add_(step_emit)
+        torch.add(before[step - 1], into, out=moves)
+        torch.amax(moves, dim=0, out=rows[step])
+        rows[step].add_(emits[step])
         if not prefix:  # a masked-off step keeps its chain where it was
-            on = mask[:, step, None]
-            delta.copy_(torch.where(on, delta, steps[step - 1][0]))
-            arg.copy_(torch.where(on, arg, pointers[0]))
+            rows[step].copy_(torch.where(on[step], rows[step], rows[step - 1]))
     last_step = mask.sum(dim=1) - 1 if prefix else torch.full((b,), t - 1, device=emit.device)
     final = deltas[last_step, torch.arange(b, device=emit.device)]  # (B, K)
-    score, state = (final if log_end is None else final + log_end).max(dim=1)
-    return backtrack(pointers, state, last_step, mask), score
+    score, state = (final if log_end is None else final + log_end.to(emit.dtype)).max(dim=1)
+    return backtrack(deltas, log_trans, state, last_step, None if prefix else mask), score
 
 
-def backtrack(pointers: torch.Tensor, last: torch.Tensor, last_step: torch.Tensor, mask: torch.Tensor
-              ) -> torch.Tensor:
-    """Follow back-pointers `[T, B, K]` from the states `last` `[B]` at each chain's `last_step`,
-    all chains at once; `[B, T]`, -1 where the mask is off. On the CPU the walk runs in numpy,
-    whose per-step indexing costs a fraction of torch's dispatch."""
-    t, b, _ = pointers.shape
-    if pointers.device.type == "cpu":
-        back, ends, steps, chains = pointers.numpy(), last_step.numpy(), last.numpy(), np.arange(b)
-        path = np.empty((t, b), dtype=np.int64)
-        state = steps.copy()
+def backtrack(deltas: torch.Tensor, log_trans: torch.Tensor, last: torch.Tensor, last_step: torch.Tensor,
+              holes: Optional[torch.Tensor]) -> torch.Tensor:
+    """The best paths `[B, T]` (-1 at masked steps) from the best scores of each step `deltas`
+    `[T, B, K]`, back from the states `last` at each chain's `last_step`: the state before s is the
+    argmax of `delta_{t-1} + log_trans[:, s]`. `holes`: the mask where it is not a prefix (a
+    masked-off step keeps the state). On the CPU the walk runs in numpy, whose per-step indexing
+    costs a fraction of torch's dispatch."""
+    t, b, _ = deltas.shape
+    on = torch.arange(t, device=deltas.device)[None] <= last_step[:, None] if holes is None else holes
+    if deltas.device.type == "cpu":
+        scores, trans, ends, final = deltas.numpy(), log_trans.numpy(), last_step.numpy(), last.numpy()
+        kept = None if holes is None else holes.numpy()
+        path, state = np.empty((t, b), dtype=np.int64), final
         for step in range(t - 1, -1, -1):
-            state = np.where(ends == step, steps, state)
+            state = np.where(ends == step, final, state)
             path[step] = state
-            state = back[step, chains, state]
-        path = torch.from_numpy(path.T.copy())
-    else:
-        chains, state, rows = torch.arange(b, device=last.device), last.clone(), []
-        for step in range(t - 1, -1, -1):
-            state = torch.where(last_step == step, last, state)
-            rows.append(state)
-            state = pointers[step, chains, state]
-        path = torch.stack(rows[::-1], dim=1)
-    return torch.where(mask, path, -1)
+            if step:
+                before = (scores[step - 1] + trans[:, state].T).argmax(axis=1)
+                state = before if kept is None else np.where(kept[:, step], before, state)
+        return torch.where(on, torch.from_numpy(path.T.copy()), -1)
+    rows, state = [], last
+    for step in range(t - 1, -1, -1):
+        state = torch.where(last_step == step, last, state)
+        rows.append(state)
+        if step:
+            before = (deltas[step - 1] + log_trans[:, state].T).argmax(dim=1)
+            state = before if holes is None else torch.where(holes[:, step], before, state)
+    return torch.where(on, torch.stack(rows[::-1], dim=1), -1)
 
 
 class HMM(nn.Module):

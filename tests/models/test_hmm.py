@@ -56,6 +56,28 @@ def test_forward_backward_and_viterbi_equal_enumeration(seed):
         assert abs(float(scores[b] - logs[best])) < 1e-9
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_steps_masked_inside_a_chain_decode_as_if_removed(seed):
+    """A mask with holes (not a prefix): Viterbi and forward-backward equal the chains with the
+    masked steps taken out (no transition, no emission there); -1 and 0 at the holes."""
+    k, t = 4, 9
+    log_start, log_trans, g = random_hmm(k, seed)
+    log_emit = torch.randn(5, t, k, generator=g, dtype=torch.float64)
+    mask = torch.rand(5, t, generator=g) > 0.35
+    mask[:, 0] = True
+    paths, scores = viterbi(log_start, log_trans, log_emit, mask)
+    log_likelihood, posteriors = forward_backward(log_start, log_trans, log_emit, mask)
+    for b in range(5):
+        kept = log_emit[b][mask[b]][None]
+        alone, alone_score = viterbi(log_start, log_trans, kept)
+        assert paths[b][mask[b]].tolist() == alone[0].tolist() and (paths[b][~mask[b]] == -1).all()
+        assert abs(float(scores[b] - alone_score[0])) < 1e-9
+        alone_likelihood, alone_posteriors = forward_backward(log_start, log_trans, kept)
+        assert abs(float(log_likelihood[b] - alone_likelihood[0])) < 1e-9
+        assert torch.allclose(posteriors[b][mask[b]], alone_posteriors[0], atol=1e-9)
+        assert (posteriors[b][~mask[b]] == 0).all()
+
+
 def test_a_masked_step_leaves_the_chain_where_it_was():
     from models.hmm import _scaled_passes
     log_start, log_trans, g = random_hmm(3, 2)
