@@ -54,7 +54,13 @@ AUTOREGRESSIVE = {"data": {"task": "regression", "forecast": {"input_frames": 3,
                   "training": {"scheduled_sampling": {"start": 0.9, "decay_epochs": 2}}}
 
 
-@pytest.mark.parametrize("extra", [{}, AUTOREGRESSIVE], ids=["labelling", "autoregressive forecast"])
+# Truncated BPTT: each window starts from its sequence's previous window's final state, and batches hold
+# sequences in step; a resumed epoch starts every sequence again from its first window.
+STATEFUL = {"data": {"T_window": 4, "stride": 4}, "training": {"stateful": True}}
+
+
+@pytest.mark.parametrize("extra", [{}, AUTOREGRESSIVE, STATEFUL],
+                         ids=["labelling", "autoregressive forecast", "stateful training"])
 def test_a_trainer_killed_mid_epoch_and_resumed_ends_with_the_same_weights(write_config, tmp_path, extra):
     config = load_config(write_config(merge({"model": {"convlstm": {"hidden_sizes": [4, 4], "dropout": 0.2}},
                                              "training": {"epochs": 3, "batch_size": 4}}, extra)))
@@ -63,7 +69,7 @@ def test_a_trainer_killed_mid_epoch_and_resumed_ends_with_the_same_weights(write
     straight = trainer_for(config, data, new_stack(config, data), tmp_path / "a")
     straight.fit()
 
-    steps_per_epoch = -(-len(data.windows("train")) // 4)
+    steps_per_epoch = len(straight.batches)
     with pytest.raises(Killed):  # dies in the middle of epoch 2
         trainer_for(config, data, new_stack(config, data), tmp_path / "b",
                     kill_at_step=steps_per_epoch + 2).fit()

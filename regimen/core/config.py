@@ -252,6 +252,7 @@ class TrainingConfig:
     mixed_precision: bool = True
     early_stopping_patience: int = 8
     save_feature_maps: bool = False  # features.pt also holds the last layer's feature maps
+    stateful: bool = False  # truncated BPTT: a window starts from the state its sequence's previous window left
     joint: JointConfig = field(default_factory=JointConfig)
     scheduled_sampling: SamplingConfig = field(default_factory=SamplingConfig)  # the autoregressive forecaster
 

@@ -239,6 +239,22 @@ def _validate_training(check: _Checker) -> None:
     check.one_of("loss.unary", UNARY_LOSSES)
     check.non_negative("training.weight_decay", "training.grad_clip", "training.warmup_epochs",
                        "loss.alpha_unary", "loss.beta_structured", "loss.gamma_consistency")
+    if training.stateful:
+        _validate_stateful_training(check)
+
+
+def _validate_stateful_training(check: _Checker) -> None:
+    """Truncated BPTT hands a window's final state to its sequence's next window: the windows must
+    tile their sequences, in one direction, and keep their frames where they are."""
+    config, data = check.config, check.config.data
+    check.require(data.stride == data.T_window, "training.stateful",
+                  f"starts each window from the state its sequence's previous window ended with, so windows "
+                  f"must tile the sequences: set data.stride ({data.stride}) = data.T_window ({data.T_window})")
+    off = {"model.convlstm.bidirectional": "a bidirectional ConvLSTM also reads each window backwards",
+           "data.forecast": "each forecast starts from its own T_in frames",
+           "data.augmentations.temporal_jitter": "a shifted window no longer ends where the next one starts"}
+    for key, reason in off.items():
+        check.require(not get_key(config, key), "training.stateful", f"{reason}: set {key} off")
 
 
 def can_feed_back(data: DataConfig) -> bool:

@@ -96,6 +96,39 @@ class ShuffledBatches(Sampler):
         return math.ceil(self.count / self.size)
 
 
+class SequenceBatches(Sampler):
+    """Every pass: the sequences in chunks of `size`; each chunk gives one global batch per window,
+    holding the next window of each of its sequences in step (longest first, so the ones that run
+    out drop off the end and a sequence keeps its place in the batch): what truncated
+    backpropagation through time reads (`training.stateful`). The sequences are shuffled by
+    `generator`, then ordered by length (a stable sort: equal lengths stay shuffled), so chunks
+    hold sequences of about one length; the chunks come in an order of their own.
+
+    Args:
+        sequence: each window's sequence, in the order of a sequence's windows (the window index).
+        size: sequences a chunk (the global batch).
+    """
+
+    def __init__(self, sequence: np.ndarray, size: int, generator: torch.Generator):
+        self.size, self.generator, self.count = size, generator, len(sequence)
+        by_sequence: dict[int, list[int]] = {}
+        for row, owner in enumerate(sequence):
+            by_sequence.setdefault(int(owner), []).append(row)
+        self.sequences = list(by_sequence.values())
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(len(self.sequences), generator=self.generator).tolist()
+        ordered = sorted((self.sequences[i] for i in order), key=len, reverse=True)
+        chunks = [ordered[first:first + self.size] for first in range(0, len(ordered), self.size)]
+        for c in torch.randperm(len(chunks), generator=self.generator).tolist():
+            for step in range(len(chunks[c][0])):
+                yield [rows[step] for rows in chunks[c] if len(rows) > step]
+
+    def __len__(self) -> int:
+        lengths = sorted((len(rows) for rows in self.sequences), reverse=True)
+        return sum(lengths[first] for first in range(0, len(lengths), self.size))
+
+
 @dataclass(frozen=True)
 class Share:
     """One process's part of one global batch of training windows.

@@ -31,17 +31,19 @@ class Part:
         dropout_seeds: one per window, drawn for the global batch (see `ConvLSTM`).
         teacher: which fed-back frames of each window are the true ones `[B, T_out - 1]` (the
             autoregressive forecaster's scheduled sampling; None: its own predictions).
+        carry: the state the windows start from and end with (`tbptt.Carry`, training.stateful).
     """
 
     windows: float = 1.0
     observed: float = 1.0
     dropout_seeds: Optional[list[int]] = None
     teacher: Optional[torch.Tensor] = None
+    carry: Optional[object] = None
 
     def network_inputs(self, batch: dict) -> dict:
-        """What `Stack.unaries` takes besides the inputs: dropout seeds, and for scheduled sampling
-        the true future frames (`x_future`) and which to feed."""
-        extra = {"dropout_seeds": self.dropout_seeds}
+        """What `Stack.unaries` takes besides the inputs: dropout seeds, the carried state, and for
+        scheduled sampling the true future frames (`x_future`) and which to feed."""
+        extra = {"dropout_seeds": self.dropout_seeds, "carry": self.carry}
         if self.teacher is not None:
             extra.update(future=batch["x_future"], teacher=self.teacher)
         return extra

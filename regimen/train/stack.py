@@ -103,14 +103,21 @@ class Stack(nn.Module):
 
     def unaries(self, x: torch.Tensor, return_features: bool = False, state: Optional[list] = None,
                 return_state: bool = False, dropout_seeds: Optional[list[int]] = None,
-                future: Optional[torch.Tensor] = None, teacher: Optional[torch.Tensor] = None):
+                future: Optional[torch.Tensor] = None, teacher: Optional[torch.Tensor] = None,
+                carry=None):
         """Network outputs in fp32 for model-layout inputs `[B, T, C, H, W]`; with `return_features`
         also the last layer's features, with `return_state` also the ConvLSTM's final state, from
         which the next frames continue (`state=`); `dropout_seeds`: one per window (training);
-        `future`, `teacher`: the autoregressive forecaster's scheduled sampling (`ConvLSTMNet`)."""
+        `future`, `teacher`: the autoregressive forecaster's scheduled sampling (`ConvLSTMNet`);
+        `carry` (a `tbptt.Carry`, training.stateful): the state to start from, and where the final
+        state goes, detached."""
+        if carry is not None:
+            state = carry.state
         with autocast_for(x.device, self.mixed_precision):
             out, features, final = self.net(x, state, return_features=True, return_state=True,
                                             dropout_seeds=dropout_seeds, future=future, teacher=teacher)
+        if carry is not None:
+            carry.final = [(h.detach(), c.detach()) for h, c in final]
         extra = ((features.float(),) if return_features else ()) + ((final,) if return_state else ())
         return (out.float(), *extra) if extra else out.float()
 

@@ -23,7 +23,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -36,14 +36,16 @@ from regimen.core.errors import UserError
 from regimen.core.progress import track
 from regimen.data.augment import Augmenter, Batch, part_of
 from regimen.data.processed import TaskData
-from regimen.data.windows import ShardedBatches, Share, SharedWindows, ShuffledBatches, window_loader
+from regimen.data.windows import Share
 from regimen.scores.metrics import MAIN_METRIC
 from regimen.train.curves import plot_learning_curve
 from regimen.train.distributed import World
 from regimen.train.losses import Part
 from regimen.train.random_state import rng_state, set_rng_state
 from regimen.train.sampling import ScheduledSampling
-from regimen.train.stack import Stack, model_input, needs_grad_scaler, precision
+from regimen.train.batches import epoch_batches, micro_batches, share_loader
+from regimen.train.stack import Stack, needs_grad_scaler, precision
+from regimen.train.tbptt import Carry, StateCarrier
 
 SEED_RANGE = 2 ** 62  # dropout seeds per window
 
@@ -72,20 +74,21 @@ class Schedule:
     lr_key: str  # the config key of `lr`, for messages
     accumulate: int = 1  # micro-batches per process and step
     sampling: tuple[float, int] = (0.0, 0)  # scheduled sampling: the first chance of the truth, epochs to 0
+    stateful: bool = False  # truncated backpropagation through time across a sequence's windows
 
     @classmethod
     def pretraining(cls, config: Config) -> "Schedule":
         t = config.training
         return cls(t.epochs, t.lr, t.warmup_epochs, t.weight_decay, t.grad_clip, t.mixed_precision,
                    t.early_stopping_patience, t.batch_size, "training.lr", t.accumulate,
-                   (t.scheduled_sampling.start, t.scheduled_sampling.decay_epochs))
+                   (t.scheduled_sampling.start, t.scheduled_sampling.decay_epochs), t.stateful)
 
     @classmethod
     def joint(cls, config: Config) -> "Schedule":
         t = config.training
         return cls(t.joint.epochs, t.joint.lr, min(t.warmup_epochs, t.joint.epochs - 1), t.weight_decay,
                    t.grad_clip, t.mixed_precision, t.early_stopping_patience, t.batch_size, "training.joint.lr",
-                   t.accumulate)
+                   t.accumulate, stateful=t.stateful)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -178,15 +181,18 @@ class Trainer:
         self.metric = MAIN_METRIC[data.task][0]
         self.optimizer, self.trained = adamw(stack, schedule)
         self.order = torch.Generator().manual_seed(seed + 1)
-        steps = math.ceil(len(data.windows("train")) / schedule.batch_size)
+        self.batches = epoch_batches(data, schedule, self.order)
+        steps = len(self.batches)
         self.sampling = ScheduledSampling.of(stack, schedule.sampling, steps, seed + 4)
         data.windows("train").future_inputs = self.sampling is not None  # before its loader's workers copy it
-        self.batches, self.loader = training_batches(data, schedule, self.world, self.order, device)
+        self.loader = share_loader(data, self.batches, schedule, self.world, device)
+        self.carrier = StateCarrier(data.windows("train"), int(data.meta["stride"]), self.world) if schedule.stateful else None
         self.dropout_seeds = torch.Generator().manual_seed(seed + 3)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(schedule.warmup_epochs * steps, schedule.epochs * steps))
         self.scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(device, schedule.mixed_precision))
-        self.augmenter = Augmenter(augmentations, data.meta["spatial_invariant"], seed + 2)
+        # training.stateful: a window's flip or turn would not be its sequence's next window's
+        self.augmenter = Augmenter(augmentations, data.meta["spatial_invariant"] and not schedule.stateful, seed + 2)
         self.epoch, self.best, self.since_best, self.history = 0, None, 0, []
 
     # ------------------------------------------------------------------ public
@@ -261,12 +267,15 @@ class Trainer:
             teacher = None
             if self.sampling is not None:
                 teacher = self.sampling.draw(share.batch, batch["x_future"].shape[1], self.scheduler.last_epoch)[mine]
-            for key, value in self._step(batch, share, seeds[mine], teacher).items():
+            carries = self.carrier.carries(share, self.device) if self.carrier is not None else None
+            for key, value in self._step(batch, share, seeds[mine], teacher, carries).items():
                 totals[key] = totals.get(key, 0.0) + value * share.batch
+            if carries is not None:
+                self.carrier.keep(share, carries)
         return {key: value / self.batches.count for key, value in totals.items()}
 
-    def _step(self, batch: Batch, share: Share, seeds: list[int], teacher: Optional[torch.Tensor] = None
-              ) -> dict[str, float]:
+    def _step(self, batch: Batch, share: Share, seeds: list[int], teacher: Optional[torch.Tensor] = None,
+              carries: Optional[list[Carry]] = None) -> dict[str, float]:
         """One optimizer step on this process's share of a global batch: its micro-batches'
         gradients accumulate (reduced over the processes on the last one), then clipping and the
         step. Returns the global batch's loss and its terms, summed over every process."""
@@ -276,7 +285,7 @@ class Trainer:
             observed = float(self.world.sum(torch.tensor(mine, dtype=torch.float64)))
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {}
-        for i, (rows, part) in enumerate(micro_batches(batch, share, seeds, teacher, observed, self.device)):
+        for i, (rows, part) in enumerate(micro_batches(batch, share, seeds, teacher, observed, self.device, carries)):
             last = i == len(share.sizes) - 1  # each micro-batch reaches the device only when its turn comes
             with contextlib.nullcontext() if last or self.world.size == 1 else self.model.no_sync():
                 loss, parts = self.model(rows, part)
@@ -340,36 +349,6 @@ class Trainer:
         self.epoch, self.best, self.since_best = state["epoch"], state["best"], state["since_best"]
         self.history = list(state["history"])
         set_rng_state(self._generators(), state["rng"])
-
-
-def micro_batches(batch: Batch, share: Share, seeds: list[int], teacher: Optional[torch.Tensor],
-                  observed: Optional[float], device: torch.device) -> Iterator[tuple[Batch, Part]]:
-    """This process's micro-batches of a share, on the device with the inputs in model layout, each
-    with its `Part` of the global batch (`observed`: the global batch's observed nodes, with a mask)."""
-    pieces = {key: a.split(share.sizes) for key, a in batch.items()}
-    first = 0
-    for values in zip(*pieces.values()):
-        rows = dict(zip(pieces, values))
-        size = len(rows["x"])
-        part = Part(windows=0.0 if share.stand_in else size / share.batch,
-                    observed=0.0 if share.stand_in or not observed else float(rows["m"].sum()) / observed,
-                    dropout_seeds=seeds[first:first + size],
-                    teacher=None if teacher is None else teacher[first:first + size].to(device))
-        first += size
-        rows = {key: a.to(device, non_blocking=True) for key, a in rows.items()}
-        for key in ("x", "x_future"):
-            if key in rows:
-                rows[key] = model_input(rows[key])
-        yield rows, part
-
-
-def training_batches(data: TaskData, schedule: Schedule, world: World, order: torch.Generator,
-                     device: torch.device) -> tuple[ShuffledBatches, torch.utils.data.DataLoader]:
-    """The global batches of an epoch in `order`, and the loader of this process's shares of them."""
-    batches = ShuffledBatches(len(data.windows("train")), schedule.batch_size, order)
-    shares = ShardedBatches(batches, world.rank, world.size, schedule.accumulate)
-    return batches, window_loader(SharedWindows(data.windows("train")), shares, data.loader_config,
-                                  pin_memory=device.type == "cuda")
 
 
 def data_parallel(model: "_Loss", world: World, device: torch.device) -> nn.Module:
