@@ -12,11 +12,11 @@ score is a frame score over whole sequences:
 - `regimes`: the built-in switching field on an 8 x 8 grid (64 values a frame, what the Gaussian
   baselines take at most), whose emissions are not Gaussian.
 
-For each: phase 0, phase 1, phase 2 with the HMM (the hybrid emission over the class prior, and the
-predictive one, `model.pgm.emission`, with Viterbi and with marginal decoding) and with the chain
-CRF, then evaluate.py per PGM,
-with each window on its own and with `evaluation.stateful` (the network's state carried from window
-to window and the PGM decoding every whole sequence). evaluate.py's `baselines` section gives
+For each: phase 0; phase 1 twice, each window from zeros and with `training.stateful`; phase 2 with
+the HMM (the hybrid emission over the class prior and the predictive one, `model.pgm.emission`, the
+latter with Viterbi and with marginal decoding) and with the chain CRF; then evaluate.py per PGM,
+each window on its own and with `evaluation.stateful` (the network's state carried from window to
+window and the PGM decoding every whole sequence). evaluate.py's `baselines` section gives
 hmmlearn's `GaussianHMM` (full covariance, parameters counted from the training labels, Viterbi over
 whole sequences) and the per-frame Gaussian classifier. Prints the test accuracies as a table.
 """
@@ -81,31 +81,41 @@ def run(script: str, *args: str) -> None:
     subprocess.run([sys.executable, str(PROJECT / script), *args], check=True)
 
 
-def accuracies(out: Path, dataset: str, settings: list[str]) -> dict[str, float]:
-    """Phases 0-2 and evaluate.py on `dataset` into `out`; the test accuracy of each predictor."""
+TRAININGS = {"each window from zeros": [], "stateful (truncated BPTT)": ["--set", "training.stateful=true"]}
+
+
+def accuracies(out: Path, settings: list[str]) -> dict[str, dict[str, float]]:
+    """Phases 0-2 and evaluate.py into `out`, with each phase-1 training of `TRAININGS`; the test
+    accuracy of each predictor (rows) after each training (columns)."""
     config = ["--config", str(PROJECT / "config.yaml"), "--set", f"data.root={out / 'data'}",
               *[a for s in settings for a in ("--set", s)]]
-    unary = out / "unary"
     run("tools/preprocess.py", *config)
-    run("train_convlstm.py", *config, "--save", str(unary), "--overwrite")
-    rows = {}
-    for pgm, (label, settings) in PGMS.items():
-        run("fit_pgm.py", *config, *settings, "--features", str(unary / "features.pt"), "--save", str(out / pgm),
-            "--overwrite")
-        for stateful in ("false", "true"):
-            report = out / f"{pgm}_stateful_{stateful}"
-            run("evaluate.py", *config, *settings, "--set", f"evaluation.stateful={stateful}", "--ckpt",
-                str(unary / "best.pt"), "--pgm", str(out / pgm / "pgm_params.pkl"), "--out", str(report))
-            result = json.loads((report / "metrics.json").read_text())["evaluate_test"]
-            where = "whole sequences" if stateful == "true" else "each window alone"
-            rows[f"unaries ({'stateful' if stateful == 'true' else 'each window alone'})"] = result["unary"]["accuracy"]
-            rows[f"+ {label} ({where})"] = result["pgm"]["accuracy"]
-            baselines = result.get("baselines") or {}
+    rows: dict[str, dict[str, float]] = {}
+    for training, extra in TRAININGS.items():
+        unary = out / ("stateful" if extra else "windows")
+        run("train_convlstm.py", *config, *extra, "--save", str(unary / "unary"), "--overwrite")
+        for pgm, (label, pgm_settings) in PGMS.items():
+            run("fit_pgm.py", *config, *pgm_settings, "--features", str(unary / "unary" / "features.pt"),
+                "--save", str(unary / pgm), "--overwrite")
+            for stateful in ("false", "true"):
+                result = evaluation(config + pgm_settings, unary, pgm, stateful)
+                where = "whole sequences" if stateful == "true" else "each window alone"
+                rows.setdefault(f"unaries ({'stateful' if stateful == 'true' else where})", {})[training] = \
+                    result["unary"]["accuracy"]
+                rows.setdefault(f"+ {label} ({where})", {})[training] = result["pgm"]["accuracy"]
     for name, label in (("gaussian_hmm", "hmmlearn GaussianHMM (labels, whole sequences)"),
                         ("gaussian_classifier", "per-frame Gaussian classifier")):
-        if name in baselines:
-            rows[label] = baselines[name]["accuracy"]
+        if name in (result.get("baselines") or {}):
+            rows[label] = {training: result["baselines"][name]["accuracy"] for training in TRAININGS}
     return rows
+
+
+def evaluation(config: list[str], unary: Path, pgm: str, stateful: str) -> dict:
+    """evaluate.py's test section of phase 1's checkpoint in `unary` with the PGM fitted into `unary/pgm`."""
+    report = unary / f"{pgm}_stateful_{stateful}"
+    run("evaluate.py", *config, "--set", f"evaluation.stateful={stateful}", "--ckpt", str(unary / "unary" / "best.pt"),
+        "--pgm", str(unary / pgm / "pgm_params.pkl"), "--out", str(report))
+    return json.loads((report / "metrics.json").read_text())["evaluate_test"]
 
 
 def bayes_limit(out: Path, model: GaussianHMM) -> float:
@@ -134,14 +144,16 @@ def main() -> None:
         if dataset == "sensors":
             model = write_sensors(out / "data" / "sensors.npz", args.sequences)
             settings.append(f"data.path={out / 'data' / 'sensors.npz'}")
-        rows = accuracies(out, dataset, settings)
+        rows = accuracies(out, settings)
         if dataset == "sensors":
-            rows["Viterbi with the true parameters (Bayes limit)"] = bayes_limit(out, model)
+            limit = bayes_limit(out, model)
+            rows["Viterbi with the true parameters (Bayes limit)"] = {training: limit for training in TRAININGS}
         tables[dataset] = rows
     for dataset, rows in tables.items():
-        print(f"\n{dataset}: test accuracy\n\n| predictor | accuracy |\n|---|---|")
-        for name, value in rows.items():
-            print(f"| {name} | {value:.4f} |")
+        print(f"\n{dataset}: test accuracy, by phase-1 training\n\n| predictor | " + " | ".join(TRAININGS) + " |")
+        print("|---|" + "---|" * len(TRAININGS))
+        for name, values in rows.items():
+            print(f"| {name} | " + " | ".join(f"{values[t]:.4f}" for t in TRAININGS) + " |")
 
 
 if __name__ == "__main__":
