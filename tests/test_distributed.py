@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, ok, run_script, tiny_config
+from conftest import ROOT, merge, ok, run_script, tiny_config
 from regimen.search import trials
 from regimen.data.windows import share_of
 
@@ -92,6 +92,18 @@ def test_two_processes_and_accumulation_take_the_steps_of_one(setup):
     assert [record["epoch"] for record in history] == [1, 2]  # written once, by rank 0
     assert sorted(p.name for p in (folder / "two").iterdir()) == sorted(p.name for p in (folder / "one").iterdir())
     ok("evaluate.py", "--config", config, "--ckpt", str(folder / "two" / "best.pt"), "--split", "val")
+
+
+def test_stateful_training_on_two_processes_equals_one(tmp_path):
+    """training.stateful over two processes (7 training sequences in chunks of 4 and 3, each process a
+    share of every batch): each window starts from its predecessor's state, as in one process.
+    Shares that move between processes as sequences run out: tests/test_tbptt.py."""
+    config = tiny_config(tmp_path, merge(EXACT, {"data": {"T_window": 3, "stride": 3},
+                                                 "training": {"stateful": True, "epochs": 1}}))
+    ok("tools/preprocess.py", "--config", config)
+    ok("train_convlstm.py", "--config", config, "--save", str(tmp_path / "one"))
+    run_ok("train_convlstm.py", "--config", config, "--save", str(tmp_path / "two"))
+    assert_close_weights(tmp_path / "one", tmp_path / "two")
 
 
 @pytest.fixture(scope="module")
