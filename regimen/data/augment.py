@@ -29,15 +29,19 @@ class Augmenter:
         config: which transforms are on.
         spatial_invariant: False where flips/rotations would change the label
             (e.g. the `regimes` drift directions); spatial transforms are then skipped.
+        stateful: training.stateful, where they are skipped too: a sequence's windows follow each
+            other, and each window would get a transform of its own.
         seed: seeds the generator; its state is `self.generator.get_state()`.
     """
 
-    def __init__(self, config: AugmentationConfig, spatial_invariant: bool, seed: int):
+    def __init__(self, config: AugmentationConfig, spatial_invariant: bool, seed: int, stateful: bool = False):
         self.config = config
-        self.spatial = spatial_invariant
+        self.spatial = spatial_invariant and not stateful
         self.generator = torch.Generator().manual_seed(seed)
-        if not spatial_invariant and (config.spatial_flip or set(config.rotate_deg) - {0}):
-            log.warning("flips and rotations change this dataset's labels: skipped")
+        if not self.spatial and (config.spatial_flip or set(config.rotate_deg) - {0}):
+            why = ("a window's flip or turn would not be its sequence's next window's (training.stateful)"
+                   if stateful else "they change this dataset's labels")
+            log.warning("flips and rotations skipped: %s", why)
 
     def __call__(self, batch: Batch) -> Batch:
         return self.apply(batch, self.draw(batch["x"].shape))

@@ -186,13 +186,13 @@ class Trainer:
         self.sampling = ScheduledSampling.of(stack, schedule.sampling, steps, seed + 4)
         data.windows("train").future_inputs = self.sampling is not None  # before its loader's workers copy it
         self.loader = share_loader(data, self.batches, schedule, self.world, device)
-        self.carrier = StateCarrier(data.windows("train"), int(data.meta["stride"]), self.world) if schedule.stateful else None
+        self.carrier = (StateCarrier(data.windows("train"), int(data.meta["stride"]), self.world)
+                        if schedule.stateful else None)
         self.dropout_seeds = torch.Generator().manual_seed(seed + 3)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(schedule.warmup_epochs * steps, schedule.epochs * steps))
         self.scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(device, schedule.mixed_precision))
-        # training.stateful: a window's flip or turn would not be its sequence's next window's
-        self.augmenter = Augmenter(augmentations, data.meta["spatial_invariant"] and not schedule.stateful, seed + 2)
+        self.augmenter = Augmenter(augmentations, data.meta["spatial_invariant"], seed + 2, schedule.stateful)
         self.epoch, self.best, self.since_best, self.history = 0, None, 0, []
 
     # ------------------------------------------------------------------ public
