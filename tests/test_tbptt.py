@@ -160,3 +160,10 @@ def test_the_trainer_hands_each_batch_the_states_the_last_one_ended_with(write_c
         else:
             before = carries[step - 1].final
             assert all(torch.equal(h, h0) and torch.equal(c, c0) for (h, c), (h0, c0) in zip(carry.state, before))
+
+
+def test_stateful_evaluation_refuses_a_bidirectional_convlstm():
+    with pytest.raises(UserError) as refused:
+        load_config(ROOT / "config.yaml", ["evaluation.stateful=true", "model.convlstm.bidirectional=true"])
+    assert ("evaluation.stateful = True: a bidirectional ConvLSTM also reads each window backwards, so it cannot "
+            "carry its state from one window to the next: set model.convlstm.bidirectional off") in str(refused.value)

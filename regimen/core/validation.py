@@ -66,6 +66,9 @@ def validate(config: Config, source: str = "config") -> None:
     check.require(not check.config.evaluation.stateful or data.stride <= data.T_window, "evaluation.stateful",
                   f"carries the state from window to window, which needs windows that cover each sequence: "
                   f"data.stride ({data.stride}) <= data.T_window ({data.T_window})")
+    check.require(not (check.config.evaluation.stateful and check.config.model.convlstm.bidirectional),
+                  "evaluation.stateful", "a bidirectional ConvLSTM also reads each window backwards, so it cannot "
+                  "carry its state from one window to the next: set model.convlstm.bidirectional off")
     check.one_of("evaluation.use_pgm", USE_PGM)
     evaluation = check.config.evaluation
     check.require(len(set(evaluation.thresholds)) == len(evaluation.thresholds), "evaluation.thresholds",

@@ -225,8 +225,9 @@ def output_sums(outputs: Iterable[Outputs], task: str, num_classes: Optional[int
     scores = {name: MetricSums(task, num_classes) for name in heads}
     for out in outputs:
         for name, head in heads.items():
-            scores[name].add(out.y.numpy(), _predicted(task, out.unaries, head, out.guide, out.valid).numpy(),
-                             numpy_of(out.valid))
+            whole = head is not None and out.pgm_labels is not None  # decoded over whole sequences
+            predicted = out.pgm_labels if whole else _predicted(task, out.unaries, head, out.guide, out.valid)
+            scores[name].add(out.y.numpy(), predicted.numpy(), numpy_of(out.valid))
     return scores
 
 

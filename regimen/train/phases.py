@@ -226,8 +226,9 @@ def train_joint(config: Config, resume: Path, pgm_path: Optional[Path], save: Op
     best = stack_from_checkpoint(files.load_checkpoint(run.best, run.best.name, ("joint",)), str(run.best),
                                  config.training.mixed_precision).to(device)
     files.save_pgm_params(run.pgm_params, pgm_params(best.head, data.identity))
-    results = {split: _before_after(network_outputs(best, data, split, device, config.training.batch_size),
-                                    data.meta, best.head) for split in ("val", "test")}
+    results = {split: _before_after(network_outputs(best, data, split, device, config.training.batch_size,
+                                                    config.evaluation.stateful), data.meta, best.head)
+               for split in ("val", "test")}
     metrics = {"task": data.task, "metric": MAIN_METRIC[data.task][0], "mode": mode,
                "pgm": best.head.type, "learned": _learned(best.head), **results, "training": summary,
                "provenance": _provenance(config, data.meta, device, started, world)}
