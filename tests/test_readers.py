@@ -138,7 +138,7 @@ def test_hdf5_and_npz_give_the_same_training_metrics(tmp_path, arrays):
     for name, write in (("npz", write_npz), ("hdf5", write_hdf5_with_catalog)):
         folder = tmp_path / name
         folder.mkdir()
-        path = config(folder, name, {**write(folder, arrays), "loader": {"workers": 1}})
+        path = config(folder, name, write(folder, arrays))
         raw = yaml.safe_load(Path(path).read_text())
         raw.update({"training": {"epochs": 1}, "model": {"convlstm": {"hidden_sizes": [4, 4]}}})
         Path(path).write_text(yaml.safe_dump(raw))
