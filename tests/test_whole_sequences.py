@@ -113,3 +113,12 @@ def test_stateful_outputs_carry_the_pgm_over_whole_sequences(write_config):
             assert (out.pgm_labels[index] != expected).float().mean() < 1e-3  # float ties aside
             seen += 1
     assert seen == len(windows)
+
+
+def test_windows_with_a_gap_between_them_are_refused():
+    unaries = torch.randn(1, 4, 3)
+    batch = SequenceBatch(np.array([0, 6]))  # frames 4 and 5 are in no window
+    for row in (0, 1):
+        batch.add(Outputs(np.array([row]), unaries, torch.zeros(1, 4, dtype=torch.long)))
+    with pytest.raises(ValueError, match="frames 4 to 5 are in none"):
+        batch.decode_with(random_head("hmm", "tagging", 3))

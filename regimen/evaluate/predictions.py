@@ -70,5 +70,3 @@ def class_probs(unaries: torch.Tensor, head: Optional[PGMHead], guide: Optional[
     """Class probabilities, class axis last: the unaries' softmax, or the head's marginals."""
     probs = F.softmax(unaries.float(), dim=2) if head is None else marginals(head, unaries, guide, valid)
     return class_last(probs).numpy()
-
-

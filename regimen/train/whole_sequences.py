@@ -79,16 +79,16 @@ class SequenceBatch:
     def _stitched(self, windows: list[tuple]) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
         """A sequence's unaries `[L, K(, H, W)]`, guide and valid from its windows: each frame from the
         first window that holds it."""
-        length = self._length(windows)
         taken = []  # (window, frames of it taken)
         covered = 0
         for out, index, start in windows:
+            if start > covered:
+                raise ValueError(f"a sequence's windows must cover it from its first frame: frames {covered} to "
+                                 f"{start - 1} are in none (evaluation.stateful needs stride <= T_window)")
             end = start + out.unaries.shape[1]
             if end > covered:
                 taken.append((out, index, slice(covered - start, end - start)))
                 covered = end
-        if covered != length or windows[0][2] != 0:
-            raise ValueError("a sequence's windows must cover it from its first frame, without gaps")
 
         def joined(key: str) -> Optional[torch.Tensor]:
             if getattr(taken[0][0], key) is None:
