@@ -14,15 +14,17 @@ from regimen.data.windows import SequenceBatches, ShardedBatches, Share, SharedW
 from regimen.train.distributed import World
 from regimen.train.losses import Part
 from regimen.train.stack import model_input
-from regimen.train.tbptt import Carry
+from regimen.train.tbptt import StateCarrier
 
 
 def micro_batches(batch: Batch, share: Share, seeds: list[int], teacher: Optional[torch.Tensor],
-                  observed: Optional[float], device: torch.device, carries: Optional[list[Carry]] = None
+                  observed: Optional[float], device: torch.device, carrier: Optional[StateCarrier] = None
                   ) -> Iterator[tuple[Batch, Part]]:
     """This process's micro-batches of a share, on the device with the inputs in model layout, each
-    with its `Part` of the global batch (`observed`: the global batch's observed nodes, with a mask;
-    `carries`: each micro-batch's carried state, training.stateful)."""
+    with its `Part` of the global batch (`observed`: the global batch's observed nodes, with a mask).
+    With a `carrier` (training.stateful) each part carries its windows' starting state, and once the
+    last micro-batch has run, the carrier keeps their final states for the next batch."""
+    carries = carrier.carries(share, device) if carrier is not None else None
     pieces = {key: a.split(share.sizes) for key, a in batch.items()}
     first = 0
     for i, values in enumerate(zip(*pieces.values())):
@@ -39,6 +41,8 @@ def micro_batches(batch: Batch, share: Share, seeds: list[int], teacher: Optiona
             if key in rows:
                 rows[key] = model_input(rows[key])
         yield rows, part
+    if carrier is not None:
+        carrier.keep(share, carries)
 
 
 def epoch_batches(data: TaskData, schedule, order: torch.Generator) -> Sampler:

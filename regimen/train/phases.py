@@ -226,9 +226,7 @@ def train_joint(config: Config, resume: Path, pgm_path: Optional[Path], save: Op
     best = stack_from_checkpoint(files.load_checkpoint(run.best, run.best.name, ("joint",)), str(run.best),
                                  config.training.mixed_precision).to(device)
     files.save_pgm_params(run.pgm_params, pgm_params(best.head, data.identity))
-    results = {split: _before_after(network_outputs(best, data, split, device, config.training.batch_size,
-                                                    config.evaluation.stateful), data.meta, best.head)
-               for split in ("val", "test")}
+    results = _joint_results(best, data, device, config)
     metrics = {"task": data.task, "metric": MAIN_METRIC[data.task][0], "mode": mode,
                "pgm": best.head.type, "learned": _learned(best.head), **results, "training": summary,
                "provenance": _provenance(config, data.meta, device, started, world)}
@@ -276,6 +274,14 @@ def _initial_head(config: Config, data: TaskData, resume: Path, pgm_path: Option
 
 
 # --------------------------------------------------------------------------- shared
+
+
+def _joint_results(best: Stack, data: TaskData, device: torch.device, config: Config) -> dict:
+    """Phase 3's val and test metrics of the unaries alone and through the PGM, which decodes whole
+    sequences with `evaluation.stateful`."""
+    return {split: _before_after(network_outputs(best, data, split, device, config.training.batch_size,
+                                                 config.evaluation.stateful), data.meta, best.head)
+            for split in ("val", "test")}
 
 
 def _before_after(outputs: Iterable[Outputs], meta: dict, head: PGMHead) -> dict:

@@ -21,6 +21,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from regimen.data.processed import TaskData
 from regimen.data.windows import Share, WindowDataset
 from regimen.train.distributed import World
 
@@ -43,6 +44,11 @@ class StateCarrier:
     def __init__(self, windows: WindowDataset, stride: int, world: World):
         self.sequence, self.start, self.stride, self.world = windows.sequence, windows.start, stride, world
         self.previous: Optional[tuple[np.ndarray, np.ndarray, State]] = None  # sequences, starts, states (CPU)
+
+    @classmethod
+    def of(cls, data: TaskData, world: World) -> "StateCarrier":
+        """The carrier of the training windows of processed `data`."""
+        return cls(data.windows("train"), int(data.meta["stride"]), world)
 
     def carries(self, share: Share, device: torch.device) -> list[Carry]:
         """One `Carry` per micro-batch of this process's share: each window continues the window at

@@ -38,14 +38,14 @@ from regimen.data.augment import Augmenter, Batch, part_of
 from regimen.data.processed import TaskData
 from regimen.data.windows import Share
 from regimen.scores.metrics import MAIN_METRIC
+from regimen.train.batches import epoch_batches, micro_batches, share_loader
 from regimen.train.curves import plot_learning_curve
 from regimen.train.distributed import World
 from regimen.train.losses import Part
 from regimen.train.random_state import rng_state, set_rng_state
 from regimen.train.sampling import ScheduledSampling
-from regimen.train.batches import epoch_batches, micro_batches, share_loader
 from regimen.train.stack import Stack, needs_grad_scaler, precision
-from regimen.train.tbptt import Carry, StateCarrier
+from regimen.train.tbptt import StateCarrier
 
 SEED_RANGE = 2 ** 62  # dropout seeds per window
 
@@ -186,8 +186,7 @@ class Trainer:
         self.sampling = ScheduledSampling.of(stack, schedule.sampling, steps, seed + 4)
         data.windows("train").future_inputs = self.sampling is not None  # before its loader's workers copy it
         self.loader = share_loader(data, self.batches, schedule, self.world, device)
-        self.carrier = (StateCarrier(data.windows("train"), int(data.meta["stride"]), self.world)
-                        if schedule.stateful else None)
+        self.carrier = StateCarrier.of(data, self.world) if schedule.stateful else None
         self.dropout_seeds = torch.Generator().manual_seed(seed + 3)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(schedule.warmup_epochs * steps, schedule.epochs * steps))
@@ -267,15 +266,12 @@ class Trainer:
             teacher = None
             if self.sampling is not None:
                 teacher = self.sampling.draw(share.batch, batch["x_future"].shape[1], self.scheduler.last_epoch)[mine]
-            carries = self.carrier.carries(share, self.device) if self.carrier is not None else None
-            for key, value in self._step(batch, share, seeds[mine], teacher, carries).items():
+            for key, value in self._step(batch, share, seeds[mine], teacher).items():
                 totals[key] = totals.get(key, 0.0) + value * share.batch
-            if carries is not None:
-                self.carrier.keep(share, carries)
         return {key: value / self.batches.count for key, value in totals.items()}
 
-    def _step(self, batch: Batch, share: Share, seeds: list[int], teacher: Optional[torch.Tensor] = None,
-              carries: Optional[list[Carry]] = None) -> dict[str, float]:
+    def _step(self, batch: Batch, share: Share, seeds: list[int], teacher: Optional[torch.Tensor] = None
+              ) -> dict[str, float]:
         """One optimizer step on this process's share of a global batch: its micro-batches'
         gradients accumulate (reduced over the processes on the last one), then clipping and the
         step. Returns the global batch's loss and its terms, summed over every process."""
@@ -285,7 +281,8 @@ class Trainer:
             observed = float(self.world.sum(torch.tensor(mine, dtype=torch.float64)))
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {}
-        for i, (rows, part) in enumerate(micro_batches(batch, share, seeds, teacher, observed, self.device, carries)):
+        for i, (rows, part) in enumerate(micro_batches(batch, share, seeds, teacher, observed, self.device,
+                                                       self.carrier)):
             last = i == len(share.sizes) - 1  # each micro-batch reaches the device only when its turn comes
             with contextlib.nullcontext() if last or self.world.size == 1 else self.model.no_sync():
                 loss, parts = self.model(rows, part)
