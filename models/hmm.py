@@ -32,44 +32,77 @@ def _scaled_passes(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: t
                    mask: torch.Tensor):
     """Scaled forward and backward passes.
 
-    The recursions run time-major over per-step views made up front, with the backward pass's
-    scale folded into its emissions: on short chains a step's cost is its operators' dispatch,
-    not their arithmetic, so each step runs as few of them as it can.
-
     Returns:
         alpha, beta `[B, T, K]` (alpha normalised per step, alpha * beta the
         posteriors), scale `[B, T]` (the normaliser of each step, 1 where masked),
         emit `[B, T, K]` (emission probabilities shifted by their step maximum)
         and the log-likelihood `[B]`.
     """
-    trans = log_trans.exp()
     peak = log_emit.amax(dim=2, keepdim=True)  # (B, T, 1)
     emit = (log_emit - peak).exp().transpose(0, 1).contiguous()  # (T, B, K)
-    ragged = not bool(mask.all())  # without masked steps, skip the per-step selects
-    on = mask.T[..., None].unbind(0)  # T x (B, 1)
-    emits = emit.unbind(0)
-    a = log_start.exp() * emits[0]
+    trans, start, on = log_trans.exp(), log_start.exp(), mask.T[..., None]  # on: (T, B, 1)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (log_start, log_trans, log_emit))
+    if emit.device.type == "cpu" and not needs_grad:
+        passes = _numpy_passes(*(t.numpy() for t in (start, trans, emit, on)))
+        alpha, beta, scale = (torch.from_numpy(array) for array in passes)
+    else:
+        alpha, beta, scale = _torch_passes(start, trans, emit, on)
+    log_likelihood = (scale[..., 0].T.log() + peak[..., 0] * mask).sum(dim=1)
+    # Time-major, handed out batch-first as views.
+    return alpha.transpose(0, 1), beta.transpose(0, 1), scale[..., 0].T, emit.transpose(0, 1), log_likelihood
+
+
+def _torch_passes(start: torch.Tensor, trans: torch.Tensor, emit: torch.Tensor, on: torch.Tensor):
+    """The recursions in torch, differentiable and on any device: `start` `[K]`, `trans` `[K, K]`,
+    `emit` `[T, B, K]`, `on` `[T, B, 1]`; alpha, beta `[T, B, K]` and scale `[T, B, 1]`. They run
+    over per-step views made up front, the backward pass's scale folded into its emissions: on
+    short chains a step's cost is its operators' dispatch, not their arithmetic."""
+    ragged = not bool(on.all())  # without masked steps, skip the per-step selects
+    ons, emits = on.unbind(0), emit.unbind(0)
+    a = start * emits[0]
     s = a.sum(dim=1, keepdim=True)
     alphas, scales = [a / s], [s]
     for step in range(1, len(emits)):
         a = (alphas[-1] @ trans) * emits[step]
         s = a.sum(dim=1, keepdim=True)
         if ragged:
-            a, s = torch.where(on[step], a, alphas[-1]), torch.where(on[step], s, 1.0)
+            a, s = torch.where(ons[step], a, alphas[-1]), torch.where(ons[step], s, 1.0)
         alphas.append(a / s)
         scales.append(s)
     scale = torch.stack(scales)  # (T, B, 1)
-    log_likelihood = (scale[..., 0].T.log() + peak[..., 0] * mask).sum(dim=1)
-
     # beta_t = (e_{t+1} / s_{t+1} * beta_{t+1}) @ A^T
     scaled, into = (emit / scale).unbind(0), trans.T
     betas = [torch.ones_like(alphas[0])]  # built from the last step back
     for step in range(len(emits) - 2, -1, -1):
         b = (scaled[step + 1] * betas[-1]) @ into
-        betas.append(torch.where(on[step + 1], b, betas[-1]) if ragged else b)
-    # Stacked time-major (a contiguous copy), handed out batch-first as views.
-    return (torch.stack(alphas).transpose(0, 1), torch.stack(betas[::-1]).transpose(0, 1), scale[..., 0].T,
-            emit.transpose(0, 1), log_likelihood)
+        betas.append(torch.where(ons[step + 1], b, betas[-1]) if ragged else b)
+    return torch.stack(alphas), torch.stack(betas[::-1]), scale
+
+
+def _numpy_passes(start: np.ndarray, trans: np.ndarray, emit: np.ndarray, on: np.ndarray):
+    """`_torch_passes` in numpy, in place in preallocated arrays: without gradients on the CPU, where
+    numpy dispatches a small operator in a fifth of torch's time and the steps are many."""
+    ragged, off = not on.all(), ~on
+    alpha, beta, scale = np.empty_like(emit), np.empty_like(emit), np.empty(on.shape, emit.dtype)
+    np.multiply(start, emit[0], out=alpha[0])
+    for step in range(len(emit)):
+        a, s = alpha[step], scale[step]
+        if step:
+            np.matmul(alpha[step - 1], trans, out=a)
+            a *= emit[step]
+        a.sum(axis=1, keepdims=True, out=s)
+        if ragged and step:
+            np.copyto(s, 1.0, where=off[step])
+            np.copyto(a, alpha[step - 1], where=off[step])
+        a /= s
+    scaled, into, carried = emit / scale, np.ascontiguousarray(trans.T), np.empty_like(emit[0])
+    beta[-1] = 1.0
+    for step in range(len(emit) - 2, -1, -1):
+        np.multiply(scaled[step + 1], beta[step + 1], out=carried)
+        np.matmul(carried, into, out=beta[step])
+        if ragged:
+            np.copyto(beta[step], beta[step + 1], where=off[step + 1])
+    return alpha, beta, scale
 
 
 def forward_backward(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Tensor,

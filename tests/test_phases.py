@@ -88,6 +88,42 @@ def test_tagging_with_temporal_chains(regimes, tmp_path, pgm_type):
     assert metrics_of(tmp_path / "joint")["train_joint"]["pgm"] == pgm_type
 
 
+def test_stateful_features_give_phase_2_whole_sequences(regimes, tmp_path):
+    """With evaluation.stateful phase 1 saves the unaries of each sequence read as one stream, and
+    phase 2's figures decode whole sequences: they equal the fitted stack's stateful predictions
+    computed here. Phase 2 told otherwise than phase 1 refuses, in one line."""
+    from regimen.core import files
+    from regimen.core.config_file import load_config
+    from regimen.data.processed import load_task_data
+    from regimen.train.inference import network_outputs, output_metrics
+    from regimen.train.pgm import head_from_params
+    from regimen.train.stack import stack_from_checkpoint
+
+    config, _ = regimes
+    stateful = ("--set", "evaluation.stateful=true", "--set", "model.pgm.type=hmm")
+    base = tmp_path / "base"
+    ok("train_convlstm.py", "--config", config, *stateful, "--save", str(base))
+    assert load_features(base / "features.pt", "test")["stateful"]
+    before = snapshot(base)
+    done = run_script("fit_pgm.py", "--config", config, *stateful[2:], "--features", str(base / "features.pt"))
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        f"error: --features {base / 'features.pt'}: its unaries were saved with evaluation.stateful = true, the config "
+        "has false; expected the same: run train_convlstm.py again with this config"]
+    assert snapshot(base) == before
+    ok("fit_pgm.py", "--config", config, *stateful, "--features", str(base / "features.pt"))
+    fitted = metrics_of(base)["fit_pgm"]
+
+    data = load_task_data(load_config(config, [stateful[1], stateful[3]]).data)
+    stack = stack_from_checkpoint(torch.load(base / "best.pt", weights_only=True), "best.pt")
+    stack.head = head_from_params(files.load_pgm_params(base / "pgm_params.pkl", "pgm"), "pgm")
+    for split in ("val", "test"):
+        outputs = list(network_outputs(stack, data, split, torch.device("cpu"), 4, stateful=True))
+        assert all(out.pgm_labels is not None for out in outputs)  # decoded by whole sequences
+        expected = output_metrics(outputs, "tagging", data.num_classes, {"unary": None, "pgm": stack.head})
+        assert fitted[split]["unary"]["accuracy"] == pytest.approx(expected["unary"]["accuracy"], abs=1e-9)
+        assert fitted[split]["pgm"]["accuracy"] == pytest.approx(expected["pgm"]["accuracy"], abs=1e-9)
+
+
 def final_weights(folder):
     state = torch.load(folder / "ckpt.pt", weights_only=True)
     return state["net_state"], state["train_state"]["epoch"]

@@ -33,22 +33,24 @@ def random_head(kind: str, task: str, k: int, seed: int = 0) -> PGMHead:
 
 
 def windowed(sequences: list[torch.Tensor], valid: list[torch.Tensor], window: int, stride: int):
-    """The windows of the sequences as `stateful_outputs` gives them: step by step, the sequences
-    still reading first (longest first), and each window's start by row."""
+    """The windows of the sequences step by step, the sequences still reading first (longest first),
+    and each window's sequence and start by row. Sequence s is a split's part of a longer one, which
+    starts at its frame `5 * s` (as a split by time cuts them)."""
     order = sorted(range(len(sequences)), key=lambda s: -len(sequences[s]))
     counts = {s: (len(sequences[s]) - window) // stride + 1 for s in order}
-    starts, batches, row = [], [], 0
+    owners, starts, batches, row = [], [], [], 0
     for step in range(counts[order[0]]):
         reading = [s for s in order if counts[s] > step]
         first = step * stride
         rows = np.arange(row, row + len(reading))
         row += len(reading)
-        starts += [first] * len(reading)
+        owners += reading
+        starts += [5 * s + first for s in reading]
         unaries = torch.stack([sequences[s][first:first + window] for s in reading])
         masks = torch.stack([valid[s][first:first + window] for s in reading])
         batches.append((reading, Outputs(rows, unaries, torch.zeros(unaries[:, :, 0].shape, dtype=torch.long),
                                          valid=masks)))
-    return order, np.array(starts), batches
+    return np.array(owners), np.array(starts), batches
 
 
 @pytest.mark.parametrize("kind,task,stride", [("hmm", "tagging", 2), ("chain_crf", "tagging", 3),
@@ -63,14 +65,14 @@ def test_whole_sequence_decoding_equals_the_concatenated_sequence(kind, task, st
     sequences = [3 * torch.randn((n, k) + space, generator=generator) for n in lengths]
     valid = [torch.rand((n,) + space, generator=generator) > 0.2 for n in lengths]
     head = random_head(kind, task, k)
-    order, starts, batches = windowed(sequences, valid, window, stride)
-    whole = SequenceBatch(starts)
-    for _, out in batches:
+    owners, starts, batches = windowed(sequences, valid, window, stride)
+    whole = SequenceBatch(owners, starts)
+    for _, out in reversed(batches):  # in any order
         whole.add(out)
     whole.decode_with(head)
     separately_differs = False
     for reading, out in batches:
-        first = int(starts[out.rows[0]])
+        first = (int(starts[out.rows[0]]) - 5 * reading[0])  # in the split's part of the sequence
         for index, sequence in enumerate(reading):
             at_once = sequences[sequence][None], None, valid[sequence][None]
             labels = head.decode(*at_once)[0, first:first + window]
@@ -105,19 +107,19 @@ def test_stateful_outputs_carry_the_pgm_over_whole_sequences(write_config):
     for sequence in data.meta["sequences"]["val"]:
         x = torch.from_numpy(frames.rows(sequence["offset"], sequence["frames"]))[None]
         whole[sequence["index"]] = stack.head.decode(stack.unaries(model_input(x)))[0]  # (T, H, W)
-    seen = 0
+    seen = []
     for out in network_outputs(stack, data, "val", torch.device("cpu"), 3, stateful=True):
         for index, row in enumerate(out.rows):
             start = int(windows.start[row])
             expected = whole[int(windows.sequence[row])][start:start + 4]
             assert (out.pgm_labels[index] != expected).float().mean() < 1e-3  # float ties aside
-            seen += 1
-    assert seen == len(windows)
+            seen.append(int(row))
+    assert seen == list(range(len(windows)))  # every window once, in the split's order
 
 
 def test_windows_with_a_gap_between_them_are_refused():
     unaries = torch.randn(1, 4, 3)
-    batch = SequenceBatch(np.array([0, 6]))  # frames 4 and 5 are in no window
+    batch = SequenceBatch(np.array([3, 3]), np.array([0, 6]))  # frames 4 and 5 are in no window
     for row in (0, 1):
         batch.add(Outputs(np.array([row]), unaries, torch.zeros(1, 4, dtype=torch.long)))
     with pytest.raises(ValueError, match="frames 4 to 5 are in none"):

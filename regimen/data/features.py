@@ -37,15 +37,17 @@ class FeatureWriter:
                                            (count, *values.shape[1:]))
             arrays[name].append(values)
 
-    def save(self, identity: dict) -> None:
-        """Rename the arrays into place and write `features.pt`, which lists them."""
+    def save(self, identity: dict, stateful: bool) -> None:
+        """Rename the arrays into place and write `features.pt`, which lists them and says whether
+        the unaries are those of each sequence read as one stream (evaluation.stateful)."""
         listed = {split: {name: writer.close() for name, writer in arrays.items()}
                   for split, arrays in self.writers.items()}
         self.run.features.unlink(missing_ok=True)  # it vouched for the arrays about to be replaced
         for arrays in self.writers.values():
             for writer in arrays.values():
                 writer.commit()
-        files.save_checkpoint(self.run.features, {"kind": "features", "dataset": identity, "splits": listed})
+        files.save_checkpoint(self.run.features, {"kind": "features", "dataset": identity, "stateful": stateful,
+                                                   "splits": listed})
 
     def discard(self) -> None:
         for arrays in self.writers.values():
@@ -55,7 +57,7 @@ class FeatureWriter:
 
 def load_features(path: Path, flag: str) -> dict:
     """`features.pt` with its arrays opened: `splits[split][name]` a `StoredArray` (unaries
-    `[N, T, K, ...]`, labels, optional feature_maps)."""
+    `[N, T, K, ...]`, labels, optional feature_maps), and `stateful` (False where not recorded)."""
     payload = files.load_checkpoint(path, flag, ("features",))
     run = runs.run_folder_of(Path(path))
     splits = {}
@@ -68,7 +70,7 @@ def load_features(path: Path, flag: str) -> dict:
             array = run.feature_array(split, name)
             verify_file(array, entry, entry["bytes"] <= VERIFY_BYTES, Path(path).name, "train_convlstm.py")
             splits[split][name] = StoredArray(array)
-    return {**payload, "splits": splits}
+    return {"stateful": False, **payload, "splits": splits}
 
 
 class StoredArray:

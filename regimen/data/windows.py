@@ -96,6 +96,15 @@ class ShuffledBatches(Sampler):
         return math.ceil(self.count / self.size)
 
 
+def rows_by_sequence(sequence: np.ndarray) -> list[list[int]]:
+    """Each sequence's windows (rows), in the order of their first rows: `sequence[row]` is a window's
+    sequence, and a sequence's windows are in the order of their starts (the window index)."""
+    by_sequence: dict[int, list[int]] = {}
+    for row, owner in enumerate(sequence):
+        by_sequence.setdefault(int(owner), []).append(row)
+    return list(by_sequence.values())
+
+
 class SequenceBatches(Sampler):
     """Every pass: the sequences in chunks of `size`; each chunk gives one global batch per window,
     holding the next window of each of its sequences in step (longest first, so the ones that run
@@ -111,10 +120,7 @@ class SequenceBatches(Sampler):
 
     def __init__(self, sequence: np.ndarray, size: int, generator: torch.Generator):
         self.size, self.generator, self.count = size, generator, len(sequence)
-        by_sequence: dict[int, list[int]] = {}
-        for row, owner in enumerate(sequence):
-            by_sequence.setdefault(int(owner), []).append(row)
-        self.sequences = list(by_sequence.values())
+        self.sequences = rows_by_sequence(sequence)
 
     def __iter__(self) -> Iterator[list[int]]:
         order = torch.randperm(len(self.sequences), generator=self.generator).tolist()

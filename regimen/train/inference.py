@@ -10,7 +10,7 @@ unaries; both give `Outputs` batches, which `output_metrics` (and evaluate.py's
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Iterable, Iterator, Optional
 
 import numpy as np
@@ -21,7 +21,7 @@ from regimen.core.progress import track
 from regimen.core.runs import RunFolder
 from regimen.data.features import FeatureWriter, StoredArray
 from regimen.data.processed import TaskData
-from regimen.data.windows import SequentialBatches, WindowDataset
+from regimen.data.windows import SequentialBatches, WindowDataset, rows_by_sequence
 from regimen.scores.metrics import MAIN_METRIC, MetricSums
 from regimen.train.distributed import World
 from regimen.train.losses import class_last
@@ -48,27 +48,24 @@ def predict(stack: Stack, x: torch.Tensor, device: torch.device, batch_size: int
 
 @torch.no_grad()
 def save_features(stack: Stack, data: TaskData, run: RunFolder, device: torch.device, batch_size: int,
-                  feature_maps: bool) -> dict:
+                  feature_maps: bool, stateful: bool = False) -> dict:
     """Phase 1's `features.pt`: the unaries (and feature maps) of every split with its labels,
-    streamed window batch by batch into the run folder; returns the unaries' metrics on val and
-    test, summed on the way."""
-    stack.eval()
+    streamed batch by batch into the run folder, with `stateful` (evaluation.stateful) those of each
+    sequence read as one stream; returns the unaries' metrics on val and test, summed on the way."""
     writer, metrics = FeatureWriter(run), {}
     try:
         for split in ("train", "val", "test"):
             count, score = len(data.windows(split)), MetricSums(data.task, data.num_classes)
-            for batch in track(split_loader(data, split, batch_size, device), f"predict {split}", "batches"):
-                out, maps = stack.unaries(model_input(batch["x"]).to(device), return_features=True)
-                rows = {"unaries": out.cpu(), "labels": batch["y"]}
-                if "m" in batch:
-                    rows["valid"] = batch["m"]
+            for out in network_outputs(stack, data, split, device, batch_size, stateful, feature_maps=feature_maps):
+                rows = {"unaries": out.unaries, "labels": out.y}
+                if out.valid is not None:
+                    rows["valid"] = out.valid
                 if feature_maps:
-                    rows["feature_maps"] = maps.cpu()
+                    rows["feature_maps"] = out.feature_maps
                 writer.add(split, count, rows)
-                score.add(batch["y"].numpy(), _predicted(data.task, rows["unaries"], None, None).numpy(),
-                          numpy_of(batch.get("m")))
+                score.add(out.y.numpy(), _predicted(data.task, out.unaries, None, None).numpy(), numpy_of(out.valid))
             metrics[split] = score.result()
-        writer.save(data.identity)
+        writer.save(data.identity, stateful)
     except BaseException:
         writer.discard()
         raise
@@ -93,7 +90,8 @@ class Outputs:
     forecast), `valid`, False at missing nodes (None where the data has no mask), and for a forecast
     `x`, the T_in observed frames, and `last`, the targets of the last of them `[B, 1, ...]`. With
     stateful evaluation and a PGM, `pgm_labels` and `pgm_probs` hold the PGM's decoding and marginals
-    of the windows' whole sequences (`whole_sequences`). CPU tensors."""
+    of the windows' whole sequences (`whole_sequences`); `feature_maps`, the last layer's features,
+    where asked for. CPU tensors."""
 
     rows: np.ndarray
     unaries: torch.Tensor
@@ -105,16 +103,31 @@ class Outputs:
     last: Optional[torch.Tensor] = None
     pgm_labels: Optional[torch.Tensor] = None
     pgm_probs: Optional[torch.Tensor] = None
+    feature_maps: Optional[torch.Tensor] = None
+
+    @staticmethod
+    def in_row_order(parts: list[Outputs]) -> Outputs:
+        """The windows of `parts` as one batch, in the split's order."""
+        rows = np.concatenate([part.rows for part in parts])
+        order = torch.from_numpy(np.argsort(rows, kind="stable"))
+
+        def joined(name: str) -> Optional[torch.Tensor]:
+            values = [getattr(part, name) for part in parts]
+            return None if values[0] is None else torch.cat(values)[order]
+
+        return Outputs(rows[order.numpy()], **{f.name: joined(f.name) for f in fields(Outputs) if f.name != "rows"})
 
 
 @torch.no_grad()
 def network_outputs(stack: Stack, data: TaskData, split: str, device: torch.device, batch_size: int,
-                    stateful: bool = False, rows: Optional[range] = None) -> Iterator[Outputs]:
-    """The stack's unaries over the split's windows (or its `rows`), batch by batch: in order, or by
-    sequence with `stateful` (`stateful_outputs`)."""
+                    stateful: bool = False, rows: Optional[range] = None, feature_maps: bool = False
+                    ) -> Iterator[Outputs]:
+    """The stack's unaries over the split's windows (or its `rows`), batch by batch in the split's
+    order; with `stateful`, each sequence read as one stream (`stateful_outputs`); with
+    `feature_maps`, the last layer's features too."""
     stack.eval()
     if stateful:
-        yield from stateful_outputs(stack, data, split, device, batch_size)
+        yield from stateful_outputs(stack, data, split, device, batch_size, feature_maps)
         return
     rows = rows if rows is not None else range(len(data.windows(split)))
     first = rows.start
@@ -122,59 +135,71 @@ def network_outputs(stack: Stack, data: TaskData, split: str, device: torch.devi
         x = model_input(batch["x"])
         rows = np.arange(first, first + len(x))
         first += len(x)
-        unaries = stack.unaries(x.to(device)).cpu()
+        unaries, maps = stack.unaries(x.to(device), return_features=True)
+        maps = maps.cpu() if feature_maps else None
         if "last" in batch:  # a forecast
-            yield Outputs(rows, unaries, batch["y"], batch.get("p"), None, batch.get("m"), x, batch["last"])
+            yield Outputs(rows, unaries.cpu(), batch["y"], batch.get("p"), None, batch.get("m"), x, batch["last"],
+                          feature_maps=maps)
         else:
-            yield Outputs(rows, unaries, batch["y"], batch.get("p"), x, batch.get("m"))
+            yield Outputs(rows, unaries.cpu(), batch["y"], batch.get("p"), x, batch.get("m"), feature_maps=maps)
 
 
 @torch.no_grad()
-def stateful_outputs(stack: Stack, data: TaskData, split: str, device: torch.device, batch_size: int
-                     ) -> Iterator[Outputs]:
+def stateful_outputs(stack: Stack, data: TaskData, split: str, device: torch.device, batch_size: int,
+                     feature_maps: bool = False) -> Iterator[Outputs]:
     """`network_outputs` where each window's ConvLSTM continues from the state that its sequence's
     previous window left at this window's first frame (`evaluation.stateful`): a long sequence is
     read as one stream instead of from zeros every `T_window` frames, and every window's unaries
     are those of the network run over the whole sequence. Sequences are read `batch_size` at a
-    time, window by window, so the batches come by sequence, not in the split's order; with a PGM,
-    once all of a batch's windows are read, it decodes their whole sequences."""
+    time in the split's order, window by window in step; once a chunk's windows are all read (and,
+    with a PGM, its whole sequences decoded), they come as one batch, in the split's order."""
     stack.eval()
     windows = data.windows(split)
     stride = int(data.meta["stride"])
-    by_sequence: dict[int, list[int]] = {}
-    for row, sequence in enumerate(windows.sequence):  # a sequence's windows come in the order of their starts
-        by_sequence.setdefault(int(sequence), []).append(row)
-    # Longest first, so the sequences still reading at each step are always the first ones.
-    groups = sorted(by_sequence.values(), key=len, reverse=True)
-    for first in track(range(0, len(groups), batch_size), f"predict {split} (stateful)", "sequences"):
-        chunk, state = groups[first:first + batch_size], None
-        sequences = SequenceBatch(windows.start)
+    sequences = rows_by_sequence(windows.sequence)
+    for first in track(range(0, len(sequences), batch_size), f"predict {split} (stateful)", "sequences"):
+        # Longest first, so the sequences still reading at each step are always the first ones.
+        chunk, state = sorted(sequences[first:first + batch_size], key=len, reverse=True), None
+        whole = SequenceBatch(windows.sequence, windows.start)
         for step in range(len(chunk[0])):
             rows = np.array([group[step] for group in chunk if len(group) > step])
             if state is not None:  # sequences that have run out of windows drop out
                 state = [(h[:len(rows)], c[:len(rows)]) for h, c in state]
             batch = windows[rows]
             x = model_input(batch["x"])  # (B, T, C, H, W)
-            unaries, final = stack.unaries(x.to(device), state=state, return_state=True)
-            sequences.add(Outputs(rows, unaries.cpu(), batch["y"], batch.get("p"), x, batch.get("m")))
+            unaries, maps, final = stack.unaries(x.to(device), return_features=True, state=state, return_state=True)
+            whole.add(Outputs(rows, unaries.cpu(), batch["y"], batch.get("p"), x, batch.get("m"),
+                              feature_maps=maps.cpu() if feature_maps else None))
             # The next window starts `stride` frames later: continue from the state after them.
             state = (final if stride >= x.shape[1]
                      else stack.unaries(x[:, :stride].to(device), state=state, return_state=True)[1])
         if stack.head is not None:
-            sequences.decode_with(stack.head)
-        yield from sequences.outputs
+            whole.decode_with(stack.head)
+        yield Outputs.in_row_order(whole.outputs)
 
 
-def stored_outputs(arrays: dict[str, StoredArray], batch_size: int, guide: Optional[SplitArray] = None
+def stored_outputs(arrays: dict[str, StoredArray], batch_size: int, guide: Optional[SplitArray] = None,
+                   sequences: Optional[WindowDataset] = None, head: Optional[PGMHead] = None
                    ) -> Iterator[Outputs]:
     """Phase 1's saved unaries, labels (and masks) of a split, in order, batch by batch; with `guide`
-    (the split's inputs), those windows' inputs too."""
+    (the split's inputs), those windows' inputs too. With the split's windows as `sequences` and a
+    `head` (unaries saved with evaluation.stateful), `batch_size` whole sequences a batch, each
+    decoded whole (`whole_sequences`)."""
     count = len(arrays["unaries"])
-    for first in range(0, count, batch_size):
-        rows = np.arange(first, min(count, first + batch_size))
-        yield Outputs(rows, arrays["unaries"][rows], arrays["labels"][rows],
+    if sequences is None:
+        batches = [np.arange(first, min(count, first + batch_size)) for first in range(0, count, batch_size)]
+    else:
+        chains = rows_by_sequence(sequences.sequence)
+        batches = [np.concatenate(chains[first:first + batch_size]) for first in range(0, len(chains), batch_size)]
+    for rows in batches:
+        out = Outputs(rows, arrays["unaries"][rows], arrays["labels"][rows],
                       guide=None if guide is None else guide[rows],
                       valid=arrays["valid"][rows] if "valid" in arrays else None)
+        if sequences is not None and head is not None:
+            whole = SequenceBatch(sequences.sequence, sequences.start)
+            whole.add(out)
+            whole.decode_with(head)
+        yield out
 
 
 class SplitArray:

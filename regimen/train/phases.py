@@ -95,7 +95,8 @@ def pretrain(config: Config, save: Path, resume: Optional[Path], overwrite: bool
 
     best = stack_from_checkpoint(files.load_checkpoint(run.best, run.best.name, ("convlstm",)), str(run.best),
                                  config.training.mixed_precision).to(device)
-    scores = save_features(best, data, run, device, config.training.batch_size, config.training.save_feature_maps)
+    scores = save_features(best, data, run, device, config.training.batch_size, config.training.save_feature_maps,
+                           config.evaluation.stateful)
     metrics = {
         "task": data.task, "metric": MAIN_METRIC[data.task][0], "unary_loss": unary, **scores,
         "training": summary,
@@ -117,25 +118,29 @@ def fit_structure(config: Config, features_path: Path, save: Optional[Path], ove
     check_same_data(features["dataset"], meta, f"--features {features_path}")
     task, k = meta["task"], meta["num_classes"]
     check_pgm_task(config.model.pgm.type, task)
+    _check_same_reading(features["stateful"], config.evaluation.stateful, features_path)
     run = runs.RunFolder(Path(save)) if save else runs.run_folder_of(features_path)
     folders.check_output(run.root, runs.RUN, "--save")
     files.check_metrics(run.metrics)
     settings = pgm_settings(config.model.pgm, task, k)
     if not overwrite:
         _check_not_replaced(run.pgm_params, settings)
-    # An edge-aware CRF weighs its edges by the inputs; else the features' labels are the data's
-    # (same data version), and the inputs are never read.
-    data = load_task_data(config.data) if config.model.pgm.edge_aware and config.model.pgm.type == "crf" else None
+    # An edge-aware CRF weighs its edges by the inputs, and stateful unaries are decoded by whole
+    # sequences, which the windows' index gives; else the features' labels are the data's (same data
+    # version), and the data is never read.
+    guided = config.model.pgm.edge_aware and config.model.pgm.type == "crf"
+    data = load_task_data(config.data) if guided or features["stateful"] else None
     folders.claim(run.root, "--save")
 
     head = PGMHead(settings)
     train = features["splits"]["train"]
     log.info("phase 2: fitting a %s on %d training windows", head.type, len(train["unaries"]))
     report = fit_pgm(head, train["unaries"], train["labels"], config.model.pgm, config.seed,
-                     guide=None if data is None else SplitArray(data.windows("train"), "x"), valid=train.get("valid"))
+                     guide=SplitArray(data.windows("train"), "x") if guided else None, valid=train.get("valid"))
     metric = MAIN_METRIC[task][0]
     results = {split: _before_after(stored_outputs(features["splits"][split], config.training.batch_size,
-                                                   None if data is None else SplitArray(data.windows(split), "x")),
+                                                   SplitArray(data.windows(split), "x") if guided else None,
+                                                   data.windows(split) if features["stateful"] else None, head),
                                     meta, head)
                for split in ("val", "test")}
     on_val = compare_with_unaries(task, results["val"]["unary"], results["val"]["pgm"])
@@ -153,6 +158,15 @@ def fit_structure(config: Config, features_path: Path, save: Optional[Path], ove
     }
     files.update_metrics(run.metrics, "fit_pgm", metrics)
     return metrics
+
+
+def _check_same_reading(saved: bool, configured: bool, features_path: Path) -> None:
+    """Phase 2 decodes the unaries as phase 1 read them: window by window, or with evaluation.stateful
+    each sequence as one stream and decoded whole; the config must say the same."""
+    if saved != configured:
+        raise UserError(f"--features {features_path}: its unaries were saved with evaluation.stateful = "
+                        f"{str(saved).lower()}, the config has {str(configured).lower()}; expected the same: run "
+                        "train_convlstm.py again with this config")
 
 
 def _check_not_replaced(path: Path, settings: dict) -> None:

@@ -26,11 +26,13 @@ from regimen.train.pgm import PGMHead
 
 
 class SequenceBatch:
-    """The windows of a batch of sequences, as `inference.Outputs` step by step, and where each one
-    starts in its sequence. `starts[row]`: a window's first frame in its sequence."""
+    """The windows of a batch of whole sequences, as `inference.Outputs` in any order, and where each
+    one lies: `sequence[row]`, the sequence a window of the split belongs to, and `start[row]`, its
+    first frame in that sequence. A split's part of a sequence (split by time: frames 100 on) is
+    decoded from its first window's first frame."""
 
-    def __init__(self, starts: np.ndarray):
-        self.starts = starts
+    def __init__(self, sequence: np.ndarray, start: np.ndarray):
+        self.sequence, self.start = sequence, start
         self.outputs: list = []
 
     def add(self, out) -> None:
@@ -44,47 +46,48 @@ class SequenceBatch:
             out.pgm_labels = torch.empty(out.unaries[:, :, 0].shape, dtype=torch.long)
             out.pgm_probs = torch.empty(out.unaries.shape)
         pieces = self._pieces()
-        by_length: dict[int, list[int]] = {}
-        for sequence, windows in enumerate(pieces):
-            by_length.setdefault(self._length(windows), []).append(sequence)
+        by_length: dict[int, list[list[tuple]]] = {}
+        for windows in pieces:
+            by_length.setdefault(self._length(windows), []).append(windows)
+        device = head.device
         for sequences in by_length.values():
-            chains = [self._stitched(pieces[s]) for s in sequences]
-            unaries, guide, valid = (None if chains[0][i] is None else torch.stack([c[i] for c in chains])
+            chains = [self._stitched(windows) for windows in sequences]
+            unaries, guide, valid = (None if chains[0][i] is None else torch.stack([c[i] for c in chains]).to(device)
                                      for i in range(3))
-            device = head.device
-            labels = head.decode(unaries.to(device), _to(guide, device), _to(valid, device)).cpu()
-            probs = head.log_marginals(unaries.to(device), _to(guide, device), _to(valid, device)).exp().cpu()
-            for chain, sequence in enumerate(sequences):
-                for out, index, start in pieces[sequence]:
-                    frames = slice(start, start + out.unaries.shape[1])
-                    out.pgm_labels[index] = labels[chain, frames]
-                    out.pgm_probs[index] = probs[chain, frames]
+            if head.settings.get("decoding") == "marginals":  # the labels are the marginals' argmax
+                probs = head.log_marginals(unaries, guide, valid).exp()
+                labels = probs.argmax(dim=2)
+            else:
+                labels, probs = head.decode(unaries, guide, valid), head.log_marginals(unaries, guide, valid).exp()
+            for chain, windows in enumerate(sequences):
+                origin = windows[0][2]
+                for out, index, start in windows:
+                    frames = slice(start - origin, start - origin + out.unaries.shape[1])
+                    out.pgm_labels[index] = labels[chain, frames].cpu()
+                    out.pgm_probs[index] = probs[chain, frames].cpu()
 
     def _pieces(self) -> list[list[tuple]]:
-        """Per sequence (its position in the batch's first step), its windows in order: `(outputs,
-        index in them, start)`. Every step holds the sequences still reading, first ones first."""
-        pieces: list[list[tuple]] = []
+        """Per sequence, its windows in the order of their starts: `(outputs, index in them, start)`."""
+        pieces: dict[int, list[tuple]] = {}
         for out in self.outputs:
             for index, row in enumerate(out.rows):
-                if index == len(pieces):
-                    pieces.append([])
-                pieces[index].append((out, index, int(self.starts[row])))
-        return pieces
+                pieces.setdefault(int(self.sequence[row]), []).append((out, index, int(self.start[row])))
+        return [sorted(windows, key=lambda window: window[2]) for windows in pieces.values()]
 
     @staticmethod
     def _length(windows: list[tuple]) -> int:
         out, _, start = windows[-1]
-        return start + out.unaries.shape[1]
+        return start - windows[0][2] + out.unaries.shape[1]
 
     def _stitched(self, windows: list[tuple]) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
         """A sequence's unaries `[L, K(, H, W)]`, guide and valid from its windows: each frame from the
         first window that holds it."""
         taken = []  # (window, frames of it taken)
-        covered = 0
+        covered = windows[0][2]
         for out, index, start in windows:
             if start > covered:
-                raise ValueError(f"a sequence's windows must cover it from its first frame: frames {covered} to "
-                                 f"{start - 1} are in none (evaluation.stateful needs stride <= T_window)")
+                raise ValueError(f"a sequence's windows must cover it from its first window on: frames {covered} "
+                                 f"to {start - 1} are in none (evaluation.stateful needs stride <= T_window)")
             end = start + out.unaries.shape[1]
             if end > covered:
                 taken.append((out, index, slice(covered - start, end - start)))
@@ -96,7 +99,3 @@ class SequenceBatch:
             return torch.cat([getattr(out, key)[index, frames] for out, index, frames in taken])
 
         return joined("unaries"), joined("guide"), joined("valid")
-
-
-def _to(tensor: Optional[torch.Tensor], device: torch.device) -> Optional[torch.Tensor]:
-    return None if tensor is None else tensor.to(device)

@@ -88,6 +88,24 @@ def test_a_masked_step_leaves_the_chain_where_it_was():
     assert (scale[1, 2:] == 1).all() and (beta[1, 1:] == 1).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_numpy_passes_equal_the_differentiable_ones(dtype):
+    """Without gradients on the CPU the recursions run in numpy; with them, in torch: the same
+    alpha, beta, scales and log-likelihood, on a ragged mask with holes."""
+    from models.hmm import _scaled_passes
+    log_start, log_trans, g = random_hmm(5, 3)
+    log_start, log_trans = log_start.to(dtype), log_trans.to(dtype)
+    log_emit = (torch.randn(6, 11, 5, generator=g, dtype=torch.float64) * 3).to(dtype)
+    mask = (torch.rand(6, 11, generator=g) > 0.3) & ragged_mask([11, 9, 4, 11, 1, 7], 11)
+    mask[:, 0] = True
+    plain = _scaled_passes(log_start, log_trans, log_emit, mask)
+    traced = _scaled_passes(log_start, log_trans, log_emit.clone().requires_grad_(), mask)
+    assert not plain[0].requires_grad and traced[0].requires_grad  # the two paths ran
+    for ours, theirs in zip(plain, traced):
+        assert ours.dtype == dtype and ours.shape == theirs.shape
+        assert torch.allclose(ours, theirs.detach(), rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=0)
+
+
 def test_posteriors_sum_to_one_and_survive_tiny_emissions():
     log_start, log_trans, g = random_hmm(4, 0)
     log_emit = torch.randn(8, 200, 4, generator=g, dtype=torch.float64) * 50 - 1000
