@@ -31,6 +31,8 @@ def test_mse_compares_in_the_target_layout():
     outputs[0, 0, 1] = 2.0
     target = torch.tensor([[[[[0.0, 1.0]]]]])  # B, T, H, W, C'
     assert unary_loss("mse", outputs, target).item() == pytest.approx((0.0 + 1.0) / 2)
+    outputs[0, 0, 1] = 3.0
+    assert unary_loss("l1", outputs, target).item() == pytest.approx((0.0 + 2.0) / 2)  # |3 - 1| = 2, not 4
 
 
 def test_consistency_counts_only_where_the_input_stays():
@@ -51,3 +53,6 @@ def test_the_unary_loss_must_fit_the_task():
         resolve_unary_loss("kl", "segmentation", False)
     with pytest.raises(UserError, match="loss.unary = 'ce' does not fit task 'regression'"):
         resolve_unary_loss("ce", "regression", False)
+    assert resolve_unary_loss("l1", "regression", False) == "l1"
+    with pytest.raises(UserError, match=r"loss.unary = 'l1' does not fit task 'tagging': expected ce or kl \(or auto\)"):
+        resolve_unary_loss("l1", "tagging", False)

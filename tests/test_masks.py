@@ -54,12 +54,13 @@ def spoiled(b: dict[str, torch.Tensor], seed: int = 1) -> dict[str, torch.Tensor
     return {**b, "unaries": unaries, "labels": labels, "soft": soft}
 
 
-@pytest.mark.parametrize("kind", ["ce", "kl", "mse"])
+@pytest.mark.parametrize("kind", ["ce", "kl", "mse", "l1"])
 def test_masked_garbage_changes_no_unary_loss(kind):
     b = batch("segmentation")
-    target = b["labels"] if kind != "mse" else b["soft"]  # mse: a K-channel regression target
+    regression = kind in ("mse", "l1")
+    target = b["soft"] if regression else b["labels"]  # mse, l1: a K-channel regression target
     g = spoiled(b)
-    garbage_target = g["labels"] if kind != "mse" else g["soft"]
+    garbage_target = g["soft"] if regression else g["labels"]
     loss = unary_loss(kind, b["unaries"], target, b["soft"], b["valid"])
     assert torch.equal(loss, unary_loss(kind, g["unaries"], garbage_target, g["soft"], g["valid"]))
     assert not torch.equal(loss, unary_loss(kind, b["unaries"], target, b["soft"]))  # the mask does something

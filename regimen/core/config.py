@@ -42,7 +42,7 @@ MISSING = ("refuse", "mask")
 PGM_TYPES = ("crf", "hmm", "chain_crf")
 CRF_INFERENCE = ("mean_field", "loopy_bp")
 JOINT_MODES = ("alternating", "end_to_end")
-UNARY_LOSSES = ("auto", "ce", "kl", "mse")
+UNARY_LOSSES = ("auto", "ce", "kl", "mse", "l1")
 CALIBRATIONS = ("auto", "temperature", "isotonic", "none")
 USE_PGM = ("auto", "always", "never")
 # What a trial can be selected on (evaluate.py's validation metrics), and whether higher is better;
@@ -259,7 +259,7 @@ class TrainingConfig:
 
 @dataclass
 class LossConfig:
-    unary: str = "auto"  # auto (ce, or mse for regression) | ce | kl (needs soft targets) | mse
+    unary: str = "auto"  # auto (ce, or mse for regression) | ce | kl (needs soft targets) | mse | l1 (regression)
     alpha_unary: float = 1.0
     beta_structured: float = 0.6
     gamma_consistency: float = 0.2

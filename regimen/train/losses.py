@@ -53,12 +53,15 @@ class Part:
         return self.windows if valid is None else self.observed
 
 
+REGRESSION_LOSSES = ("mse", "l1")
+
+
 def resolve_unary_loss(name: str, task: str, has_soft_targets: bool) -> str:
     """The unary loss for `loss.unary` (`auto`: ce, or mse for regression)."""
     if name == "auto":
         return "mse" if task == "regression" else "ce"
-    if (name == "mse") != (task == "regression"):
-        expected = "mse (or auto)" if task == "regression" else "ce or kl (or auto)"
+    if (name in REGRESSION_LOSSES) != (task == "regression"):
+        expected = "mse or l1 (or auto)" if task == "regression" else "ce or kl (or auto)"
         raise UserError(f"loss.unary = {name!r} does not fit task '{task}': expected {expected}")
     if name == "kl" and not has_soft_targets:
         raise UserError("loss.unary = 'kl' needs soft targets P in the processed data; "
@@ -73,7 +76,9 @@ def class_last(outputs: torch.Tensor) -> torch.Tensor:
 
 def unary_loss(kind: str, outputs: torch.Tensor, target: torch.Tensor,
                soft: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy against labels, KL divergence against soft targets, or MSE.
+    """Cross-entropy against labels, KL divergence against soft targets, or MSE or L1 (mean absolute
+    error) against regression targets. L1's optimum is each node's median, not its mean: where a
+    forecast is unsure whether a value comes, it predicts none rather than a faint haze.
 
     KL uses `reduction="batchmean"` over every node (pixel or frame) as one
     row, so it is the mean KL per node, on the same scale as the cross-entropy.
@@ -82,8 +87,9 @@ def unary_loss(kind: str, outputs: torch.Tensor, target: torch.Tensor,
     """
     if valid is not None:
         return masked_mean(_per_node(kind, outputs, target, soft), valid)
-    if kind == "mse":
-        return F.mse_loss(class_last(outputs).float(), target.float())
+    if kind in REGRESSION_LOSSES:
+        loss = F.mse_loss if kind == "mse" else F.l1_loss
+        return loss(class_last(outputs).float(), target.float())
     logits = class_last(outputs).float().flatten(0, -2)  # (nodes, K)
     if kind == "kl":
         return F.kl_div(F.log_softmax(logits, dim=1), soft.flatten(0, -2).float(), reduction="batchmean")
@@ -92,8 +98,9 @@ def unary_loss(kind: str, outputs: torch.Tensor, target: torch.Tensor,
 
 def _per_node(kind: str, outputs: torch.Tensor, target: torch.Tensor, soft: torch.Tensor | None) -> torch.Tensor:
     """`unary_loss`'s terms per node `[nodes]`, before the mean."""
-    if kind == "mse":
-        return (class_last(outputs).float() - target.float()).pow(2).mean(dim=-1).flatten()
+    if kind in REGRESSION_LOSSES:
+        error = class_last(outputs).float() - target.float()
+        return (error.pow(2) if kind == "mse" else error.abs()).mean(dim=-1).flatten()
     logits = class_last(outputs).float().flatten(0, -2)  # (nodes, K)
     if kind == "kl":
         return F.kl_div(F.log_softmax(logits, dim=1), soft.flatten(0, -2).float(), reduction="none").sum(dim=1)
