@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-from hmmlearn.hmm import GaussianHMM
-from scipy.stats import multivariate_normal
 
 from regimen.core import runs
 from regimen.data.store import ArrayFile
 from regimen.scores.metrics import label_metrics
+
+if TYPE_CHECKING:  # hmmlearn (and scikit-learn under it) is imported where a baseline is fitted: 2 s of every
+    from hmmlearn.hmm import GaussianHMM  # evaluate.py's start otherwise, for tagging data only
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ def fit_from_labels(sequences: list[tuple[np.ndarray, np.ndarray]], num_classes:
     """A `GaussianHMM` whose every parameter is counted from labelled sequences: start and
     transition frequencies (a class never left gets a uniform row), class means and covariances
     (maximum likelihood, plus `RIDGE` on the diagonal; an unseen class gets the overall ones)."""
+    from hmmlearn.hmm import GaussianHMM
+
     features = sequences[0][0].shape[1]
     starts = np.bincount([labels[0] for _, labels in sequences], minlength=num_classes).astype(np.float64)
     moves = np.zeros((num_classes, num_classes))
@@ -64,6 +67,8 @@ def fit_from_labels(sequences: list[tuple[np.ndarray, np.ndarray]], num_classes:
 
 def frame_by_frame(model: GaussianHMM, priors: np.ndarray, inputs: np.ndarray) -> np.ndarray:
     """The per-frame Gaussian classifier: argmax_k log prior_k + log N(x; mean_k, cov_k), `[t]`."""
+    from scipy.stats import multivariate_normal
+
     log_likelihood = np.stack([multivariate_normal(mean, cov).logpdf(inputs).reshape(-1)
                                for mean, cov in zip(model.means_, model.covars_)], axis=1)  # [t, K]
     with np.errstate(divide="ignore"):  # a class never seen in training has prior 0

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.isotonic import IsotonicRegression
 
 from regimen.core.config import CALIBRATIONS
 from regimen.core.errors import UserError
@@ -81,7 +80,10 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> Calibrator:
 
 
 def fit_isotonic(probs: np.ndarray, labels: np.ndarray) -> Calibrator:
-    """One isotonic map per class from `p_k` to the frequency of class k."""
+    """One isotonic map per class from `p_k` to the frequency of class k. scikit-learn is imported
+    here, where a map is fitted: applying one (a bundle, `Calibrator`) needs only its arrays."""
+    from sklearn.isotonic import IsotonicRegression
+
     arrays = {}
     for k in range(probs.shape[1]):
         model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
