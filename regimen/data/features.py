@@ -73,6 +73,15 @@ def load_features(path: Path, flag: str) -> dict:
     return {"stateful": False, **payload, "splits": splits}
 
 
+def check_same_reading(features: dict, stateful: bool, path: Path) -> None:
+    """Phase 2 decodes the unaries as phase 1 read them: window by window, or with evaluation.stateful
+    each sequence as one stream, decoded whole; the config (`stateful`) must say the same."""
+    if features["stateful"] != stateful:
+        raise UserError(f"--features {path}: its unaries were saved with evaluation.stateful = "
+                        f"{str(features['stateful']).lower()}, the config has {str(stateful).lower()}; expected the "
+                        "same: run train_convlstm.py again with this config")
+
+
 class StoredArray:
     """An `.npy` file read by rows, never whole: `array[rows]` is a tensor of those rows."""
 

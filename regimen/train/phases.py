@@ -24,7 +24,7 @@ from regimen.core import files, folders, runs
 from regimen.core.config import Config, config_hash, dump_config, from_dict, get_key, leaf_keys, to_dict
 from regimen.core.config_file import load_config
 from regimen.core.errors import UserError
-from regimen.data.features import StoredArray, load_features
+from regimen.data.features import StoredArray, check_same_reading, load_features
 from regimen.data.processed import TaskData, check_same_data, data_identity, load_checked_meta, load_task_data
 from regimen.data.store import ArrayWriter
 from regimen.scores.metrics import MAIN_METRIC
@@ -118,7 +118,7 @@ def fit_structure(config: Config, features_path: Path, save: Optional[Path], ove
     check_same_data(features["dataset"], meta, f"--features {features_path}")
     task, k = meta["task"], meta["num_classes"]
     check_pgm_task(config.model.pgm.type, task)
-    _check_same_reading(features["stateful"], config.evaluation.stateful, features_path)
+    check_same_reading(features, config.evaluation.stateful, features_path)
     run = runs.RunFolder(Path(save)) if save else runs.run_folder_of(features_path)
     folders.check_output(run.root, runs.RUN, "--save")
     files.check_metrics(run.metrics)
@@ -158,15 +158,6 @@ def fit_structure(config: Config, features_path: Path, save: Optional[Path], ove
     }
     files.update_metrics(run.metrics, "fit_pgm", metrics)
     return metrics
-
-
-def _check_same_reading(saved: bool, configured: bool, features_path: Path) -> None:
-    """Phase 2 decodes the unaries as phase 1 read them: window by window, or with evaluation.stateful
-    each sequence as one stream and decoded whole; the config must say the same."""
-    if saved != configured:
-        raise UserError(f"--features {features_path}: its unaries were saved with evaluation.stateful = "
-                        f"{str(saved).lower()}, the config has {str(configured).lower()}; expected the same: run "
-                        "train_convlstm.py again with this config")
 
 
 def _check_not_replaced(path: Path, settings: dict) -> None:
