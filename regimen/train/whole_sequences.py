@@ -59,12 +59,13 @@ class SequenceBatch:
                 labels = probs.argmax(dim=2)
             else:
                 labels, probs = head.decode(unaries, guide, valid), head.log_marginals(unaries, guide, valid).exp()
+            labels, probs = labels.cpu(), probs.cpu()
             for chain, windows in enumerate(sequences):
                 origin = windows[0][2]
                 for out, index, start in windows:
                     frames = slice(start - origin, start - origin + out.unaries.shape[1])
-                    out.pgm_labels[index] = labels[chain, frames].cpu()
-                    out.pgm_probs[index] = probs[chain, frames].cpu()
+                    out.pgm_labels[index] = labels[chain, frames]
+                    out.pgm_probs[index] = probs[chain, frames]
 
     def _pieces(self) -> list[list[tuple]]:
         """Per sequence, its windows in the order of their starts: `(outputs, index in them, start)`."""
