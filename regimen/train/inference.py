@@ -10,7 +10,9 @@ unaries; both give `Outputs` batches, which `output_metrics` (and evaluate.py's
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 import numpy as np
@@ -27,7 +29,7 @@ from regimen.train.distributed import World
 from regimen.train.losses import class_last
 from regimen.train.pgm import PGMHead
 from regimen.train.stack import Stack, model_input
-from regimen.train.whole_sequences import SequenceBatch
+from regimen.train.whole_sequences import SequenceSpool, decode_whole_sequences
 
 log = logging.getLogger(__name__)
 
@@ -105,18 +107,6 @@ class Outputs:
     pgm_probs: Optional[torch.Tensor] = None
     feature_maps: Optional[torch.Tensor] = None
 
-    @staticmethod
-    def in_row_order(parts: list[Outputs]) -> Outputs:
-        """The windows of `parts` as one batch, in the split's order."""
-        rows = np.concatenate([part.rows for part in parts])
-        order = torch.from_numpy(np.argsort(rows, kind="stable"))
-
-        def joined(name: str) -> Optional[torch.Tensor]:
-            values = [getattr(part, name) for part in parts]
-            return None if values[0] is None else torch.cat(values)[order]
-
-        return Outputs(rows[order.numpy()], **{f.name: joined(f.name) for f in fields(Outputs) if f.name != "rows"})
-
 
 @torch.no_grad()
 def network_outputs(stack: Stack, data: TaskData, split: str, device: torch.device, batch_size: int,
@@ -151,31 +141,54 @@ def stateful_outputs(stack: Stack, data: TaskData, split: str, device: torch.dev
     previous window left at this window's first frame (`evaluation.stateful`): a long sequence is
     read as one stream instead of from zeros every `T_window` frames, and every window's unaries
     are those of the network run over the whole sequence. Sequences are read `batch_size` at a
-    time in the split's order, window by window in step; once a chunk's windows are all read (and,
-    with a PGM, its whole sequences decoded), they come as one batch, in the split's order."""
+    time in the split's order, window by window in step, into a `SequenceSpool` on disk; with a
+    PGM their whole sequences are decoded there; then their windows come back `batch_size` at a
+    time in the split's order. Memory holds a batch of windows, never a whole sequence."""
     stack.eval()
     windows = data.windows(split)
     stride = int(data.meta["stride"])
     sequences = rows_by_sequence(windows.sequence)
+    edge_aware = stack.head is not None and bool(stack.head.settings.get("edge_aware"))
     for first in track(range(0, len(sequences), batch_size), f"predict {split} (stateful)", "sequences"):
         # Longest first, so the sequences still reading at each step are always the first ones.
         chunk, state = sorted(sequences[first:first + batch_size], key=len, reverse=True), None
-        whole = SequenceBatch(windows.sequence, windows.start)
-        for step in range(len(chunk[0])):
-            rows = np.array([group[step] for group in chunk if len(group) > step])
-            if state is not None:  # sequences that have run out of windows drop out
-                state = [(h[:len(rows)], c[:len(rows)]) for h, c in state]
-            batch = windows[rows]
-            x = model_input(batch["x"])  # (B, T, C, H, W)
-            unaries, maps, final = stack.unaries(x.to(device), return_features=True, state=state, return_state=True)
-            whole.add(Outputs(rows, unaries.cpu(), batch["y"], batch.get("p"), x, batch.get("m"),
-                              feature_maps=maps.cpu() if feature_maps else None))
-            # The next window starts `stride` frames later: continue from the state after them.
-            state = (final if stride >= x.shape[1]
-                     else stack.unaries(x[:, :stride].to(device), state=state, return_state=True)[1])
-        if stack.head is not None:
-            whole.decode_with(stack.head)
-        yield Outputs.in_row_order(whole.outputs)
+        with tempfile.TemporaryDirectory(prefix="regimen-sequences-") as directory:
+            spool = SequenceSpool(chunk, windows.start, windows.length, Path(directory))
+            for step in range(len(chunk[0])):
+                rows = np.array([group[step] for group in chunk if len(group) > step])
+                if state is not None:  # sequences that have run out of windows drop out
+                    state = [(h[:len(rows)], c[:len(rows)]) for h, c in state]
+                x = model_input(windows.read("x", rows))  # (B, T, C, H, W)
+                unaries, maps, final = stack.unaries(x.to(device), return_features=True, state=state,
+                                                     return_state=True)
+                spool.write(rows, unaries=unaries.cpu(), feature_maps=maps.cpu() if feature_maps else None,
+                            guide=x if edge_aware else None,
+                            valid=windows.read("m", rows) if "m" in windows.arrays else None)
+                # The next window starts `stride` frames later: continue from the state after them.
+                state = (final if stride >= x.shape[1]
+                         else stack.unaries(x[:, :stride].to(device), state=state, return_state=True)[1])
+            yield from _spooled_windows(spool, np.sort(np.concatenate(chunk)), batch_size, stack.head,
+                                        lambda rows: _window_outputs(windows, rows, spool))
+
+
+def _window_outputs(windows: WindowDataset, rows: np.ndarray, spool: SequenceSpool) -> Outputs:
+    """The windows `rows` read again, with their unaries and feature maps from `spool`."""
+    batch = windows[rows]
+    return Outputs(rows, spool.read("unaries", rows), batch["y"], batch.get("p"), model_input(batch["x"]),
+                   batch.get("m"), feature_maps=spool.read("feature_maps", rows))
+
+
+def _spooled_windows(spool: SequenceSpool, rows: np.ndarray, batch_size: int, head: Optional[PGMHead],
+                     window_outputs) -> Iterator[Outputs]:
+    """The windows `rows` of a spooled chunk of sequences, `batch_size` at a time, from
+    `window_outputs(rows)`; with a head, decoded over their whole sequences first."""
+    if head is not None:
+        decode_whole_sequences(head, spool)
+    for first in range(0, len(rows), batch_size):
+        batch = rows[first:first + batch_size]
+        out = window_outputs(batch)
+        out.pgm_labels, out.pgm_probs = spool.read("pgm_labels", batch), spool.read("pgm_probs", batch)
+        yield out
 
 
 def stored_outputs(arrays: dict[str, StoredArray], batch_size: int, guide: Optional[SplitArray] = None,
@@ -183,23 +196,30 @@ def stored_outputs(arrays: dict[str, StoredArray], batch_size: int, guide: Optio
                    ) -> Iterator[Outputs]:
     """Phase 1's saved unaries, labels (and masks) of a split, in order, batch by batch; with `guide`
     (the split's inputs), those windows' inputs too. With the split's windows as `sequences` and a
-    `head` (unaries saved with evaluation.stateful), `batch_size` whole sequences a batch, each
-    decoded whole (`whole_sequences`)."""
+    `head` (unaries saved with evaluation.stateful), `batch_size` whole sequences at a time are
+    spooled and decoded whole (`whole_sequences`), then come back window by window."""
+
+    def window_outputs(rows: np.ndarray) -> Outputs:
+        return Outputs(rows, arrays["unaries"][rows], arrays["labels"][rows],
+                       guide=None if guide is None else guide[rows],
+                       valid=arrays["valid"][rows] if "valid" in arrays else None)
+
     count = len(arrays["unaries"])
-    if sequences is None:
-        batches = [np.arange(first, min(count, first + batch_size)) for first in range(0, count, batch_size)]
-    else:
-        chains = rows_by_sequence(sequences.sequence)
-        batches = [np.concatenate(chains[first:first + batch_size]) for first in range(0, len(chains), batch_size)]
-    for rows in batches:
-        out = Outputs(rows, arrays["unaries"][rows], arrays["labels"][rows],
-                      guide=None if guide is None else guide[rows],
-                      valid=arrays["valid"][rows] if "valid" in arrays else None)
-        if sequences is not None and head is not None:
-            whole = SequenceBatch(sequences.sequence, sequences.start)
-            whole.add(out)
-            whole.decode_with(head)
-        yield out
+    if sequences is None or head is None:
+        for first in range(0, count, batch_size):
+            yield window_outputs(np.arange(first, min(count, first + batch_size)))
+        return
+    chains = rows_by_sequence(sequences.sequence)
+    for first in range(0, len(chains), batch_size):
+        chunk = chains[first:first + batch_size]
+        with tempfile.TemporaryDirectory(prefix="regimen-sequences-") as directory:
+            spool = SequenceSpool(chunk, sequences.start, sequences.length, Path(directory))
+            rows = np.concatenate(chunk)  # each sequence's windows in the order of their starts
+            for part in range(0, len(rows), batch_size):
+                out = window_outputs(rows[part:part + batch_size])
+                spool.write(out.rows, unaries=out.unaries, valid=out.valid,
+                            guide=out.guide if head.settings.get("edge_aware") else None)
+            yield from _spooled_windows(spool, np.sort(rows), batch_size, head, window_outputs)
 
 
 class SplitArray:

@@ -121,12 +121,12 @@ class PGMHead(nn.Module):
         unaries = unaries.float()
         if self.type == "crf":
             return F.log_softmax(self.model(_data_term(unaries, valid), _float(guide)), dim=2)
-        emissions = self._emissions_of(unaries, valid)
+        emissions = self.chain_emissions(unaries, valid)
         if self.type == "hmm":
             _, posteriors = forward_backward(self.model.log_start, self.model.log_trans, emissions)
         else:
             posteriors = self.model.marginals(emissions)
-        return self._unchain(posteriors.clamp_min(TINY).log(), unaries.shape)
+        return self.unchain(posteriors.clamp_min(TINY).log(), unaries.shape)
 
     @torch.no_grad()
     def decode(self, unaries: torch.Tensor, guide: Optional[torch.Tensor] = None,
@@ -139,12 +139,12 @@ class PGMHead(nn.Module):
             return self.model.decode(_data_term(unaries, valid), _float(guide))
         if self.settings.get("decoding") == "marginals":
             return self.log_marginals(unaries, guide, valid).argmax(dim=2)
-        emissions = self._emissions_of(unaries, valid)
+        emissions = self.chain_emissions(unaries, valid)
         if self.type == "hmm":
             paths, _ = viterbi(self.model.log_start, self.model.log_trans, emissions)
         else:
             paths = self.model.decode(emissions)
-        return self._unchain(paths[..., None], unaries[:, :, :1].shape).squeeze(2)
+        return self.unchain(paths[..., None], unaries[:, :, :1].shape).squeeze(2)
 
     def nll(self, unaries: torch.Tensor, labels: torch.Tensor, guide: Optional[torch.Tensor] = None,
             valid: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -161,7 +161,7 @@ class PGMHead(nn.Module):
             log_q = self.log_marginals(unaries, guide, valid)
             per_node = F.nll_loss(log_q.movedim(2, -1).flatten(0, -2), labels.flatten(), reduction="none")
             return masked_mean(per_node, valid)
-        emissions = self._emissions_of(unaries.float(), valid)  # (M, T, K)
+        emissions = self.chain_emissions(unaries.float(), valid)  # (M, T, K)
         paths = self._label_chains(labels)  # (M, T)
         if valid is not None:
             observed = self._label_chains(valid)[..., None]  # (M, T, 1)
@@ -183,12 +183,21 @@ class PGMHead(nn.Module):
         return self.model.log_partition(emissions, torch.ones(emissions.shape[:2], dtype=torch.bool,
                                                               device=emissions.device))
 
-    def _emissions_of(self, unaries: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
+    def chain_emissions(self, unaries: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
         """The chains' emissions `[M, T, K]`, 0 (no evidence) at missing nodes."""
         emissions = self.emissions(self._chains(unaries))
         if valid is None:
             return emissions
         return emissions * self._label_chains(valid)[..., None].to(emissions.dtype)
+
+    def chain_potentials(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The chain's log start `[K]`, transition `[K, K]` and end `[K]` potentials (an HMM's end:
+        zeros), as float64 arrays: what `models.streaming` decodes long chains with."""
+        if self.type == "hmm":
+            potentials = self.model.log_start, self.model.log_trans, torch.zeros_like(self.model.log_start)
+        else:
+            potentials = self.model.start_transitions, self.model.transitions, self.model.end_transitions
+        return tuple(p.detach().cpu().double().numpy() for p in potentials)
 
     def emissions(self, chains: torch.Tensor) -> torch.Tensor:
         """Scaled emission scores of chains `[M, T, K]` of unaries."""
@@ -219,7 +228,7 @@ class PGMHead(nn.Module):
         return labels.movedim(1, -1).reshape(-1, labels.shape[1]) if labels.ndim == 4 else labels
 
     @staticmethod
-    def _unchain(chains: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    def unchain(chains: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """Inverse of `_chains` for a tensor `[B*H*W, T, K]` and the target shape."""
         if len(shape) == 3:
             return chains
@@ -329,7 +338,7 @@ def _baum_welch(head: PGMHead, unaries, pseudo_count: float, valid=None, iterati
     for _ in range(iterations):
         start, transitions, log_likelihood = 0, 0, 0.0
         for chunk, observed in zip(_chunks(unaries, device), _optional_chunks(valid, unaries, device)):
-            emissions = head._emissions_of(chunk.float(), observed)
+            emissions = head.chain_emissions(chunk.float(), observed)
             first, pairs, _, chunk_likelihood = head.model.expected_counts(emissions)
             start, transitions, log_likelihood = start + first, transitions + pairs, log_likelihood + chunk_likelihood
         history.append(log_likelihood)
