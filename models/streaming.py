@@ -3,7 +3,7 @@ at a time.
 
 An exact forward-backward needs every step's forward message again in its backward pass, and an
 exact Viterbi every step's back-pointers in its backtrack: both are as large as the emissions. Here
-they go to arrays on disk (`directory`), so memory holds one chunk of steps however long the
+they go to files in `directory` (`DiskArray`), so memory holds one chunk of steps however long the
 chains are. The forward pass reads the emissions chunk by chunk in order; the backward pass (or the
 backtrack) runs through the chunks in reverse and hands each one's result to `write` as soon as it
 is known, last chunk first.
@@ -18,6 +18,7 @@ their maximum, which leaves every argmax where it was.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -32,8 +33,48 @@ def spans(length: int, chunk: int) -> list[tuple[int, int]]:
     return [(a, min(length, a + chunk)) for a in range(0, length, chunk)]
 
 
-def _disk_array(directory: Path, name: str, dtype, shape: tuple[int, ...]) -> np.ndarray:
-    return np.lib.format.open_memmap(directory / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+class DiskArray:
+    """An array in a raw file of its own, read and written by slices of its first axis (`rows`) or of
+    its second within one index of the first (`frames`), each one `pread` or `pwrite`: what it holds
+    stays on disk. (A memory map's touched pages would count in the process's memory.)"""
+
+    def __init__(self, path: Path, dtype, shape: tuple[int, ...]):
+        self.dtype, self.shape = np.dtype(dtype), tuple(int(n) for n in shape)
+        self.frame_bytes = int(np.prod(self.shape[2:], dtype=np.int64)) * self.dtype.itemsize
+        self.row_bytes = self.shape[1] * self.frame_bytes
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.ftruncate(self.fd, self.shape[0] * self.row_bytes)  # sparse until written
+
+    def rows(self, first: int, end: int) -> np.ndarray:
+        """`array[first:end]`."""
+        return self._read(first * self.row_bytes, (end - first, *self.shape[1:]))
+
+    def set_rows(self, first: int, values: np.ndarray) -> None:
+        """`array[first:first + len(values)] = values`."""
+        self._write(first * self.row_bytes, values)
+
+    def frames(self, index: int, first: int, end: int) -> np.ndarray:
+        """`array[index, first:end]`."""
+        return self._read(index * self.row_bytes + first * self.frame_bytes, (end - first, *self.shape[2:]))
+
+    def set_frames(self, index: int, first: int, values: np.ndarray) -> None:
+        """`array[index, first:first + len(values)] = values`."""
+        self._write(index * self.row_bytes + first * self.frame_bytes, values)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def _read(self, offset: int, shape: tuple[int, ...]) -> np.ndarray:
+        buffer = bytearray(int(np.prod(shape, dtype=np.int64)) * self.dtype.itemsize)
+        view, done = memoryview(buffer), 0
+        while done < len(buffer):  # one call moves at most about 2 GiB
+            done += os.preadv(self.fd, [view[done:]], offset + done)
+        return np.frombuffer(buffer, dtype=self.dtype).reshape(shape)
+
+    def _write(self, offset: int, values: np.ndarray) -> None:
+        view, done = memoryview(np.ascontiguousarray(values, dtype=self.dtype)).cast("B"), 0
+        while done < len(view):
+            done += os.pwrite(self.fd, view[done:], offset + done)
 
 
 def streamed_marginals(log_start: np.ndarray, log_trans: np.ndarray, log_end: np.ndarray, emissions: Emissions,
@@ -46,18 +87,19 @@ def streamed_marginals(log_start: np.ndarray, log_trans: np.ndarray, log_end: np
         emit = np.asarray(emissions(a, b), dtype=np.float64)  # (t, M, K)
         emit = np.exp(emit - emit.max(axis=2, keepdims=True))
         if alpha is None:
-            alpha = _disk_array(directory, "alpha", np.float64, (length, *emit.shape[1:]))
-            scaled = _disk_array(directory, "scaled", np.float64, (length, *emit.shape[1:]))
+            alpha = DiskArray(directory / "alpha", np.float64, (length, *emit.shape[1:]))
+            scaled = DiskArray(directory / "scaled", np.float64, (length, *emit.shape[1:]))
         forward = np.empty_like(emit)
         for step in range(a, b):
             message = start * emit[0] if step == 0 else (previous @ trans) * emit[step - a]
             normaliser = message.sum(axis=1, keepdims=True)  # (M, 1)
             forward[step - a] = previous = message / normaliser
             emit[step - a] /= normaliser
-        alpha[a:b], scaled[a:b] = forward, emit
+        alpha.set_rows(a, forward)
+        scaled.set_rows(a, emit)
     into, carried = np.ascontiguousarray(trans.T), None  # carried: scaled_{t+1} * beta_{t+1}
     for a, b in reversed(spans(length, chunk)):
-        forward, emit = np.asarray(alpha[a:b]), np.asarray(scaled[a:b])
+        forward, emit = alpha.rows(a, b), scaled.rows(a, b)
         posterior = np.empty_like(forward)
         for step in range(b - 1, a - 1, -1):
             beta = np.broadcast_to(end, forward.shape[1:]) if step == length - 1 else carried @ into
@@ -65,6 +107,8 @@ def streamed_marginals(log_start: np.ndarray, log_trans: np.ndarray, log_end: np
             posterior[step - a] = joint / joint.sum(axis=1, keepdims=True)
             carried = emit[step - a] * beta
         write(a, b, posterior)
+    alpha.close()
+    scaled.close()
 
 
 def streamed_viterbi(log_start: np.ndarray, log_trans: np.ndarray, log_end: np.ndarray, emissions: Emissions,
@@ -77,7 +121,7 @@ def streamed_viterbi(log_start: np.ndarray, log_trans: np.ndarray, log_end: np.n
         emit = np.asarray(emissions(a, b), dtype=np.float64)  # (t, M, K)
         m, k = emit.shape[1:]
         if pointers is None:
-            pointers = _disk_array(directory, "pointers", np.int16 if k < 2 ** 15 else np.int32, (length, m, k))
+            pointers = DiskArray(directory / "pointers", np.int16 if k < 2 ** 15 else np.int32, (length, m, k))
         chosen = np.zeros((b - a, m, k), dtype=pointers.dtype)  # the best state before each one
         for step in range(a, b):
             if step == 0:
@@ -88,12 +132,13 @@ def streamed_viterbi(log_start: np.ndarray, log_trans: np.ndarray, log_end: np.n
                 chosen[step - a] = best
                 delta = np.take_along_axis(moves, best[:, None, :], axis=1)[:, 0] + emit[step - a]
             delta -= delta.max(axis=1, keepdims=True)
-        pointers[a:b] = chosen
+        pointers.set_rows(a, chosen)
     state, chains = (delta + log_end).argmax(axis=1), np.arange(delta.shape[0])
     for a, b in reversed(spans(length, chunk)):
-        back = np.asarray(pointers[a:b])
+        back = pointers.rows(a, b)
         path = np.empty((b - a, len(chains)), dtype=np.int64)
         for step in range(b - 1, a - 1, -1):
             path[step - a] = state
             state = back[step - a][chains, state]
         write(a, b, path)
+    pointers.close()

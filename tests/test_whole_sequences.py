@@ -59,7 +59,7 @@ def windowed(sequences: list[torch.Tensor], valid: list[torch.Tensor], window: i
                                               ("hmm", "segmentation", 4), ("chain_crf", "segmentation", 1),
                                               ("crf", "segmentation", 2)])
 @pytest.mark.parametrize("decoding", ["viterbi", "marginals"])
-def test_whole_sequence_decoding_equals_the_concatenated_sequence(kind, task, stride, decoding, tmp_path):
+def test_whole_sequence_decoding_equals_the_concatenated_sequence(kind, task, stride, decoding):
     k, window = 3, 4
     generator = torch.Generator().manual_seed(1)
     lengths = [20, 14, 20, 12]  # two sequences of one length, two of others, stride dividing the rest
@@ -71,7 +71,7 @@ def test_whole_sequence_decoding_equals_the_concatenated_sequence(kind, task, st
     if kind != "crf":
         head.settings["decoding"] = decoding
     owners, starts, batches = windowed(sequences, valid, window, stride)
-    spool = SequenceSpool(rows_by_sequence(owners), starts, window, tmp_path)
+    spool = SequenceSpool(rows_by_sequence(owners), starts, window)
     for _, out in batches:  # the windows as they come, step by step
         spool.write(out.rows, unaries=out.unaries, valid=out.valid)
     read = spool.frames
@@ -128,6 +128,36 @@ def test_stateful_outputs_carry_the_pgm_over_whole_sequences(write_config):
     assert seen == list(range(len(windows)))  # every window once, in the split's order
 
 
-def test_windows_with_a_gap_between_them_are_refused(tmp_path):
+def test_windows_with_a_gap_between_them_are_refused():
     with pytest.raises(ValueError, match="frames 4 to 5 are in none"):  # frames 4 and 5 are in no window
-        SequenceSpool([[0, 1]], np.array([0, 6]), 4, tmp_path)
+        SequenceSpool([[0, 1]], np.array([0, 6]), 4)
+
+
+def test_the_alternating_refit_fits_on_stateful_unaries(write_config, tmp_path, monkeypatch):
+    """Phase 3's PGM step, with evaluation.stateful, fits on the unaries of each sequence read as one
+    stream (as phase 2 does), not on windows read from zeros."""
+    from regimen.core import runs
+    from regimen.data.preprocess import preprocess
+    from regimen.data.processed import load_task_data
+    from regimen.train import phases
+    from regimen.train.inference import network_outputs
+    from regimen.train.stack import new_stack
+
+    config = load_config(write_config({"data": {"T_window": 4, "stride": 2}, "evaluation": {"stateful": True},
+                                       "training": {"mixed_precision": False}}))
+    preprocess(config)
+    data = load_task_data(config.data)
+    torch.manual_seed(0)
+    stack = new_stack(config, data).eval()
+    stack.head = random_head("hmm", "segmentation", data.num_classes)
+    fitted_on = {}
+    monkeypatch.setattr(phases, "fit_pgm", lambda head, unaries, *args, **kwargs: fitted_on.update(
+        unaries=unaries[np.arange(len(unaries))]) or {})
+    phases._refit(stack, data, runs.RunFolder(tmp_path), config, torch.device("cpu"), 0)
+
+    def unaries(stateful: bool) -> torch.Tensor:
+        return torch.cat([out.unaries for out in network_outputs(stack, data, "train", torch.device("cpu"), 3,
+                                                                 stateful)])
+
+    assert torch.equal(fitted_on["unaries"], unaries(True))
+    assert not torch.allclose(fitted_on["unaries"], unaries(False))

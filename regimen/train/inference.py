@@ -10,9 +10,7 @@ unaries; both give `Outputs` batches, which `output_metrics` (and evaluate.py's
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 import numpy as np
@@ -110,14 +108,15 @@ class Outputs:
 
 @torch.no_grad()
 def network_outputs(stack: Stack, data: TaskData, split: str, device: torch.device, batch_size: int,
-                    stateful: bool = False, rows: Optional[range] = None, feature_maps: bool = False
-                    ) -> Iterator[Outputs]:
+                    stateful: bool = False, rows: Optional[range] = None, feature_maps: bool = False,
+                    decoded: bool = True) -> Iterator[Outputs]:
     """The stack's unaries over the split's windows (or its `rows`), batch by batch in the split's
-    order; with `stateful`, each sequence read as one stream (`stateful_outputs`); with
-    `feature_maps`, the last layer's features too."""
+    order; with `stateful`, each sequence read as one stream (`stateful_outputs`, its whole
+    sequences decoded by the stack's head unless not `decoded`); with `feature_maps`, the last
+    layer's features too."""
     stack.eval()
     if stateful:
-        yield from stateful_outputs(stack, data, split, device, batch_size, feature_maps)
+        yield from stateful_outputs(stack, data, split, device, batch_size, feature_maps, decoded)
         return
     rows = rows if rows is not None else range(len(data.windows(split)))
     first = rows.start
@@ -136,7 +135,7 @@ def network_outputs(stack: Stack, data: TaskData, split: str, device: torch.devi
 
 @torch.no_grad()
 def stateful_outputs(stack: Stack, data: TaskData, split: str, device: torch.device, batch_size: int,
-                     feature_maps: bool = False) -> Iterator[Outputs]:
+                     feature_maps: bool = False, decoded: bool = True) -> Iterator[Outputs]:
     """`network_outputs` where each window's ConvLSTM continues from the state that its sequence's
     previous window left at this window's first frame (`evaluation.stateful`): a long sequence is
     read as one stream instead of from zeros every `T_window` frames, and every window's unaries
@@ -148,12 +147,12 @@ def stateful_outputs(stack: Stack, data: TaskData, split: str, device: torch.dev
     windows = data.windows(split)
     stride = int(data.meta["stride"])
     sequences = rows_by_sequence(windows.sequence)
-    edge_aware = stack.head is not None and bool(stack.head.settings.get("edge_aware"))
+    head = stack.head if decoded else None
+    edge_aware = head is not None and bool(head.settings.get("edge_aware"))
     for first in track(range(0, len(sequences), batch_size), f"predict {split} (stateful)", "sequences"):
         # Longest first, so the sequences still reading at each step are always the first ones.
         chunk, state = sorted(sequences[first:first + batch_size], key=len, reverse=True), None
-        with tempfile.TemporaryDirectory(prefix="regimen-sequences-") as directory:
-            spool = SequenceSpool(chunk, windows.start, windows.length, Path(directory))
+        with SequenceSpool(chunk, windows.start, windows.length) as spool:
             for step in range(len(chunk[0])):
                 rows = np.array([group[step] for group in chunk if len(group) > step])
                 if state is not None:  # sequences that have run out of windows drop out
@@ -167,7 +166,7 @@ def stateful_outputs(stack: Stack, data: TaskData, split: str, device: torch.dev
                 # The next window starts `stride` frames later: continue from the state after them.
                 state = (final if stride >= x.shape[1]
                          else stack.unaries(x[:, :stride].to(device), state=state, return_state=True)[1])
-            yield from _spooled_windows(spool, np.sort(np.concatenate(chunk)), batch_size, stack.head,
+            yield from _spooled_windows(spool, np.sort(np.concatenate(chunk)), batch_size, head,
                                         lambda rows: _window_outputs(windows, rows, spool))
 
 
@@ -212,8 +211,7 @@ def stored_outputs(arrays: dict[str, StoredArray], batch_size: int, guide: Optio
     chains = rows_by_sequence(sequences.sequence)
     for first in range(0, len(chains), batch_size):
         chunk = chains[first:first + batch_size]
-        with tempfile.TemporaryDirectory(prefix="regimen-sequences-") as directory:
-            spool = SequenceSpool(chunk, sequences.start, sequences.length, Path(directory))
+        with SequenceSpool(chunk, sequences.start, sequences.length) as spool:
             rows = np.concatenate(chunk)  # each sequence's windows in the order of their starts
             for part in range(0, len(rows), batch_size):
                 out = window_outputs(rows[part:part + batch_size])

@@ -296,12 +296,14 @@ def _before_after(outputs: Iterable[Outputs], meta: dict, head: PGMHead) -> dict
 
 def _refit(stack: Stack, data: TaskData, run: runs.RunFolder, config: Config, device: torch.device, seed: int
            ) -> dict:
-    """The alternating mode's PGM step: the network's unaries of every training window, written to a
+    """The alternating mode's PGM step: the network's unaries of every training window (with
+    `evaluation.stateful`, of each sequence read as one stream, as phase 2 fits on), written to a
     temporary array in the run folder (a split is never held whole), then `fit_pgm` on them."""
     windows = data.windows("train")
     writer = None
     try:
-        for out in network_outputs(stack, data, "train", device, config.training.batch_size):
+        for out in network_outputs(stack, data, "train", device, config.training.batch_size,
+                                   config.evaluation.stateful, decoded=False):
             if writer is None:
                 writer = ArrayWriter(run.root / "refit.unaries.npy", out.unaries.numpy().dtype,
                                      (len(windows), *out.unaries.shape[1:]))

@@ -18,42 +18,58 @@ windows gets one label.
   at most `iterations` away. Each chunk is run with that many frames on either side and only its
   own frames are kept: exact, at the cost of those extra frames.
 
-The arrays live in a temporary folder (`TMPDIR`), removed when the chunk of sequences is done.
+The files live in a temporary folder (under `TMPDIR`), removed when the chunk of sequences is done:
+it needs the disk space of the chunk's unaries, and as much again for the marginals and twice that
+for the chains' messages.
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
-from models.streaming import spans, streamed_marginals, streamed_viterbi
+from models.streaming import DiskArray, spans, streamed_marginals, streamed_viterbi
 from regimen.train.pgm import PGMHead
 
 
 class SequenceSpool:
-    """A chunk of whole sequences, frame by frame, in arrays on disk.
+    """A chunk of whole sequences, frame by frame, in files of a temporary folder of its own (under
+    `TMPDIR`), removed when the spool is closed (a context manager).
 
     Args:
         sequences: each sequence's windows (rows of the split), in the order of their starts.
         start: every row's first frame in its sequence (a split's part of a sequence may start
             anywhere: it is kept from its first window's first frame).
         window: frames a window.
-        directory: where the arrays go.
     """
 
-    def __init__(self, sequences: list[list[int]], start: np.ndarray, window: int, directory: Path):
+    def __init__(self, sequences: list[list[int]], start: np.ndarray, window: int):
         for rows in sequences:
             _check_covered(start[rows], window)
         lengths = np.array([int(start[rows[-1]] - start[rows[0]]) + window for rows in sequences])
         order = np.argsort(-lengths, kind="stable")  # longest first: sequences of a length are neighbours
-        self.lengths, self.window, self.directory = lengths[order], window, directory
+        self.lengths, self.window = lengths[order], window
         self.place = {row: (slot, int(start[row] - start[sequences[s][0]]))
                       for slot, s in enumerate(order) for row in sequences[s]}
-        self.arrays: dict[str, np.ndarray] = {}
+        self.arrays: dict[str, DiskArray] = {}
         self.covered: dict[str, np.ndarray] = {}  # per array, the frames of each sequence written
+        self._folder = tempfile.TemporaryDirectory(prefix="regimen-sequences-")
+        self.directory = Path(self._folder.name)
+
+    def __enter__(self) -> SequenceSpool:
+        return self
+
+    def __exit__(self, *exception) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for array in self.arrays.values():
+            array.close()
+        self._folder.cleanup()
 
     def write(self, rows: np.ndarray, **values: Optional[torch.Tensor]) -> None:
         """Each window's `values` `[B, T, ...]` by name, in the frames of its sequence not written yet.
@@ -65,40 +81,39 @@ class SequenceSpool:
             array, covered = self._array(key, tensor), self.covered[key]
             for row, value in zip(rows, tensor.numpy()):
                 slot, offset = self.place[int(row)]
-                end = offset + self.window
-                if end > covered[slot]:
-                    array[slot, covered[slot]:end] = value[covered[slot] - offset:]
-                    covered[slot] = end
+                if offset + self.window > covered[slot]:
+                    array.set_frames(slot, covered[slot], value[covered[slot] - offset:])
+                    covered[slot] = offset + self.window
 
     def read(self, key: str, rows: np.ndarray) -> Optional[torch.Tensor]:
         """The windows' frames of an array, `[B, T, ...]` (None where nothing was written to it)."""
         if key not in self.arrays:
             return None
         array = self.arrays[key]
-        return torch.from_numpy(np.stack([array[slot, offset:offset + self.window]
+        return torch.from_numpy(np.stack([array.frames(slot, offset, offset + self.window)
                                           for slot, offset in (self.place[int(row)] for row in rows)]))
 
     def frames(self, key: str, slots: range, first: int, end: int) -> Optional[torch.Tensor]:
         """Frames `first..end-1` of the sequences in `slots`, `[S, end - first, ...]`."""
-        return None if key not in self.arrays else torch.from_numpy(np.array(self.arrays[key][slots.start:slots.stop,
-                                                                                            first:end]))
+        if key not in self.arrays:
+            return None
+        return torch.from_numpy(np.stack([self.arrays[key].frames(slot, first, end) for slot in slots]))
 
     def put(self, key: str, slots: range, first: int, values: torch.Tensor) -> None:
         """Decoded frames `[S, t, ...]` of the sequences in `slots`, from frame `first` on."""
         array = self._array(key, values)
-        array[slots.start:slots.stop, first:first + values.shape[1]] = values.numpy()
+        for slot, value in zip(slots, values.numpy()):
+            array.set_frames(slot, first, value)
 
     def groups(self) -> list[tuple[range, int]]:
         """The slots of each length, with the length."""
         edges = [0, *np.flatnonzero(np.diff(self.lengths)) + 1, len(self.lengths)]
         return [(range(a, b), int(self.lengths[a])) for a, b in zip(edges[:-1], edges[1:])]
 
-    def _array(self, key: str, like: torch.Tensor) -> np.ndarray:
+    def _array(self, key: str, like: torch.Tensor) -> DiskArray:
         if key not in self.arrays:
-            dtype = like.numpy().dtype
             shape = (len(self.lengths), int(self.lengths.max()), *like.shape[2:])
-            self.arrays[key] = np.lib.format.open_memmap(self.directory / f"{key}.npy", mode="w+", dtype=dtype,
-                                                         shape=shape)
+            self.arrays[key] = DiskArray(self.directory / key, like.numpy().dtype, shape)
             self.covered[key] = np.zeros(len(self.lengths), dtype=np.int64)
         return self.arrays[key]
 
