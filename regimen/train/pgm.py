@@ -192,7 +192,7 @@ class PGMHead(nn.Module):
 
     def chain_potentials(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The chain's log start `[K]`, transition `[K, K]` and end `[K]` potentials (an HMM's end:
-        zeros), as float64 arrays: what `models.streaming` decodes long chains with."""
+        zeros), as float64 arrays: what `regimen.train.streaming` decodes long chains with."""
         if self.type == "hmm":
             potentials = self.model.log_start, self.model.log_trans, torch.zeros_like(self.model.log_start)
         else:

@@ -11,7 +11,7 @@ first. Here a chunk of sequences is written frame by frame to arrays on disk as 
 window; the result equals decoding each concatenated sequence at once, and a frame covered by two
 windows gets one label.
 
-- HMM and chain CRF: forward-backward and Viterbi over the spooled frames (`models.streaming`),
+- HMM and chain CRF: forward-backward and Viterbi over the spooled frames (`regimen.train.streaming`),
   their messages and back-pointers on disk too.
 - Space-time CRF: `iterations` synchronous mean-field updates (or BP sweeps) move information one
   frame a sweep along its temporal links, so a frame's result depends on the unaries of the frames
@@ -32,7 +32,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from models.streaming import DiskArray, spans, streamed_marginals, streamed_viterbi
+from regimen.core.disk_array import DiskArray
+from regimen.train.streaming import spans, streamed_marginals, streamed_viterbi
 from regimen.train.pgm import PGMHead
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from models.hmm import forward_backward, viterbi
-from models.streaming import spans, streamed_marginals, streamed_viterbi
+from regimen.train.streaming import spans, streamed_marginals, streamed_viterbi
 
 
 def chains(m: int, t: int, k: int, seed: int):
