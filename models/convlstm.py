@@ -1,7 +1,8 @@
 """ConvLSTM (Shi et al. 2015, without peepholes) with the input convolution hoisted out of time.
 
-The input-to-gate convolution does not depend on the recurrence, so one call
-runs it over all `B*T` frames; only the hidden-to-gate convolution runs per step.
+The input-to-gate convolution does not depend on the recurrence, so it runs
+over many frames a call; only the hidden-to-gate convolution runs per step, and
+not at all on the zero state a sequence starts from.
 Gates are ordered i, f, o, g along the channel axis:
 `c' = f*c + i*g`, `h' = o*tanh(c')`.
 """
@@ -44,6 +45,13 @@ class ConvLSTMCell(nn.Module):
         b, _, h, w = like.shape
         zeros = like.new_zeros(b, self.hidden_channels, h, w)
         return zeros, zeros
+
+    def start(self, gates_x: torch.Tensor) -> State:
+        """The first frame from the zero state, given its input gates `[B, 4*hidden, H, W]`: the
+        hidden convolution of zeros is zero and so is the forget gate's term, so neither is computed."""
+        n = self.hidden_channels
+        c = torch.sigmoid(gates_x[:, :n]) * torch.tanh(gates_x[:, 3 * n:])
+        return torch.sigmoid(gates_x[:, 2 * n: 3 * n]) * torch.tanh(c), c
 
     def step(self, gates_x: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> State:
         """Advance one frame given the precomputed input gates `[B, 4*hidden, H, W]`."""
@@ -135,16 +143,38 @@ class ConvLSTM(nn.Module):
 
     def _run(self, cell: ConvLSTMCell, x: torch.Tensor, state: Optional[State], reverse: bool
              ) -> tuple[torch.Tensor, State]:
-        b, t = x.shape[:2]
-        # The input convolution once over all frames; unbind (not indexing) so that the
-        # backward pass stacks the T gradients once instead of a full-size add per step.
-        gates_x = cell.conv_x(x.flatten(0, 1)).unflatten(0, (b, t)).unbind(1)  # T x (B, 4*hidden, H, W)
-        h, c = state if state is not None else cell.zero_state(x[:, 0])
+        t = x.shape[1]
+        gates_x = _input_gates(cell, x)
+        order = range(t - 1, -1, -1) if reverse else range(t)
+        recompute = self.checkpoint_steps and torch.is_grad_enabled()
         outputs = [None] * t
-        for step in (range(t - 1, -1, -1) if reverse else range(t)):
-            if self.checkpoint_steps and torch.is_grad_enabled():
-                h, c = checkpoint(cell.step, gates_x[step], h, c, use_reentrant=False)
+        for step in order:
+            if state is None and step == order[0]:
+                h, c = cell.start(gates_x[step])
+            elif recompute:
+                h, c = checkpoint(cell.step, gates_x[step], *(state if step == order[0] else (h, c)),
+                                  use_reentrant=False)
             else:
-                h, c = cell.step(gates_x[step], h, c)
+                h, c = cell.step(gates_x[step], *(state if step == order[0] else (h, c)))
             outputs[step] = h
         return torch.stack(outputs, dim=1), (h, c)
+
+
+INPUT_CONV_ELEMENTS = 2 ** 20  # outputs a call of the input convolution: about 4 MB in fp32
+
+
+def _input_gates(cell: ConvLSTMCell, x: torch.Tensor) -> list[torch.Tensor]:
+    """The input convolution of every frame of `x` `[B, T, C, H, W]`, T x `[B, 4*hidden, H, W]`.
+
+    It does not depend on the recurrence, so it runs over many frames a call; but a call whose
+    output outgrows the CPU's caches gets slower per frame (a 64-frame call took 60 times an
+    8-frame one at 32 x 32 and 128 gates), so the calls take as many steps as keep their output
+    near `INPUT_CONV_ELEMENTS`. unbind (not indexing), so that the backward pass stacks a call's
+    gradients once instead of a full-size add per step."""
+    b, t, _, h, w = x.shape
+    steps = max(1, INPUT_CONV_ELEMENTS // (b * 4 * cell.hidden_channels * h * w))
+    gates = []
+    for first in range(0, t, steps):
+        part = x[:, first:first + steps]
+        gates += cell.conv_x(part.flatten(0, 1)).unflatten(0, part.shape[:2]).unbind(1)
+    return gates

@@ -5,20 +5,30 @@ from __future__ import annotations
 import pytest
 import torch
 
+from models import convlstm
 from models.convlstm import ConvLSTM, ConvLSTMCell
 from models.network import ConvLSTMNet
 from reference_models import ConcatConvLSTMCell, run_reference
 
 
-def test_hoisted_stack_equals_concat_then_conv_reference():
+@pytest.mark.parametrize("call_elements", [2 ** 20, 3 * 3 * 20 * 56])  # all steps in one call; 3 a call
+def test_hoisted_stack_equals_concat_then_conv_reference(call_elements, monkeypatch):
+    """Forward and gradients, with the input convolution in one call or in calls of 3 steps (6 = 3 + 3)."""
+    monkeypatch.setattr(convlstm, "INPUT_CONV_ELEMENTS", call_elements)
     torch.manual_seed(0)
     model = ConvLSTM(2, [5, 4], kernel_size=3)
+    references = [ConcatConvLSTMCell.from_cell(c) for c in model.cells]
     x = torch.randn(3, 6, 2, 7, 8)
     out, state = model(x)
-    reference = run_reference([ConcatConvLSTMCell.from_cell(c) for c in model.cells], x)
+    reference = run_reference(references, x)
     assert out.shape == (3, 6, 4, 7, 8)
     assert (out - reference).abs().max() < 1e-5
     assert torch.allclose(state[-1][0], out[:, -1])
+    out.square().sum().backward()
+    reference.square().sum().backward()
+    for cell, theirs in zip(model.cells, references):
+        ours = torch.cat([cell.conv_x.weight.grad, cell.conv_h.weight.grad], dim=1)
+        torch.testing.assert_close(ours, theirs.conv.weight.grad, rtol=1e-4, atol=1e-5)
 
 
 def test_single_cell_step_equals_reference_with_a_state():
