@@ -6,7 +6,7 @@ sequence (`inference.stateful_outputs`), so a sequence's frames have one unary e
 windows overlap. Decoding each window on its own would still cut the chain at every window
 boundary: an HMM's or a chain CRF's Viterbi and forward-backward would see `T_window` frames of
 context, and the space-time CRF would have no link from one window's last frame to the next one's
-first. Here a chunk of sequences is written frame by frame to arrays on disk as its windows come
+first. Here a chunk of sequences is written frame by frame to files as its windows come
 (`SequenceSpool`), decoded there a chunk of `T_window` frames at a time, and read back window by
 window; the result equals decoding each concatenated sequence at once, and a frame covered by two
 windows gets one label.
@@ -19,8 +19,8 @@ windows gets one label.
   own frames are kept: exact, at the cost of those extra frames.
 
 The files live in a temporary folder (under `TMPDIR`), removed when the chunk of sequences is done:
-it needs the disk space of the chunk's unaries, and as much again for the marginals and twice that
-for the chains' messages.
+it needs the disk space of the chunk's unaries, as much again for the marginals, and for a chain
+about four times that for its float64 messages.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from regimen.core.disk_array import DiskArray
-from regimen.train.streaming import spans, streamed_marginals, streamed_viterbi
 from regimen.train.pgm import PGMHead
+from regimen.train.streaming import spans, streamed_marginals, streamed_viterbi
 
 
 class SequenceSpool:

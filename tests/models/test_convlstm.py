@@ -11,9 +11,10 @@ from models.network import ConvLSTMNet
 from reference_models import ConcatConvLSTMCell, run_reference
 
 
-@pytest.mark.parametrize("call_elements", [2 ** 20, 3 * 3 * 20 * 56])  # all steps in one call; 3 a call
+@pytest.mark.parametrize("call_elements", [2 ** 20, 3 * 3 * 20 * 56, 100])  # all steps a call; 3; fused
 def test_hoisted_stack_equals_concat_then_conv_reference(call_elements, monkeypatch):
-    """Forward and gradients, with the input convolution in one call or in calls of 3 steps (6 = 3 + 3)."""
+    """Forward and gradients, with the input convolution in one call, in calls of 3 steps (6 = 3 + 3),
+    or in one convolution over [x_t, h] per step (one step's gates above the budget)."""
     monkeypatch.setattr(convlstm, "INPUT_CONV_ELEMENTS", call_elements)
     torch.manual_seed(0)
     model = ConvLSTM(2, [5, 4], kernel_size=3)
@@ -40,7 +41,9 @@ def test_single_cell_step_equals_reference_with_a_state():
     assert all((a - b).abs().max() < 1e-5 for a, b in zip(ours, theirs))
 
 
-def test_streaming_frame_by_frame_equals_one_call():
+@pytest.mark.parametrize("call_elements", [2 ** 20, 100])  # the input convolution apart; fused
+def test_streaming_frame_by_frame_equals_one_call(call_elements, monkeypatch):
+    monkeypatch.setattr(convlstm, "INPUT_CONV_ELEMENTS", call_elements)
     torch.manual_seed(2)
     model = ConvLSTM(1, [4, 3], kernel_size=3).eval()
     x = torch.randn(2, 7, 1, 5, 5)
@@ -96,7 +99,9 @@ def test_heads_give_each_task_its_shape():
         ConvLSTMNet(3, [4], 3, "detection", 2)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+@pytest.mark.parametrize("call_elements", [2 ** 20, 100])  # the input convolution apart; fused
+def test_gradient_checkpointing_gives_the_same_gradients(call_elements, monkeypatch):
+    monkeypatch.setattr(convlstm, "INPUT_CONV_ELEMENTS", call_elements)
     torch.manual_seed(5)
     plain = ConvLSTMNet(1, [4], 3, "segmentation", 3)
     checkpointed = ConvLSTMNet(1, [4], 3, "segmentation", 3, checkpoint_steps=True)
