@@ -44,6 +44,21 @@ def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def paired_median_seconds(fns: dict, repeats: int, warmup: int = 1) -> dict:
+    """`median_seconds` of each function, their runs taken in turn (a, b, a, b, ...): on a shared
+    machine a slow spell then slows both sides of a ratio alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def table(title: str, header: list[str], rows: list[list]) -> None:
     widths = [max(len(str(x)) for x in [h] + [r[i] for r in rows]) for i, h in enumerate(header)]
     print(f"\n{title}")
@@ -64,6 +79,20 @@ def convlstm_flops(b, t, c, h, w, hidden, k) -> float:
     return flops
 
 
+def training_step(model: torch.nn.Module, forward, target: torch.Tensor, precision: str):
+    """One Adam step of `model` on the MSE of `forward()` against `target`, in `precision`."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = forward()
+        F.mse_loss(out.float(), target).backward()
+        optimizer.step()
+
+    return step
+
+
 def bench_convlstm(repeats: int, quick: bool, roof: float, precisions: list[str]) -> None:
     shapes = [(8, 8, 1, 32, 32, [32, 32], 3), (16, 10, 1, 64, 64, [64, 64], 3), (4, 8, 2, 48, 48, [16], 5)]
     if quick:
@@ -79,19 +108,9 @@ def bench_convlstm(repeats: int, quick: bool, roof: float, precisions: list[str]
         gflop = 3 * convlstm_flops(b, t, c, h, w, hidden, k) / 1e9
         concat_fp32 = None
         for precision in precisions:
-            seconds = {}
-            for name, model, forward in (("ours", ours, lambda: ours(x)[0]),
-                                         ("concat", reference, lambda: run_reference(list(reference), x))):
-                optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-                def step():
-                    optimizer.zero_grad(set_to_none=True)
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                        out = forward()
-                    F.mse_loss(out.float(), target).backward()
-                    optimizer.step()
-
-                seconds[name] = median_seconds(step, repeats)
+            steps = {"ours": training_step(ours, lambda: ours(x)[0], target, precision),
+                     "concat": training_step(reference, lambda: run_reference(list(reference), x), target, precision)}
+            seconds = paired_median_seconds(steps, repeats)
             if precision == "fp32":
                 concat_fp32 = seconds["concat"]
             rows.append([f"B={b} T={t} C={c} {h}x{w} hidden {hidden} k{k}", precision,
@@ -119,14 +138,7 @@ def bench_patches(repeats: int, roof: float) -> None:
     for patch in (1, 4):
         torch.manual_seed(0)
         net = ConvLSTMNet(1, hidden, k, "regression", 1, patch_size=patch)
-        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            F.mse_loss(net(x), target).backward()
-            optimizer.step()
-
-        seconds[patch] = median_seconds(step, repeats)
+        seconds[patch] = median_seconds(training_step(net, lambda: net(x), target, "fp32"), repeats)
         side = 64 // patch
         gflop = 3 * convlstm_flops(b, t, patch * patch, side, side, hidden, k) / 1e9
         rows.append([f"patch {patch}: {side}x{side}x{patch * patch}", f"{seconds[patch] * 1e3:.0f}",
