@@ -95,23 +95,32 @@ def test_whole_sequence_decoding_equals_the_concatenated_sequence(kind, task, st
     assert separately_differs  # the windows decoded on their own cut the chains: other labels somewhere
 
 
-def test_stateful_outputs_carry_the_pgm_over_whole_sequences(write_config):
-    """Through `network_outputs(stateful=True)` of a stack with an HMM: each window's PGM labels are the
-    HMM's Viterbi path over the network's unaries of its whole sequence, sliced."""
-    from regimen.core import runs
+def stack_with_an_hmm(write_config, settings: dict):
+    """A config of tiny data in windows of 4 frames every 2 (plus `settings`), the data processed,
+    and a fresh stack on it with a random HMM head."""
     from regimen.data.preprocess import preprocess
     from regimen.data.processed import load_task_data
-    from regimen.data.store import ArrayFile
-    from regimen.train.inference import network_outputs
-    from regimen.train.stack import model_input, new_stack
+    from regimen.train.stack import new_stack
 
-    config = load_config(write_config({"data": {"T_window": 4, "stride": 2},
-                                       "training": {"mixed_precision": False}}))
+    config = load_config(write_config({"data": {"T_window": 4, "stride": 2}, "training": {"mixed_precision": False},
+                                       **settings}))
     preprocess(config)
     data = load_task_data(config.data)
     torch.manual_seed(0)
     stack = new_stack(config, data).eval()
     stack.head = random_head("hmm", "segmentation", data.num_classes)
+    return config, data, stack
+
+
+def test_stateful_outputs_carry_the_pgm_over_whole_sequences(write_config):
+    """Through `network_outputs(stateful=True)` of a stack with an HMM: each window's PGM labels are the
+    HMM's Viterbi path over the network's unaries of its whole sequence, sliced."""
+    from regimen.core import runs
+    from regimen.data.store import ArrayFile
+    from regimen.train.inference import network_outputs
+    from regimen.train.stack import model_input
+
+    _, data, stack = stack_with_an_hmm(write_config, {})
     stack.head.raw_scale.data.fill_(5.0)  # confident emissions, so the labels are not all one class
     frames = ArrayFile(runs.store_path(data.folder, "val", "X"))
     windows, whole = data.windows("val"), {}
@@ -137,19 +146,10 @@ def test_the_alternating_refit_fits_on_stateful_unaries(write_config, tmp_path, 
     """Phase 3's PGM step, with evaluation.stateful, fits on the unaries of each sequence read as one
     stream (as phase 2 does), not on windows read from zeros."""
     from regimen.core import runs
-    from regimen.data.preprocess import preprocess
-    from regimen.data.processed import load_task_data
     from regimen.train import phases
     from regimen.train.inference import network_outputs
-    from regimen.train.stack import new_stack
 
-    config = load_config(write_config({"data": {"T_window": 4, "stride": 2}, "evaluation": {"stateful": True},
-                                       "training": {"mixed_precision": False}}))
-    preprocess(config)
-    data = load_task_data(config.data)
-    torch.manual_seed(0)
-    stack = new_stack(config, data).eval()
-    stack.head = random_head("hmm", "segmentation", data.num_classes)
+    config, data, stack = stack_with_an_hmm(write_config, {"evaluation": {"stateful": True}})
     fitted_on = {}
     monkeypatch.setattr(phases, "fit_pgm", lambda head, unaries, *args, **kwargs: fitted_on.update(
         unaries=unaries[np.arange(len(unaries))]) or {})
