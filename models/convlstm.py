@@ -2,9 +2,9 @@
 
 The input-to-gate convolution does not depend on the recurrence, so it runs
 over many frames a call; only the hidden-to-gate convolution runs per step, and
-not at all on the zero state a sequence starts from. Where one step's gates
-alone outgrow the CPU's caches, one convolution over `[x_t, h]` per step (the
-textbook cell's) runs faster, and the same weights run that way.
+not at all on the zero state a sequence starts from. On the CPU, where one
+step's gates alone outgrow the caches, one convolution over `[x_t, h]` per step
+(the textbook cell's) runs faster, and the same weights run that way.
 Gates are ordered i, f, o, g along the channel axis:
 `c' = f*c + i*g`, `h' = o*tanh(c')`.
 """
@@ -157,9 +157,9 @@ class ConvLSTM(nn.Module):
     def _run(self, cell: ConvLSTMCell, x: torch.Tensor, state: Optional[State], reverse: bool
              ) -> tuple[torch.Tensor, State]:
         b, t, _, height, width = x.shape
-        # Where one step's input gates alone outgrow the caches, nothing is gained by running the
-        # input convolution apart, and one convolution over [x_t, h] runs closer to the roof.
-        fused = b * 4 * cell.hidden_channels * height * width > INPUT_CONV_ELEMENTS
+        # Where one step's input gates alone outgrow a CPU's caches, nothing is gained by running
+        # the input convolution apart, and one convolution over [x_t, h] runs closer to the roof.
+        fused = x.device.type == "cpu" and b * 4 * cell.hidden_channels * height * width > INPUT_CONV_ELEMENTS
         if fused:
             inputs = x.unbind(1)  # T x (B, C, H, W)
             advance = partial(cell.fused_step, weight=torch.cat([cell.conv_x.weight, cell.conv_h.weight], dim=1))
@@ -180,19 +180,19 @@ class ConvLSTM(nn.Module):
         return torch.stack(outputs, dim=1), (h, c)
 
 
-INPUT_CONV_ELEMENTS = 2 ** 20  # outputs a call of the input convolution: about 4 MB in fp32
+INPUT_CONV_ELEMENTS = 2 ** 20  # outputs a call of the input convolution on the CPU: about 4 MB in fp32
 
 
 def _input_gates(cell: ConvLSTMCell, x: torch.Tensor) -> list[torch.Tensor]:
     """The input convolution of every frame of `x` `[B, T, C, H, W]`, T x `[B, 4*hidden, H, W]`.
 
-    It does not depend on the recurrence, so it runs over many frames a call; but a call whose
-    output outgrows the CPU's caches gets slower per frame (a 64-frame call took 60 times an
-    8-frame one at 32 x 32 and 128 gates), so the calls take as many steps as keep their output
-    near `INPUT_CONV_ELEMENTS`. unbind (not indexing), so that the backward pass stacks a call's
-    gradients once instead of a full-size add per step."""
+    It does not depend on the recurrence, so it runs over many frames a call: on a GPU all of
+    them; on the CPU a call whose output outgrows the caches gets slower per frame (a 64-frame
+    call took 60 times an 8-frame one at 32 x 32 and 128 gates), so there the calls take as many
+    steps as keep their output near `INPUT_CONV_ELEMENTS`. unbind (not indexing), so that the
+    backward pass stacks a call's gradients once instead of a full-size add per step."""
     b, t, _, h, w = x.shape
-    steps = max(1, INPUT_CONV_ELEMENTS // (b * 4 * cell.hidden_channels * h * w))
+    steps = max(1, INPUT_CONV_ELEMENTS // (b * 4 * cell.hidden_channels * h * w)) if x.device.type == "cpu" else t
     gates = []
     for first in range(0, t, steps):
         part = x[:, first:first + steps]
