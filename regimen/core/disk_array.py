@@ -37,7 +37,12 @@ class DiskArray:
         self._write(index * self.row_bytes + first * self.frame_bytes, values)
 
     def close(self) -> None:
-        os.close(self.fd)
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __del__(self) -> None:  # an exception between opening and `close` leaks no descriptor
+        self.close()
 
     def _read(self, offset: int, shape: tuple[int, ...]) -> np.ndarray:
         buffer = bytearray(int(np.prod(shape, dtype=np.int64)) * self.dtype.itemsize)
