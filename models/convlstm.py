@@ -53,9 +53,9 @@ class ConvLSTMCell(nn.Module):
     def start(self, gates_x: torch.Tensor) -> State:
         """The first frame from the zero state, given its input gates `[B, 4*hidden, H, W]`: the
         hidden convolution of zeros is zero and so is the forget gate's term, so neither is computed."""
-        n = self.hidden_channels
-        c = torch.sigmoid(gates_x[:, :n]) * torch.tanh(gates_x[:, 3 * n:])
-        return torch.sigmoid(gates_x[:, 2 * n: 3 * n]) * torch.tanh(c), c
+        i, _, o, g = gates_x.chunk(4, dim=1)
+        c = torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
 
     def step(self, gates_x: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> State:
         """Advance one frame given the precomputed input gates `[B, 4*hidden, H, W]`."""
@@ -68,13 +68,15 @@ class ConvLSTMCell(nn.Module):
         return self.update(gates, c)
 
     def update(self, gates: torch.Tensor, c: torch.Tensor) -> State:
-        """The next `(h, c)` from all four gates' pre-activations `[B, 4*hidden, H, W]`."""
+        """The next `(h, c)` from all four gates' pre-activations `[B, 4*hidden, H, W]`.
+
+        split and chunk, not slices: their backward concatenates the gates' gradients, where each
+        slice's would add a zero-filled copy of the whole `gates` (measured: 3 to 6% of a CPU step)."""
         n = self.hidden_channels
-        ifo = torch.sigmoid(gates[:, : 3 * n])
-        g = torch.tanh(gates[:, 3 * n:])
-        c = ifo[:, n: 2 * n] * c + ifo[:, :n] * g
-        h = ifo[:, 2 * n:] * torch.tanh(c)
-        return h, c
+        ifo, g = gates.split([3 * n, n], dim=1)
+        i, f, o = torch.sigmoid(ifo).chunk(3, dim=1)
+        c = f * c + i * torch.tanh(g)
+        return o * torch.tanh(c), c
 
     def forward(self, x: torch.Tensor, state: Optional[State] = None) -> State:
         """One frame `x` `[B, C, H, W]` -> the next `(h, c)`."""
@@ -194,7 +196,6 @@ def _input_gates(cell: ConvLSTMCell, x: torch.Tensor) -> list[torch.Tensor]:
     b, t, _, h, w = x.shape
     steps = max(1, INPUT_CONV_ELEMENTS // (b * 4 * cell.hidden_channels * h * w)) if x.device.type == "cpu" else t
     gates = []
-    for first in range(0, t, steps):
-        part = x[:, first:first + steps]
+    for part in x.split(steps, dim=1):  # split, not slices: the backward pass then stacks, with no zeros
         gates += cell.conv_x(part.flatten(0, 1)).unflatten(0, part.shape[:2]).unbind(1)
     return gates

@@ -32,6 +32,32 @@ def test_hoisted_stack_equals_concat_then_conv_reference(call_elements, monkeypa
         torch.testing.assert_close(ours, theirs.conv.weight.grad, rtol=1e-4, atol=1e-5)
 
 
+def _backward_nodes(tensor: torch.Tensor) -> list[str]:
+    """The names of every node of `tensor`'s backward graph."""
+    seen, names, todo = set(), [], [tensor.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(type(node).__name__)
+        todo += [next_node for next_node, _ in node.next_functions]
+    return names
+
+
+@pytest.mark.parametrize("call_elements", [3 * 3 * 20 * 56, 100])  # calls of 3 steps; fused
+def test_the_backward_pass_adds_no_zero_filled_slices(call_elements, monkeypatch):
+    """A slice's backward writes its gradient into zeros the size of the whole tensor, and the
+    gradients of a tensor's slices are then added: per step and layer, several full-size fills and
+    adds that split and chunk (one concatenation) do without."""
+    monkeypatch.setattr(convlstm, "INPUT_CONV_ELEMENTS", call_elements)
+    model = ConvLSTM(2, [5, 4], kernel_size=3)
+    out, _ = model(torch.randn(3, 6, 2, 7, 8))
+    names = _backward_nodes(out)
+    assert "SplitBackward0" in names or "SplitWithSizesBackward0" in names
+    assert "SliceBackward0" not in names
+
+
 def test_single_cell_step_equals_reference_with_a_state():
     torch.manual_seed(1)
     cell = ConvLSTMCell(3, 4, kernel_size=5)
