@@ -51,9 +51,10 @@ class ChainCRF(nn.Module):
         alphas = self._forward_alphas(emissions, mask)  # (B, T, K)
         log_z = torch.logsumexp(alphas[:, -1] + self.end_transitions, dim=1)
         betas = [self.end_transitions.expand_as(alphas[:, 0])]  # built from the last step back
+        steps = emissions.unbind(1)  # T x (B, K)
         for step in range(emissions.shape[1] - 2, -1, -1):
             # shape: (B, K_now, K_next)
-            new = torch.logsumexp(self.transitions + (emissions[:, step + 1] + betas[-1])[:, None, :], dim=2)
+            new = torch.logsumexp(self.transitions + (steps[step + 1] + betas[-1])[:, None, :], dim=2)
             betas.append(torch.where(mask[:, step + 1, None], new, betas[-1]))
         posterior = (alphas + torch.stack(betas[::-1], dim=1) - log_z[:, None, None]).exp()
         return posterior * mask[..., None]
@@ -79,12 +80,15 @@ class ChainCRF(nn.Module):
                 + (moved * on[:, 1:]).sum(1) + self.end_transitions[last])
 
     def _forward_alphas(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        alpha = self.start_transitions + emissions[:, 0]
+        # unbind, not indexing: the backward pass then stacks the steps' gradients once, where each
+        # index's would write into zeros the size of all emissions
+        steps = emissions.unbind(1)  # T x (B, K)
+        alpha = self.start_transitions + steps[0]
         alphas = [alpha]
         ragged = not bool(mask.all())
         into = self.transitions.T  # [K_next, K_prev]
-        for step in range(1, emissions.shape[1]):
-            new = torch.logsumexp(alpha[:, None, :] + into, dim=2) + emissions[:, step]
+        for step in range(1, len(steps)):
+            new = torch.logsumexp(alpha[:, None, :] + into, dim=2) + steps[step]
             alpha = torch.where(mask[:, step, None], new, alpha) if ragged else new
             alphas.append(alpha)
         return torch.stack(alphas, dim=1)
