@@ -5,11 +5,12 @@
     python bench/model_speed.py --quick    # fewer repeats, smaller ConvLSTM shapes
     python bench/model_speed.py --only patches   # patch size 4 vs 1 on 64x64 frames
     python bench/model_speed.py --only convlstm --precisions fp32
+    python bench/model_speed.py --device cuda      # the ConvLSTM tables on a GPU, with ConvLSTM-S's shape
 
 Prints median-of-repeats tables; every ratio compares two timings made in the same run. The
 ConvLSTM tables give the achieved GFLOP/s of the convolutions (multiply-adds x 2, a training step
 taken as three forward passes) against a large fp32 matrix product's on the same machine, the
-practical roof.
+practical roof (on a GPU in the precision cuDNN's convolutions use: TF32 where allowed).
 """
 
 from __future__ import annotations
@@ -80,30 +81,36 @@ def convlstm_flops(b, t, c, h, w, hidden, k) -> float:
 
 
 def training_step(model: torch.nn.Module, forward, target: torch.Tensor, precision: str):
-    """One Adam step of `model` on the MSE of `forward()` against `target`, in `precision`."""
+    """One Adam step of `model` on the MSE of `forward()` against `target`, in `precision`, on
+    `target`'s device (waiting for a GPU to finish, so that the step can be timed)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    device = target.device
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             out = forward()
         F.mse_loss(out.float(), target).backward()
         optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     return step
 
 
-def bench_convlstm(repeats: int, quick: bool, roof: float, precisions: list[str]) -> None:
+def bench_convlstm(repeats: int, quick: bool, roof: float, precisions: list[str], device: torch.device) -> None:
     shapes = [(8, 8, 1, 32, 32, [32, 32], 3), (16, 10, 1, 64, 64, [64, 64], 3), (4, 8, 2, 48, 48, [16], 5)]
     if quick:
         shapes[1] = (4, 6, 1, 32, 32, [32, 32], 3)
+    if device.type == "cuda":  # OpenSTL's ConvLSTM-S on Moving MNIST: 64x64 frames as 16x16x16, 20 frames
+        shapes.append((16, 20, 16, 16, 16, [128] * 4, 5))
     rows = []
     for b, t, c, h, w, hidden, k in shapes:
         torch.manual_seed(0)
-        ours = ConvLSTM(c, hidden, k)
+        ours = ConvLSTM(c, hidden, k).to(device)
         reference = torch.nn.ModuleList(ConcatConvLSTMCell.from_cell(cell) for cell in ours.cells)
-        x = torch.randn(b, t, c, h, w)
-        target = torch.randn(b, t, hidden[-1], h, w)
+        x = torch.randn(b, t, c, h, w, device=device)
+        target = torch.randn(b, t, hidden[-1], h, w, device=device)
         # a training step costs about three forward passes
         gflop = 3 * convlstm_flops(b, t, c, h, w, hidden, k) / 1e9
         concat_fp32 = None
@@ -118,34 +125,59 @@ def bench_convlstm(repeats: int, quick: bool, roof: float, precisions: list[str]
                          f"{100 * gflop / seconds['ours'] / roof:.0f}%",
                          f"{b / seconds['concat']:.1f}", f"{seconds['concat'] / seconds['ours']:.2f}x",
                          f"{concat_fp32 / seconds['ours']:.2f}x" if concat_fp32 else "-"])
-    table(f"ConvLSTM training step (Adam, MSE): ours (hoisted input conv) vs concat-then-conv cell; roof: a 2048^2 "
-          f"fp32 matrix product, {roof:.0f} GFLOP/s",
+    table(f"ConvLSTM training step (Adam, MSE) on {device_name(device)}: ours (hoisted input conv) vs "
+          f"concat-then-conv cell; roof: {roof_name(device)}, {roof:.0f} GFLOP/s",
           ["shape", "precision", "ours seq/s", "ours GFLOP/s", "of roof", "concat seq/s", "vs concat, same precision",
            "vs concat fp32"], rows)
 
 
-def matmul_roof(repeats: int, size: int = 2048) -> float:
-    """GFLOP/s of a large fp32 matrix product on this machine: the practical roof."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    return 2 * size ** 3 / median_seconds(lambda: a @ b, repeats) / 1e9
+def matmul_roof(repeats: int, device: torch.device) -> float:
+    """GFLOP/s of a large fp32 matrix product on `device`, its fastest of `repeats` runs: the practical
+    roof (a peak, so not a median, which a shared machine's slow spell lowers). On a GPU the product
+    may use TF32 where cuDNN's convolutions may (PyTorch's default lets convolutions, not products)."""
+    size = 8192 if device.type == "cuda" else 2048
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
+    try:
+        product = (lambda: (a @ b, torch.cuda.synchronize(device))) if device.type == "cuda" else (lambda: a @ b)
+        product()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            product()
+            times.append(time.perf_counter() - start)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+    return 2 * size ** 3 / min(times) / 1e9
 
 
-def bench_patches(repeats: int, roof: float) -> None:
+def roof_name(device: torch.device) -> str:
+    if device.type != "cuda":
+        return "a 2048^2 fp32 matrix product"
+    return f"an 8192^2 fp32 matrix product (TF32 {'on' if torch.backends.cudnn.allow_tf32 else 'off'}, as the convolutions)"
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"the CPU ({torch.get_num_threads()} threads)"
+
+
+def bench_patches(repeats: int, roof: float, device: torch.device) -> None:
     """Patch size 4 against 1 on 64x64 frames (Moving MNIST's shape): the network's training step."""
     b, t, hidden, k = 8, 10, [32, 32], 5
-    x, target = torch.randn(b, t, 1, 64, 64), torch.randn(b, t, 1, 64, 64)
+    x, target = torch.randn(b, t, 1, 64, 64, device=device), torch.randn(b, t, 1, 64, 64, device=device)
     rows, seconds = [], {}
     for patch in (1, 4):
         torch.manual_seed(0)
-        net = ConvLSTMNet(1, hidden, k, "regression", 1, patch_size=patch)
+        net = ConvLSTMNet(1, hidden, k, "regression", 1, patch_size=patch).to(device)
         seconds[patch] = median_seconds(training_step(net, lambda: net(x), target, "fp32"), repeats)
         side = 64 // patch
         gflop = 3 * convlstm_flops(b, t, patch * patch, side, side, hidden, k) / 1e9
         rows.append([f"patch {patch}: {side}x{side}x{patch * patch}", f"{seconds[patch] * 1e3:.0f}",
                      f"{b / seconds[patch]:.1f}", f"{gflop / seconds[patch]:.1f}",
                      f"{100 * gflop / seconds[patch] / roof:.0f}%", f"{seconds[1] / seconds[patch]:.2f}x"])
-    table(f"ConvLSTM training step on 64x64 frames, B={b} T={t} hidden {hidden} k{k} (fp32): patch size 4 vs 1; "
-          f"roof: a 2048^2 fp32 matrix product, {roof:.0f} GFLOP/s",
+    table(f"ConvLSTM training step on 64x64 frames, B={b} T={t} hidden {hidden} k{k} (fp32) on {device_name(device)}: "
+          f"patch size 4 vs 1; roof: {roof_name(device)}, {roof:.0f} GFLOP/s",
           ["case", "ms/step", "seq/s", "conv GFLOP/s", "of roof", "speed-up vs patch 1"], rows)
 
 
@@ -264,17 +296,38 @@ def main() -> None:
     parser.add_argument("--only", choices=["convlstm", "patches", "hmm", "chain_crf", "mean_field"], action="append")
     parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"],
                         help="the ConvLSTM table's (bf16 on a CPU without bf16 instructions is ten times slower)")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N for the ConvLSTM tables on a GPU")
     args = parser.parse_args()
+    device = checked_device(parser, args.device, args.only)
     allocator = keep_freed_memory()  # as every phase script does; both sides of each ratio gain
     repeats = 3 if args.quick else 7
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, freed memory kept: {allocator}")
-    roof = matmul_roof(repeats)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, freed memory kept: {allocator}, "
+          f"device: {device_name(device)}")
+    roof = matmul_roof(3 * repeats, device)
     sections = {"hmm": lambda: bench_hmm(repeats), "chain_crf": lambda: bench_chain_crf(repeats),
                 "mean_field": lambda: bench_mean_field(repeats),
-                "convlstm": lambda: bench_convlstm(3 if args.quick else 5, args.quick, roof, args.precisions),
-                "patches": lambda: bench_patches(3 if args.quick else 5, roof)}
-    for name in args.only or sections:
+                "convlstm": lambda: bench_convlstm(3 if args.quick else 5, args.quick, roof, args.precisions, device),
+                "patches": lambda: bench_patches(3 if args.quick else 5, roof, device)}
+    for name in args.only or (GPU_SECTIONS if device.type == "cuda" else sections):
         sections[name]()
+
+
+GPU_SECTIONS = ("convlstm", "patches")  # the others compare with CPU libraries
+
+
+def checked_device(parser: argparse.ArgumentParser, name: str, only) -> torch.device:
+    """`--device` as a device, or the parser's error (exit 2) for a bad name, a missing GPU, or a CPU-only table."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        parser.error(f"--device {name}: expected cpu, cuda or cuda:N")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device {name}: expected cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {name}: no GPU is visible to torch {torch.__version__}")
+    if device.type == "cuda" and set(only or GPU_SECTIONS) - set(GPU_SECTIONS):
+        parser.error(f"--device {name}: only the {' and '.join(GPU_SECTIONS)} tables run on a GPU")
+    return device
 
 
 if __name__ == "__main__":
