@@ -22,9 +22,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hmmlearn.hmm import CategoricalHMM
 from reference_models import ConcatConvLSTMCell, run_reference
-from torchcrf import CRF
 
 from models.chain_crf import ChainCRF
 from models.convlstm import ConvLSTM
@@ -185,6 +183,8 @@ def bench_patches(repeats: int, roof: float, device: torch.device) -> None:
 
 
 def bench_hmm(repeats: int) -> None:
+    from hmmlearn.hmm import CategoricalHMM  # here, not above: the GPU tables run without the CPU peers
+
     rows = []
     for n, t, k, symbols in ((256, 64, 4, 8), (256, 64, 16, 8), (8192, 16, 4, 8)):
         rng = np.random.default_rng(0)
@@ -235,6 +235,8 @@ def bench_hmm(repeats: int) -> None:
 
 
 def bench_chain_crf(repeats: int) -> None:
+    from torchcrf import CRF  # here, not above: the GPU tables run without the CPU peers
+
     rows = []
     for b, t, k in ((64, 32, 5), (64, 128, 20)):
         torch.manual_seed(0)
