@@ -47,8 +47,8 @@ def settings(sequences: int, epochs: int) -> list[str]:
 # lr 5e-4, batch 16, the MSE loss; 14,286 sequences give 10,000 training sequences at a 70% split.
 # Ours has 11.7M parameters against its 15.0M: OpenSTL's cells add a LayerNorm over each convolution's
 # [512, 16, 16] output, which ours has not.
-OPENSTL = ["model.convlstm.num_layers=4", "model.convlstm.hidden_sizes=[128,128,128,128]", "model.convlstm.kernel_size=5", "training.lr=5e-4",
-           "loss.unary=mse"]
+OPENSTL = ["model.convlstm.num_layers=4", "model.convlstm.hidden_sizes=[128,128,128,128]",
+           "model.convlstm.kernel_size=5", "training.lr=5e-4", "loss.unary=mse"]
 OPENSTL_SEQUENCES = 14286
 
 

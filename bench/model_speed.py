@@ -153,11 +153,14 @@ def matmul_roof(repeats: int, device: torch.device) -> float:
 def roof_name(device: torch.device) -> str:
     if device.type != "cuda":
         return "a 2048^2 fp32 matrix product"
-    return f"an 8192^2 fp32 matrix product (TF32 {'on' if torch.backends.cudnn.allow_tf32 else 'off'}, as the convolutions)"
+    tf32 = "on" if torch.backends.cudnn.allow_tf32 else "off"
+    return f"an 8192^2 fp32 matrix product (TF32 {tf32}, as the convolutions)"
 
 
 def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"the CPU ({torch.get_num_threads()} threads)"
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"the CPU ({torch.get_num_threads()} threads)"
 
 
 def bench_patches(repeats: int, roof: float, device: torch.device) -> None:
