@@ -32,7 +32,7 @@ from models.network import ConvLSTMNet
 from regimen.core.allocator import keep_freed_memory
 
 
-def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
+def seconds_of_runs(fn, repeats: int, warmup: int = 1) -> list[float]:
     for _ in range(warmup):
         fn()
     times = []
@@ -40,7 +40,11 @@ def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
+    return statistics.median(seconds_of_runs(fn, repeats, warmup))
 
 
 def paired_median_seconds(fns: dict, repeats: int, warmup: int = 1) -> dict:
@@ -139,15 +143,10 @@ def matmul_roof(repeats: int, device: torch.device) -> float:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
     try:
         product = (lambda: (a @ b, torch.cuda.synchronize(device))) if device.type == "cuda" else (lambda: a @ b)
-        product()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            product()
-            times.append(time.perf_counter() - start)
+        seconds = min(seconds_of_runs(product, repeats))
     finally:
         torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
-    return 2 * size ** 3 / min(times) / 1e9
+    return 2 * size ** 3 / seconds / 1e9
 
 
 def roof_name(device: torch.device) -> str:
