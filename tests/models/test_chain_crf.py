@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 import torch
+from autograd_nodes import readers_of
 
 from models.chain_crf import ChainCRF
 
@@ -71,3 +72,16 @@ def test_shape_errors():
         crf.decode(torch.zeros(2, 3, 5))
     with pytest.raises(ValueError, match="num_tags must be >= 1"):
         ChainCRF(0)
+
+
+def test_the_recursions_index_no_step_of_the_emissions():
+    """Each step taken by indexing would write its gradient into zeros the size of all emissions,
+    T times a pass; unbound steps are stacked once."""
+    crf = ChainCRF(3)
+    emissions = torch.randn(2, 6, 3, requires_grad=True)
+    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    nll = -crf.log_likelihood(emissions, torch.zeros(2, 6, dtype=torch.long), mask).sum()
+    for out in (nll, crf.marginals(emissions, mask)):
+        readers = readers_of(emissions, out)
+        assert "UnbindBackward0" in readers
+        assert "SelectBackward0" not in readers

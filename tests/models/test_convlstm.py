@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from autograd_nodes import backward_nodes
 
 from models import convlstm
 from models.convlstm import ConvLSTM, ConvLSTMCell
@@ -32,19 +33,6 @@ def test_hoisted_stack_equals_concat_then_conv_reference(call_elements, monkeypa
         torch.testing.assert_close(ours, theirs.conv.weight.grad, rtol=1e-4, atol=1e-5)
 
 
-def _backward_nodes(tensor: torch.Tensor) -> list[str]:
-    """The names of every node of `tensor`'s backward graph."""
-    seen, names, todo = set(), [], [tensor.grad_fn]
-    while todo:
-        node = todo.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        names.append(type(node).__name__)
-        todo += [next_node for next_node, _ in node.next_functions]
-    return names
-
-
 @pytest.mark.parametrize("call_elements", [3 * 3 * 20 * 56, 100])  # calls of 3 steps; fused
 def test_the_backward_pass_adds_no_zero_filled_slices(call_elements, monkeypatch):
     """A slice's backward writes its gradient into zeros the size of the whole tensor, and the
@@ -53,7 +41,7 @@ def test_the_backward_pass_adds_no_zero_filled_slices(call_elements, monkeypatch
     monkeypatch.setattr(convlstm, "INPUT_CONV_ELEMENTS", call_elements)
     model = ConvLSTM(2, [5, 4], kernel_size=3)
     out, _ = model(torch.randn(3, 6, 2, 7, 8))
-    names = _backward_nodes(out)
+    names = backward_nodes(out)
     assert "SplitBackward0" in names or "SplitWithSizesBackward0" in names
     assert "SliceBackward0" not in names
 
